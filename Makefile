@@ -1,0 +1,30 @@
+# The two commands a new user needs: `make run` and `make test`. Both build .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+JOB ?= jobs/smoke.yaml
+
+.PHONY: run test gpu-check clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+	# Elsewhere, PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu picks the CPU wheel; on a GPU
+	# machine, install your CUDA torch into .venv before `make`, and this keeps it.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m fuyu_ray.grid --job $(JOB)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -ra
+
+# Runs without Ray, Polars or datasets: for a bare single-GPU machine (see README).
+gpu-check:
+	$(PYTHON) -m fuyu_ray.gpu_check --out results/gpu-check
+
+clean:
+	rm -rf $(VENV) results/*/

@@ -1,0 +1,191 @@
+"""Execution on Ray: one actor per model variant keeps a warm model; the driver feeds it cells.
+
+A thin layer over the plain CellRunner. Each actor has at most one cell in flight, so a
+crash, an out-of-memory error or a timeout is charged to exactly one cell, and the next
+cell goes to a restarted or replaced actor.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from fuyu_ray.cells import Cell, Variant
+from fuyu_ray.presets import PRESETS, resolve_attention
+from fuyu_ray.records import cell_batch, outcome_row, sample_table
+
+ACTOR_RESTARTS = 2
+
+
+@ray.remote
+class CellWorker:
+    """A Ray actor around one CellRunner; heavy imports happen here, counted as model load."""
+
+    def __init__(self, variant: Variant, min_energy_window_s: float, threads: int | None):
+        self.started_at = time.time()
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        from fuyu_ray.runner import CellRunner
+
+        context = ray.get_runtime_context()
+        self.runner = CellRunner(
+            variant,
+            min_energy_window_s=min_energy_window_s,
+            context={"node_id": context.get_node_id(), "actor": context.get_actor_name() or variant.label},
+        )
+        self.load_s = time.time() - self.started_at
+
+    def run(self, cell: Cell):
+        result = self.runner.run(cell)
+        return result.record, result.samples
+
+    def lifetime(self) -> dict:
+        return {"started_at": self.started_at, "load_s": self.load_s}
+
+
+@dataclass
+class Slot:
+    """One live actor and the cell it is running."""
+
+    variant: Variant
+    actor: object
+    name: str
+    cell: Cell | None = None
+    submitted_at: float = 0.0
+    ref: object = None
+
+
+@dataclass
+class ExecutionStats:
+    actors: list[dict] = field(default_factory=list)  # started_at, ended_at, load_s per actor
+    busy_cell_s: float = 0.0
+
+    @property
+    def busy_s(self) -> float:
+        return self.busy_cell_s + sum(a["load_s"] for a in self.actors)
+
+    @property
+    def model_loads(self) -> int:
+        return len(self.actors)
+
+    @property
+    def workers(self) -> int:
+        """The most actors alive at once: the parallelism the wall time bought."""
+        events = sorted([(a["started_at"], 1) for a in self.actors] + [(a["ended_at"], -1) for a in self.actors])
+        alive = peak = 0
+        for _, step in events:
+            alive += step
+            peak = max(peak, alive)
+        return peak
+
+
+def missing_resources(variant: Variant, demand: dict) -> str | None:
+    """Why the cluster can never run this variant, or None; so such cells are skipped, not waited on."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    for node in nodes:
+        if all(node.get("Resources", {}).get(k, 0) >= v for k, v in demand.items()):
+            return None
+    wanted = ", ".join(f"{k}={v:g}" for k, v in demand.items())
+    return f"no node in the cluster has {wanted} (device {variant.device})"
+
+
+def actor_demand(variant: Variant, cpus_per_actor: int | None) -> dict:
+    if variant.device == "cuda":
+        return {"CPU": 1, "GPU": 1}
+    largest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    return {"CPU": min(cpus_per_actor or largest, largest) or 1}
+
+
+def execute(
+    cells: list[Cell],
+    on_record: Callable,
+    on_start: Callable[[Cell], None],
+    min_energy_window_s: float,
+    cpus_per_actor: int | None,
+    max_actors_per_variant: int,
+    cell_timeout_s: float,
+) -> ExecutionStats:
+    stats = ExecutionStats()
+    queues: dict[Variant, list[Cell]] = {}
+    for cell in cells:
+        queues.setdefault(cell.variant, []).append(cell)
+
+    slots: list[Slot] = []
+    for variant, queue in queues.items():
+        demand = actor_demand(variant, cpus_per_actor)
+        reason = resolve_attention(PRESETS[variant.optimization], variant.device)[1] or missing_resources(variant, demand)
+        if reason:
+            for cell in queue:
+                on_record(cell_batch(outcome_row(cell.settings(), "skipped", reason)), sample_table([]))
+            queue.clear()
+            continue
+        for index in range(min(max_actors_per_variant, len(queue))):
+            slots.append(_start_actor(variant, index, demand, min_energy_window_s))
+
+    def feed(slot: Slot) -> None:
+        queue = queues[slot.variant]
+        if queue:
+            slot.cell = queue.pop(0)
+            slot.submitted_at = time.monotonic()
+            slot.ref = slot.actor.run.remote(slot.cell)
+            on_start(slot.cell)
+        else:
+            _retire(slot, stats)
+            slots.remove(slot)
+
+    for slot in list(slots):
+        feed(slot)
+    while slots:
+        in_flight = {slot.ref: slot for slot in slots}
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+        for ref in ready:
+            slot = in_flight[ref]
+            record, samples = _collect(slot)
+            feed(slot)  # the actor's next cell starts before the driver writes this one
+            stats.busy_cell_s += record.column("cell_s")[0].as_py() or 0.0
+            on_record(record, samples)
+        for slot in [s for s in slots if s.ref not in ready and time.monotonic() - s.submitted_at > cell_timeout_s]:
+            on_record(*_timed_out(slot, cell_timeout_s))
+            ray.kill(slot.actor)  # busy with the stuck cell, so it cannot report its lifetime
+            replacement = _start_actor(slot.variant, len(stats.actors) + 1, actor_demand(slot.variant, cpus_per_actor), min_energy_window_s)
+            slots[slots.index(slot)] = replacement
+            feed(replacement)
+    return stats
+
+
+def _start_actor(variant: Variant, index: int, demand: dict, min_energy_window_s: float) -> Slot:
+    name = f"{variant.label}-{index}-{int(time.time() * 1000) % 100000}"
+    options = {"name": name, "num_cpus": demand["CPU"], "num_gpus": demand.get("GPU", 0), "max_restarts": ACTOR_RESTARTS}
+    threads = int(demand["CPU"]) if variant.device == "cpu" else None
+    actor = CellWorker.options(**options).remote(variant, min_energy_window_s, threads)
+    return Slot(variant=variant, actor=actor, name=name)
+
+
+def _collect(slot: Slot):
+    """The cell's records; a dead actor becomes one failed record for the cell it was running."""
+    try:
+        return ray.get(slot.ref)
+    except (RayActorError, RayTaskError) as exc:
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:400]}"
+        row = outcome_row(slot.cell.settings(), "failed", f"worker {slot.name} died: {reason}", actor=slot.name)
+        return cell_batch(row), sample_table([])
+
+
+def _timed_out(slot: Slot, limit: float):
+    row = outcome_row(slot.cell.settings(), "timeout", f"cell ran past cell_timeout_s={limit:g}; worker {slot.name} replaced", actor=slot.name)
+    return cell_batch(row), sample_table([])
+
+
+def _retire(slot: Slot, stats: ExecutionStats) -> None:
+    try:
+        lifetime = ray.get(slot.actor.lifetime.remote(), timeout=10)
+        stats.actors.append({**lifetime, "ended_at": time.time(), "name": slot.name})
+    except (RayActorError, GetTimeoutError):
+        pass
+    ray.kill(slot.actor)

@@ -1,0 +1,188 @@
+"""The driver: `python -m fuyu_ray.grid [--job FILE] [--out DIR|URI] [--address ADDR] [--force]`.
+
+Job file -> cells -> Ray actors -> records on disk -> report. Bad input exits with status 2
+and one line, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlparse
+
+from fuyu_ray import __version__
+from fuyu_ray.cells import Cell, expand
+from fuyu_ray.progress import describe, make_progress
+from fuyu_ray.records import now_iso
+from fuyu_ray.spec import JobError, JobSpec, load_job
+
+DEFAULT_JOB = "jobs/smoke.yaml"
+RETRYABLE = ("failed", "oom", "timeout")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fuyu_ray.grid", description=__doc__.splitlines()[0])
+    parser.add_argument("--job", default=DEFAULT_JOB, help=f"job file (default {DEFAULT_JOB})")
+    parser.add_argument("--out", help="results directory or pyarrow.fs URI (default results/<job name>)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
+    parser.add_argument("--force", action="store_true", help="recompute cells already on disk")
+    parser.add_argument("--no-retry-failed", action="store_true", help="keep failed, oom and timeout cells as they are")
+    return parser.parse_args(argv)
+
+
+def check_reachable(address: str, origin: str) -> None:
+    """Fail in a second with one line, instead of Ray's long retry loop and traceback."""
+    if address in ("auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if not parsed.hostname or not parsed.port:
+        raise JobError(f"{origin} {address!r}: expected host:port or ray://host:port")
+    try:
+        socket.create_connection((parsed.hostname, parsed.port), timeout=3).close()
+    except OSError as exc:
+        raise JobError(f"{origin} {address!r}: unreachable ({exc.strerror or exc})") from None
+
+
+def connect(address: str | None):
+    import ray
+
+    started = time.perf_counter()
+    if address:
+        context = ray.init(address=address, log_to_driver=False)
+    else:
+        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    return context, time.perf_counter() - started
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in ("torch", "transformers", "ray", "polars", "pyarrow", "datasets", "nvidia-ml-py"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None
+
+
+def cells_to_run(cells: tuple[Cell, ...], done: dict[str, str], force: bool, retry_failed: bool) -> list[Cell]:
+    def wanted(cell: Cell) -> bool:
+        status = done.get(cell.cell_id)
+        return force or status is None or (retry_failed and status in RETRYABLE)
+
+    return [cell for cell in cells if wanted(cell)]
+
+
+def stop_on_sigterm() -> None:
+    """`ray job stop` sends SIGTERM: finish as an interrupt, so finished cells are reported."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        job = load_job(args.job)
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            check_reachable(address, "--address" if args.address else "RAY_ADDRESS")
+    except JobError as exc:
+        print(f"fuyu_ray: {exc}", file=sys.stderr)
+        return 2
+    return run(job, args, address)
+
+
+def run(job: JobSpec, args: argparse.Namespace, address: str | None) -> int:
+    from fuyu_ray.execute import execute
+    from fuyu_ray.report import write_report
+    from fuyu_ray.store import ResultStore
+
+    started_at = now_iso()
+    grid = expand(job)
+    store = ResultStore.at(args.out or f"results/{job.name}")
+    done = store.done_cells()
+    todo = cells_to_run(grid.cells, done, args.force, not args.no_retry_failed)
+    if job.model == "tiny" and todo:
+        from fuyu_ray import tiny
+
+        print(f"tiny model: {tiny.ensure_checkpoint()}", flush=True)
+    stop_on_sigterm()
+    context, ray_init_s = connect(address)
+    dashboard = getattr(context, "dashboard_url", None)
+    print(f"fuyu_ray {job.name}: {len(grid.cells)} cells, {len(todo)} to run, results in {store.root}", flush=True)
+    if dashboard:
+        print(f"Ray dashboard: http://{dashboard}", flush=True)
+    store.ensure_dirs()
+
+    statuses: dict[str, str] = {cell_id: status for cell_id, status in done.items()}
+    by_id = {cell.cell_id: cell for cell in grid.cells}
+    wall_started = time.perf_counter()
+    interrupted = False
+    stats = None
+    with make_progress(len(todo)) as progress:
+        def on_record(record, samples) -> None:
+            store.write_cell(record, samples)
+            row = record.to_pylist()[0]
+            statuses[row["cell_id"]] = row["status"]
+            progress.finished(describe(by_id[row["cell_id"]]), row)
+
+        try:
+            stats = execute(
+                todo, on_record, progress.started, job.min_energy_window_s, job.cpus_per_actor,
+                job.max_actors_per_variant, job.cell_timeout_s,
+            )
+        except KeyboardInterrupt:
+            interrupted = True
+            progress.message("interrupted: finished cells are on disk; rerun the same command to resume")
+    wall_s = time.perf_counter() - wall_started
+
+    run_info = {
+        "job_name": job.name, "job_file": job.source_path, "job_text": Path(job.source_path).read_text(),
+        "out": store.root, "ray_address": address or "local", "dashboard_url": dashboard,
+        "started_at": started_at, "finished_at": now_iso(), "ray_init_s": ray_init_s, "wall_s": wall_s,
+        "cells_total": len(grid.cells), "cells_run": len(todo), "cells_reused": len(grid.cells) - len(todo),
+        "interrupted": interrupted, "fuyu_ray_version": __version__, "git_commit": git_commit(),
+        "packages": package_versions(), "python": sys.version.split()[0],
+        **harness_figures(stats, wall_s),
+    }
+    write_report(store, job, grid, run_info)
+    import ray
+
+    ray.shutdown()
+    print(f"report: {store.path('summary.md')}", flush=True)
+    if interrupted:
+        return 130
+    return 1 if any(statuses.get(c.cell_id) in RETRYABLE for c in grid.cells) else 0
+
+
+def harness_figures(stats, wall_s: float) -> dict:
+    if stats is None or not stats.actors:
+        return {"workers": 0, "busy_s": 0.0, "model_loads": 0, "busy_ratio": None, "actors": []}
+    workers = stats.workers
+    return {
+        "workers": workers, "busy_s": stats.busy_s, "model_loads": stats.model_loads,
+        "busy_ratio": stats.busy_s / (wall_s * workers) if wall_s and workers else None,
+        "actors": stats.actors,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""Report: Polars aggregates the cell files into cells.parquet, samples.parquet, summary.md and plots.
+
+Only cells that belong to the current job are reported, so an --out directory reused with
+an edited job file never shows stale cells.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import polars as pl
+
+from fuyu_ray.cells import Grid
+from fuyu_ray.spec import AXES, JobSpec
+from fuyu_ray.store import ResultStore
+
+AXIS_TITLES = {
+    "device": "Device", "dataset": "Dataset", "batch_size": "Batch size", "image_size": "Image size",
+    "seq_len": "Seq len", "optimization": "Optimization",
+}
+DATASET_TITLES = {"coco": "COCO", "scienceqa": "ScienceQA", "textvqa": "TextVQA"}
+PROBLEM_STATUSES = ("failed", "oom", "timeout")
+
+
+def write_report(store: ResultStore, job: JobSpec, grid: Grid, run_info: dict[str, Any]) -> pl.DataFrame:
+    ids = {cell.cell_id for cell in grid.cells}
+    cells = pl.from_arrow(store.read_cells(ids))
+    samples = pl.from_arrow(store.read_samples(ids))
+    store.write_table("cells.parquet", cells.to_arrow())
+    store.write_table("samples.parquet", samples.to_arrow())
+    plots = write_plots(store, job, grid, cells)
+    store.write_bytes("summary.md", summarize(job, grid, cells, run_info, plots).encode())
+    store.write_json("run.json", run_info)
+    return cells
+
+
+# --- formatting -----------------------------------------------------------------------------
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if value < 0.1 else f"{value:.3f}"
+
+
+def fmt_flops(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value:.0f}"
+
+
+def fmt_number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def fmt_latency(row: dict) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    return f"{fmt_seconds(row['latency_s'])} (p90 {fmt_seconds(row['latency_p90_s'])}, n={row['latency_n']})"
+
+
+def fmt_accuracy(row: dict) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    if row["accuracy"] is None:
+        return f"n/a ({row['accuracy_note']})" if row["accuracy_note"] else "n/a"
+    scale = 1 if row["dataset"] == "coco" else 100  # CIDEr is reported as is; proportions as percent
+    text = f"{row['accuracy'] * scale:.1f}"
+    if row["accuracy_ci_low"] is not None:
+        text += f" [{row['accuracy_ci_low'] * scale:.1f}, {row['accuracy_ci_high'] * scale:.1f}]"
+    return text + f" (n={row['accuracy_n']})"
+
+
+def fmt_energy(row: dict) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    if row["energy_j_per_sample"] is None:
+        return "n/a¹"
+    return f"{row['energy_j_per_sample']:.3f}"
+
+
+def percent_of(value: float | None, reference: float | None) -> str:
+    if value is None or not reference:
+        return "n/a"
+    return f"{100 * value / reference:.1f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --- sections -------------------------------------------------------------------------------
+
+def section_rows(cells: pl.DataFrame, grid: Grid, sweep: str) -> list[dict]:
+    by_id = {row["cell_id"]: row for row in cells.to_dicts()}
+    return [by_id[cell_id] for cell_id in grid.sections[sweep] if cell_id in by_id]
+
+
+def varied_axes(job: JobSpec, sweep: str) -> list[str]:
+    """Axes with more than one value; an axis a sweep lists once only pins it."""
+    return [a for a in AXES if len(job.sweeps[sweep].get(a, [])) > 1]
+
+
+def fixed_settings(job: JobSpec, sweep: str) -> str:
+    pinned = {**job.base.__dict__, **{a: v[0] for a, v in job.sweeps[sweep].items() if len(v) == 1}}
+    return ", ".join(f"{AXIS_TITLES[a]}: {pinned[a]}" for a in AXES if a not in varied_axes(job, sweep))
+
+
+def sweep_table(job: JobSpec, sweep: str, rows: list[dict]) -> str:
+    varied = varied_axes(job, sweep)
+    if "dataset" in varied:
+        return dataset_pivot_table(varied, rows)
+    keys = varied
+    header = [AXIS_TITLES[a] for a in keys] + [
+        "Latency s/batch (median, p90, n)", "Prefill s", "Decode s/token", "Energy J/sample", "FLOPs/sample", "Accuracy [95% CI]",
+    ]
+    reference = rows[0] if rows else None
+    compare = "optimization" in varied and reference is not None
+    if compare:
+        header += ["% latency", "% FLOPs", "% energy"]
+    table_rows = []
+    for row in rows:
+        line = [row[a] for a in keys] + [
+            fmt_latency(row), fmt_seconds(row["prefill_s"]), fmt_seconds(row["decode_s_per_token"]),
+            fmt_energy(row), fmt_flops(row["flops_per_sample"]), fmt_accuracy(row),
+        ]
+        if compare:
+            line += [percent_of(row["latency_s"], reference["latency_s"]),
+                     percent_of(row["flops_per_sample"], reference["flops_per_sample"]),
+                     percent_of(row["energy_j_per_sample"], reference["energy_j_per_sample"])]
+        table_rows.append(line)
+    return markdown_table(header, table_rows)
+
+
+def dataset_pivot_table(varied: list[str], rows: list[dict]) -> str:
+    """The seed's layout: one row per setting, accuracy and latency side by side per dataset."""
+    keys = [a for a in varied if a != "dataset"]
+    datasets = sorted({row["dataset"] for row in rows})
+    header = [AXIS_TITLES[a] for a in keys]
+    for dataset in datasets:
+        header += [DATASET_TITLES[dataset], f"{DATASET_TITLES[dataset]} latency"]
+    grouped: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        grouped.setdefault(tuple(row[a] for a in keys), {})[row["dataset"]] = row
+    table_rows = []
+    for setting, by_dataset in grouped.items():
+        line = list(setting)
+        for dataset in datasets:
+            row = by_dataset.get(dataset)
+            line += [fmt_accuracy(row), fmt_latency(row)] if row else ["-", "-"]
+        table_rows.append(line)
+    return markdown_table(header, table_rows)
+
+
+def measurement_notes(cells: pl.DataFrame) -> list[str]:
+    """Written from what the cells recorded, so the text cannot drift from the numbers."""
+    ok = cells.filter(pl.col("status") == "ok")
+    if ok.is_empty():
+        return ["No cell finished, so nothing was measured."]
+    def values(column: str) -> str:
+        return ", ".join(str(v) for v in ok.get_column(column).drop_nulls().unique().sort().to_list()) or "none"
+
+    notes = [
+        f"- Latency: wall time of `generate` for one batch (prefill + decode), after {values('warmup_batches')} untimed warm-up batch(es) per cell; "
+        f"CUDA is synchronised around each batch, CPU uses `perf_counter`. Each cell times every batch of its samples "
+        f"(batches per pass: {values('n_batches')}; timed batches per cell: {values('latency_n')}); the table shows the median, p90 and n.",
+        f"- Prefill is the time to the first generated token (TTFT); decode is seconds per further token, from per-token timestamps.",
+        f"- Generation: greedy, max_new_tokens {values('max_new_tokens')} by task; mean generated tokens per sample {values('generated_tokens_mean')}; "
+        f"share of rows that stopped at EOS: {values('eos_fraction')}.",
+        f"- Energy methods used: {values('energy_method')}. Notes: {values('energy_note')}. Counter windows are extended to at least "
+        f"the job's min_energy_window_s by repeating the cell's batches (repeats used: {values('energy_repeats')}).",
+        "- FLOPs: counted by `torch.utils.flop_counter.FlopCounterMode` over one prefill forward of the cell's real first batch, "
+        "divided by its rows. FLOPs = 2 x multiply-accumulates (the seed's \"806.5 G\" was MACs); `macs_per_sample` is in cells.parquet.",
+        f"- Dtypes: {values('dtype')}; attention implementations: {values('attention')}; torch threads per CPU worker: {values('torch_threads')}.",
+        f"- Hosts: {values('hostname')}; CPU: {values('cpu_model')}; GPU: {values('gpu_name')} (driver {values('driver_version')}).",
+        f"- Accuracy metrics: {values('accuracy_metric')}; 95% intervals are Wilson for proportions and a percentile bootstrap (1000 resamples) "
+        f"for VQA accuracy and CIDEr. Caption tokenizer: {values('caption_tokenizer')}.",
+    ]
+    return notes
+
+
+def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str, Any], plots: dict[str, str]) -> str:
+    labels = ", ".join(cells.get_column("model_label").drop_nulls().unique().to_list()) if not cells.is_empty() else job.model
+    parts = [
+        f"# {job.name}: {labels or job.model}",
+        "",
+        f"Job file `{run_info.get('job_file')}`, {len(grid.cells)} cells, model `{job.model}` ({job.weights} weights), "
+        f"fuyu_ray {run_info.get('fuyu_ray_version')} at commit {run_info.get('git_commit')}, finished {run_info.get('finished_at')}.",
+        "",
+    ]
+    sources = cells.select("dataset", "dataset_description").unique().drop_nulls().sort("dataset").rows() if not cells.is_empty() else []
+    if sources:
+        parts += ["Data: " + "; ".join(f"{DATASET_TITLES[d]} from {desc}" for d, desc in sources), ""]
+    for sweep in job.sweeps:
+        rows = section_rows(cells, grid, sweep)
+        parts += [f"## {sweep.replace('_', ' ').title()} tests", "", f"Fixed: {fixed_settings(job, sweep)}", ""]
+        parts += [sweep_table(job, sweep, rows), ""]
+        if sweep in plots:
+            parts += [f"![{sweep}]({plots[sweep]})", ""]
+    if "pareto" in plots:
+        parts += ["## Latency against accuracy", "", f"![pareto]({plots['pareto']})", ""]
+    parts += ["¹ n/a energy: " + "; ".join(cells.get_column("energy_note").drop_nulls().unique().to_list() or ["-"]), ""]
+    problems = cells.filter(pl.col("status").is_in(PROBLEM_STATUSES)) if not cells.is_empty() else cells
+    skipped = cells.filter(pl.col("status") == "skipped") if not cells.is_empty() else cells
+    if not problems.is_empty():
+        parts += ["## Failed, out-of-memory and timed-out cells", "", "They are retried on the next run unless --no-retry-failed.", ""]
+        parts += [markdown_table(["cell_id", "status", "device", "optimization", "dataset", "error"],
+                                 problems.select("cell_id", "status", "device", "optimization", "dataset", "error").rows()), ""]
+    if not skipped.is_empty():
+        parts += ["## Skipped cells", ""]
+        parts += [markdown_table(["device", "optimization", "reason", "cells"],
+                                 skipped.group_by("device", "optimization", "error").len().sort("device", "optimization").rows()), ""]
+    parts += ["## How this was measured", "", *measurement_notes(cells), ""]
+    parts += ["## Harness", "", harness_line(run_info), ""]
+    parts += ["## What the seed report lacked, and where it is here", "", *SEED_GAPS, ""]
+    return "\n".join(parts)
+
+
+def harness_line(run_info: dict[str, Any]) -> str:
+    ratio = run_info.get("busy_ratio")
+    return (
+        f"wall {fmt_number(run_info.get('wall_s'), 1)} s over {run_info.get('workers')} worker(s); busy "
+        f"{fmt_number(run_info.get('busy_s'), 1)} s (model loads + cells); busy / (wall x workers) = {fmt_number(ratio, 2)}; "
+        f"{run_info.get('model_loads')} model load(s); {run_info.get('cells_run')} cell(s) run now, {run_info.get('cells_reused')} reused from disk. "
+        f"Ray start-up took {fmt_number(run_info.get('ray_init_s'), 1)} s and is not in the wall time."
+    )
+
+
+SEED_GAPS = [
+    "- COCO captions are scored (CIDEr-D and BLEU-4 with pycocoevalcap), per sample in samples.parquet.",
+    "- Every figure states its spread and n; the how-it-was-measured notes above come from the recorded settings.",
+    "- FLOPs are defined (2 x MACs, counted by torch) and energy says which counter it used, or why none.",
+    "- Prompts, answer extraction (text after the beginning-of-answer token) and metrics follow lmms-eval; each prompt is in samples.parquet.",
+    "- `seq_len` is defined: a cap on the text-prompt tokens (context first, then the start of the question); truncations are counted per cell.",
+]
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFrame) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots: dict[str, str] = {}
+    ok = cells.filter(pl.col("status") == "ok") if not cells.is_empty() else cells
+    for sweep in job.sweeps:
+        rows = [r for r in section_rows(ok, grid, sweep)]
+        if not rows:
+            continue
+        axis = next((a for a in varied_axes(job, sweep) if a != "dataset"), "dataset")
+        figure, left = plt.subplots(figsize=(6, 4))
+        for dataset in sorted({r["dataset"] for r in rows}):
+            subset = [r for r in rows if r["dataset"] == dataset]
+            left.plot([str(r[axis]) for r in subset], [r["latency_s"] for r in subset], marker="o", label=f"latency {dataset}")
+        left.set_xlabel(AXIS_TITLES[axis])
+        left.set_ylabel("latency per batch (s)")
+        energies = [r for r in rows if r["energy_j_per_sample"] is not None]
+        if energies:
+            right = left.twinx()
+            right.plot([str(r[axis]) for r in energies], [r["energy_j_per_sample"] for r in energies], "s--", color="tab:red", label="energy/sample")
+            right.set_ylabel("energy per sample (J)")
+        left.legend(loc="upper left", fontsize=8)
+        left.set_title(f"{sweep}: latency{' and energy' if energies else ''} against {AXIS_TITLES[axis].lower()}")
+        name = "latency_energy_plot.png" if axis == "batch_size" else f"{sweep}.png"
+        plots[sweep] = _save(store, figure, name)
+    scored = ok.filter(pl.col("accuracy").is_not_null()) if not ok.is_empty() else ok
+    if not scored.is_empty():
+        figure, axes_ = plt.subplots(figsize=(6, 4))
+        for optimization in sorted(scored.get_column("optimization").unique().to_list()):
+            subset = scored.filter(pl.col("optimization") == optimization)
+            axes_.scatter(subset.get_column("latency_s").to_list(), subset.get_column("accuracy").to_list(), label=optimization)
+        axes_.set_xlabel("latency per batch (s)")
+        axes_.set_ylabel("accuracy (task metric)")
+        axes_.set_title("latency against accuracy, by optimization")
+        axes_.legend(fontsize=8)
+        plots["pareto"] = _save(store, figure, "pareto_latency_accuracy.png")
+    return plots
+
+
+def _save(store: ResultStore, figure, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    store.write_bytes(f"plots/{name}", buffer.getvalue())
+    return f"plots/{name}"

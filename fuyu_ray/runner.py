@@ -1,0 +1,341 @@
+"""The per-cell core: one warm model runs cells and returns Arrow records.
+
+Deliberately free of Ray and Polars: a Ray actor wraps a CellRunner, and a bare GPU
+machine can run the same code in-process (see fuyu_ray.gpu_check).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import platform
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from fuyu_ray import energy, hardware
+from fuyu_ray.cells import Cell, Variant
+from fuyu_ray.data import LoadedSamples, Sample, load_samples
+from fuyu_ray.measure import BatchTiming, PeakMemory, count_flops, spread, time_batch
+from fuyu_ray.models import LoadedModel, PresetUnsupported, load_model
+from fuyu_ray.records import cell_batch, now_iso, outcome_row, sample_table
+from fuyu_ray.tasks import Prompt, TaskSettings, build_prompt, score
+
+PATCH = 30  # Fuyu's image patch side in pixels
+
+
+@dataclass
+class CellResult:
+    record: pa.RecordBatch
+    samples: pa.Table
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]
+    sample_indices: list[int]  # which samples fill the rows; cycled when the set is smaller than a batch
+    prompt_length: int
+
+
+def padded_side(image_size: int) -> int:
+    return math.ceil(image_size / PATCH) * PATCH
+
+
+def image_token_count(image_size: int) -> int:
+    """rows * (cols + 1): each row of patches ends with a |NEWLINE| token."""
+    side = math.ceil(image_size / PATCH)
+    return side * (side + 1)
+
+
+class CellRunner:
+    """Loads one variant once and keeps it warm for all of that variant's cells."""
+
+    def __init__(self, variant: Variant, min_energy_window_s: float = 1.0, context: dict[str, Any] | None = None):
+        self.variant = variant
+        self.min_energy_window_s = min_energy_window_s
+        self.context = {"hostname": socket.gethostname(), "cpu_model": hardware.cpu_model(), **(context or {})}
+        self.loaded: LoadedModel | None = None
+        self.unsupported: str | None = None
+        try:
+            self.loaded = load_model(variant)
+        except PresetUnsupported as exc:
+            self.unsupported = str(exc)
+        self.meter = energy.meter_for(variant.device)
+        self.idle_power_w, _ = energy.measure_idle_power(self.meter) if self.loaded else (None, None)
+        self.device_info = self.meter.device_info() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
+
+    @property
+    def load_s(self) -> float:
+        return self.loaded.load_s if self.loaded else 0.0
+
+    def run(self, cell: Cell) -> CellResult:
+        started_at, started = now_iso(), time.perf_counter()
+        base = {**cell.settings(), **self.context, "variant_hash": self.variant.variant_hash, "load_s": self.load_s}
+        if self.loaded is None:
+            return CellResult(cell_batch(outcome_row(base, "skipped", self.unsupported, started_at=started_at)), sample_table([]))
+        try:
+            row, samples = self._measure(cell)
+            row.update(base, status="ok", error=None, started_at=started_at, finished_at=now_iso())
+        except torch.cuda.OutOfMemoryError as exc:
+            self._free_memory()
+            row, samples = outcome_row(base, "oom", _one_line(exc), started_at=started_at), []
+        except Exception as exc:  # a cell's failure is its record, and the actor goes on to the next cell
+            self._free_memory()
+            row, samples = outcome_row(base, "failed", _one_line(exc), started_at=started_at), []
+        row["cell_s"] = time.perf_counter() - started
+        return CellResult(cell_batch(row), sample_table(samples))
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if self.variant.device == "cuda":
+            torch.cuda.empty_cache()
+
+    # --- one cell -------------------------------------------------------------------------
+
+    def _measure(self, cell: Cell) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        loaded = self.loaded
+        point = cell.point
+        settings = TaskSettings.for_task(point.dataset, cell.task_override)
+        data = load_samples(point.dataset, cell.source, cell.limit)
+        if not data.samples:
+            raise ValueError(f"no readable samples in {data.description}")
+        prompts = [build_prompt(settings, s, point.seq_len, loaded.count_text_tokens) for s in data.samples]
+        batches = prepare_batches(loaded, data.samples, prompts, point.image_size, point.batch_size)
+        ignore_eos = loaded.accuracy_note is not None  # random weights: every cell runs to max_new_tokens
+
+        def run_batch(batch: Batch, token_clock) -> torch.Tensor:
+            return generate(loaded, batch, settings.max_new_tokens, ignore_eos, token_clock)
+
+        clocks = self.meter.clock_and_temperature() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
+        with PeakMemory(point.device) as memory:
+            first_call_s, warmup_batches = warm_up(run_batch, batches, loaded)
+            timings: list[BatchTiming] = []
+            first_pass: list[torch.Tensor] = []
+
+            def timed_pass() -> None:
+                for batch in batches:
+                    output, timing = time_batch(lambda clock: run_batch(batch, clock), point.device)
+                    timings.append(timing)
+                    if len(first_pass) < len(batches):
+                        first_pass.append(output)
+
+            window = energy.run_until_min_window(timed_pass, self.meter, self.min_energy_window_s)
+        clocks_end = self.meter.clock_and_temperature() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
+
+        predictions, generations, generated = decode_outputs(loaded, batches, first_pass, len(data.samples))
+        task_score = score(point.dataset, data.samples, predictions)
+        flops = count_cell_flops(loaded, batches[0])
+
+        row = {
+            "model_label": loaded.label, "attention": loaded.attention, "dtype": loaded.preset.dtype,
+            "dataset_description": data.description, "torch_threads": torch.get_num_threads(),
+            **workload_columns(data, prompts, batches, settings, generated, ignore_eos, point.image_size),
+            **latency_columns(timings, point.batch_size, first_call_s, warmup_batches),
+            **energy_columns(window, self.meter, self.idle_power_w, len(timings), point.batch_size),
+            **flops,
+            "peak_gpu_allocated_bytes": memory.allocated_bytes, "peak_gpu_reserved_bytes": memory.reserved_bytes,
+            "peak_rss_bytes": memory.rss_bytes,
+            **hardware.roofline_columns(self.device_info.get("gpu_name"), loaded, timings, flops, point.batch_size),
+            **accuracy_columns(task_score, loaded),
+            **{k: v for k, v in self.device_info.items()},
+            "sm_clock_start_mhz": clocks.get("sm_clock_mhz"), "gpu_temp_start_c": clocks.get("temperature_c"),
+            "sm_clock_end_mhz": clocks_end.get("sm_clock_mhz"), "gpu_temp_end_c": clocks_end.get("temperature_c"),
+        }
+        samples = sample_rows(cell, data.samples, prompts, generations, predictions, task_score, generated)
+        return row, samples
+
+
+def prepare_batches(loaded: LoadedModel, samples: list[Sample], prompts: list[Prompt], image_size: int, batch_size: int) -> list[Batch]:
+    """Processor work happens here, outside any timed window: latency is generate's time alone."""
+    side = padded_side(image_size)
+    count = math.ceil(len(samples) / batch_size) * batch_size
+    order = [i % len(samples) for i in range(count)]
+    dtype = next(loaded.model.parameters()).dtype
+    batches = []
+    for start in range(0, count, batch_size):
+        indices = order[start : start + batch_size]
+        inputs = loaded.processor(
+            images=[samples[i].image.resize((image_size, image_size)) for i in indices],
+            text=[prompts[i].text for i in indices],
+            return_tensors="pt",
+            # The processor pads to this canvas before cutting patches; the 1080x1920 default
+            # gives the same tokens for a smaller image and costs far more time.
+            size={"height": side, "width": side},
+        )
+        inputs = {k: v.to(loaded.variant.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        inputs["image_patches"] = inputs["image_patches"].to(dtype)
+        batches.append(Batch(inputs, indices, inputs["input_ids"].shape[1]))
+    return batches
+
+
+def attention_context(loaded: LoadedModel):
+    if loaded.attention == "sdpa-flash":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+    return contextlib.nullcontext()
+
+
+def generate(loaded: LoadedModel, batch: Batch, max_new_tokens: int, ignore_eos: bool, token_clock) -> torch.Tensor:
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class ClockCriterion(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return token_clock(input_ids, scores)
+
+    options: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "eos_token_id": loaded.eos_token_id,
+        "pad_token_id": loaded.tokenizer.pad_token_id,
+        "stopping_criteria": StoppingCriteriaList([ClockCriterion()]),
+    }
+    if ignore_eos:
+        options["min_new_tokens"] = max_new_tokens
+    if loaded.preset.static_cache:
+        options["cache_implementation"] = "static"
+    with torch.inference_mode(), attention_context(loaded):
+        return loaded.model.generate(**batch.inputs, **options)
+
+
+def warm_up(run_batch, batches: list[Batch], loaded: LoadedModel) -> tuple[float, int]:
+    """One untimed batch; for compiled variants, one per distinct input shape, so no timed batch compiles."""
+    shapes_seen: set[tuple[int, ...]] = set()
+    first_call_s, warmed = None, 0
+    for batch in batches:
+        shape = tuple(batch.inputs["input_ids"].shape)
+        if warmed and (not loaded.preset.compiled_decode or shape in shapes_seen):
+            continue
+        _, timing = time_batch(lambda clock: run_batch(batch, clock), loaded.variant.device)
+        first_call_s = timing.total_s if first_call_s is None else first_call_s
+        shapes_seen.add(shape)
+        warmed += 1
+    return first_call_s, warmed
+
+
+def decode_outputs(loaded: LoadedModel, batches: list[Batch], outputs: list[torch.Tensor], n_samples: int):
+    """The answer is what follows the beginning-of-answer token, which ends every prompt."""
+    tokenizer = loaded.tokenizer
+    predictions: list[str | None] = [None] * n_samples
+    generations: list[str | None] = [None] * n_samples
+    generated: list[int | None] = [None] * n_samples
+    for batch, output in zip(batches, outputs):
+        new_tokens = output[:, batch.prompt_length :].cpu()
+        for row, index in enumerate(batch.sample_indices):
+            if predictions[index] is not None:
+                continue
+            ids = new_tokens[row].tolist()
+            length = ids.index(loaded.eos_token_id) + 1 if loaded.eos_token_id in ids else len(ids)
+            generations[index] = tokenizer.decode(ids[:length], skip_special_tokens=False)
+            predictions[index] = tokenizer.decode(ids[:length], skip_special_tokens=True).strip()
+            generated[index] = length
+    return predictions, generations, generated
+
+
+def count_cell_flops(loaded: LoadedModel, batch: Batch) -> dict[str, Any]:
+    """Counted on the cell's own first batch: one prefill forward, then one decode step."""
+    model, rows = loaded.model, batch.inputs["input_ids"].shape[0]
+    with torch.inference_mode(), attention_context(loaded):
+        prefill_flops = count_flops(lambda: model(**batch.inputs, use_cache=False))
+        prefill = model(**batch.inputs, use_cache=True)
+        next_ids = prefill.logits[:, -1:].argmax(-1)
+        mask = torch.cat([batch.inputs["attention_mask"], torch.ones_like(next_ids)], dim=1)
+        decode_flops = count_flops(
+            lambda: model(input_ids=next_ids, attention_mask=mask, past_key_values=prefill.past_key_values, use_cache=True)
+        )
+    return {
+        "flops_per_sample": prefill_flops / rows,
+        "macs_per_sample": prefill_flops / rows / 2,
+        "decode_flops_per_token": decode_flops / rows,
+        "prefill_tokens": batch.prompt_length,
+    }
+
+
+def workload_columns(data: LoadedSamples, prompts, batches, settings, generated, ignore_eos, image_size) -> dict[str, Any]:
+    lengths = [g for g in generated if g is not None]
+    return {
+        "n_samples": len(data.samples),
+        "n_skipped_samples": len(data.skipped),
+        "skipped_samples_reason": "; ".join(f"{i}: {r}" for i, r in data.skipped[:5]) or None,
+        "n_batches": len(batches),
+        "padded_rows": sum(len(b.sample_indices) for b in batches) - len(data.samples),
+        "image_tokens": image_token_count(image_size),
+        "prompt_tokens_mean": sum(p.text_tokens for p in prompts) / len(prompts),
+        "truncated_prompts": sum(p.truncated for p in prompts),
+        "max_new_tokens": settings.max_new_tokens,
+        "generated_tokens_mean": sum(lengths) / len(lengths) if lengths else None,
+        "eos_fraction": sum(g < settings.max_new_tokens for g in lengths) / len(lengths) if lengths else None,
+        "ignore_eos": ignore_eos,
+        "prompt_template": settings.template,
+    }
+
+
+def latency_columns(timings: list[BatchTiming], batch_size: int, first_call_s, warmup_batches) -> dict[str, Any]:
+    total = spread([t.total_s for t in timings])
+    prefill = spread([t.prefill_s for t in timings])
+    decode = spread([t.decode_s_per_token for t in timings])
+    busy = sum(t.total_s for t in timings)
+    tokens = sum(t.steps for t in timings) * batch_size
+    return {
+        "latency_s": total.median, "latency_p90_s": total.p90, "latency_mean_s": total.mean,
+        "latency_std_s": total.std, "latency_n": total.n,
+        "prefill_s": prefill.median, "prefill_p90_s": prefill.p90,
+        "decode_s_per_token": decode.median, "decode_p90_s_per_token": decode.p90,
+        "samples_per_s": len(timings) * batch_size / busy if busy else None,
+        "tokens_per_s": tokens / busy if busy else None,
+        "first_call_s": first_call_s, "warmup_batches": warmup_batches,
+    }
+
+
+def energy_columns(window: energy.WindowResult, meter: energy.EnergyMeter, idle_w, n_batches: int, batch_size: int) -> dict[str, Any]:
+    columns = {
+        "energy_window_s": window.seconds, "energy_repeats": window.repeats,
+        "energy_method": meter.method, "energy_note": window.note, "idle_power_w": idle_w,
+    }
+    if window.joules is None:
+        return columns
+    per_batch = window.joules / n_batches
+    columns.update(energy_j_per_batch=per_batch, energy_j_per_sample=per_batch / batch_size)
+    if idle_w is not None:
+        above = (window.joules - idle_w * window.seconds) / n_batches
+        columns.update(energy_above_idle_j_per_batch=above, energy_above_idle_j_per_sample=above / batch_size)
+    return columns
+
+
+def accuracy_columns(task_score, loaded: LoadedModel) -> dict[str, Any]:
+    if loaded.accuracy_note is not None:
+        return {"accuracy_metric": task_score.metric, "accuracy_note": loaded.accuracy_note}
+    return {
+        "accuracy": task_score.accuracy, "accuracy_metric": task_score.metric,
+        "accuracy_ci_low": task_score.ci_low, "accuracy_ci_high": task_score.ci_high,
+        "accuracy_n": task_score.n, "accuracy_lenient": task_score.lenient, "bleu4": task_score.bleu4,
+        "caption_tokenizer": task_score.tokenizer, "accuracy_note": task_score.note,
+    }
+
+
+def sample_rows(cell: Cell, samples, prompts, generations, predictions, task_score, generated) -> list[dict[str, Any]]:
+    lenient = getattr(task_score, "per_sample_lenient", None) or [None] * len(samples)
+    return [
+        {
+            "cell_id": cell.cell_id, "dataset": cell.point.dataset, "sample_id": sample.sample_id,
+            "prompt": prompt.text, "generation": generation, "prediction": prediction,
+            "references": list(sample.references), "answer_index": sample.answer_index,
+            "choices": list(sample.choices), "score": per_sample, "score_lenient": lenient_score,
+            "prompt_tokens": prompt.text_tokens, "truncated": prompt.truncated, "generated_tokens": length,
+        }
+        for sample, prompt, generation, prediction, per_sample, lenient_score, length in zip(
+            samples, prompts, generations, predictions, task_score.per_sample, lenient, generated
+        )
+    ]
+
+
+def _one_line(exc: BaseException) -> str:
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    location = f" ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{location}"[:500]

@@ -1,0 +1,246 @@
+"""Job spec: the YAML job file, parsed into typed, validated dataclasses.
+
+Everything a run depends on is decided here, before Ray starts or any file is written,
+so bad input is one line naming the file and the key, and nothing else happens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fuyu_ray.presets import PRESET_NAMES
+
+DEVICES = ("cpu", "cuda")
+TASKS = ("textvqa", "scienceqa", "coco")
+WEIGHTS = ("pretrained", "random")
+AXES = ("device", "dataset", "batch_size", "image_size", "seq_len", "optimization")
+POSITIVE_INT_AXES = ("batch_size", "image_size", "seq_len")
+
+
+class JobError(ValueError):
+    """A job file that cannot be run; the message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where one task's samples come from: `synthetic`, a hub id or a local path."""
+
+    source: str = "synthetic"
+    split: str | None = None
+    config: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskOverride:
+    """Per-task prompt template and generation length, when the job overrides the defaults."""
+
+    template: str | None = None
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Point:
+    """One setting of every axis: the base of all sweeps, or one grid cell's settings."""
+
+    device: str
+    dataset: str
+    batch_size: int
+    image_size: int
+    seq_len: int
+    optimization: str
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    model: str
+    weights: str
+    limit: int
+    base: Point
+    sweeps: dict[str, dict[str, list[Any]]]
+    datasets: dict[str, DatasetSource] = field(default_factory=dict)
+    tasks: dict[str, TaskOverride] = field(default_factory=dict)
+    cpus_per_actor: int | None = None
+    cell_timeout_s: float = 1800.0
+    max_actors_per_variant: int = 1
+    min_energy_window_s: float = 1.0
+    source_path: str = ""
+
+    def dataset_source(self, task: str) -> DatasetSource:
+        return self.datasets.get(task, DatasetSource())
+
+
+TOP_KEYS = {
+    "name", "model", "weights", "limit", "datasets", "tasks", "base", "sweeps",
+    "cpus_per_actor", "cell_timeout_s", "max_actors_per_variant", "min_energy_window_s",
+}
+REQUIRED_TOP_KEYS = ("name", "model", "base", "sweeps")
+
+
+def load_job(path: str | Path) -> JobSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise JobError(f"{path}: job file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise JobError(f"{path}: broken YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_job(raw, str(path))
+
+
+def parse_job(raw: Any, origin: str) -> JobSpec:
+    def fail(key: str, problem: str) -> JobError:
+        return JobError(f"{origin}: {key}: {problem}")
+
+    if not isinstance(raw, dict):
+        raise JobError(f"{origin}: the job must be a YAML mapping")
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise fail(str(key), f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+    for key in REQUIRED_TOP_KEYS:
+        if key not in raw:
+            raise fail(key, "missing")
+
+    name = _string(raw["name"], "name", fail)
+    model = _string(raw["model"], "model", fail)
+    weights = raw.get("weights", "pretrained")
+    if weights not in WEIGHTS:
+        raise fail("weights", f"unknown value {weights!r} (known: {', '.join(WEIGHTS)})")
+    limit = _positive_int(raw.get("limit", 16), "limit", fail)
+
+    base = _parse_point(raw["base"], "base", fail)
+    sweeps = _parse_sweeps(raw["sweeps"], fail)
+    datasets = _parse_datasets(raw.get("datasets") or {}, fail)
+    tasks = _parse_tasks(raw.get("tasks") or {}, fail)
+
+    cpus = raw.get("cpus_per_actor")
+    return JobSpec(
+        name=name,
+        model=model,
+        weights=weights,
+        limit=limit,
+        base=base,
+        sweeps=sweeps,
+        datasets=datasets,
+        tasks=tasks,
+        cpus_per_actor=None if cpus is None else _positive_int(cpus, "cpus_per_actor", fail),
+        cell_timeout_s=_positive_number(raw.get("cell_timeout_s", 1800.0), "cell_timeout_s", fail),
+        max_actors_per_variant=_positive_int(raw.get("max_actors_per_variant", 1), "max_actors_per_variant", fail),
+        min_energy_window_s=_positive_number(raw.get("min_energy_window_s", 1.0), "min_energy_window_s", fail),
+        source_path=origin,
+    )
+
+
+def _string(value: Any, key: str, fail) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise fail(key, f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _positive_int(value: Any, key: str, fail) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise fail(key, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _positive_number(value: Any, key: str, fail) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise fail(key, f"must be a positive number, got {value!r}")
+    return float(value)
+
+
+def check_axis_value(axis: str, value: Any, key: str, fail) -> Any:
+    """Validate one value of one axis; `key` is the dotted path shown to the user."""
+    if axis == "device":
+        if value not in DEVICES:
+            raise fail(key, f"unknown device {value!r} (known: {', '.join(DEVICES)})")
+    elif axis == "dataset":
+        if value not in TASKS:
+            raise fail(key, f"unknown dataset {value!r} (known: {', '.join(TASKS)})")
+    elif axis == "optimization":
+        if value not in PRESET_NAMES:
+            raise fail(key, f"unknown optimization {value!r} (known: {', '.join(PRESET_NAMES)})")
+    elif axis in POSITIVE_INT_AXES:
+        _positive_int(value, key, fail)
+    return value
+
+
+def _parse_point(raw: Any, key: str, fail) -> Point:
+    if not isinstance(raw, dict):
+        raise fail(key, "must be a mapping of axis: value")
+    for axis in raw:
+        if axis not in AXES:
+            raise fail(f"{key}.{axis}", f"unknown axis (known: {', '.join(AXES)})")
+    for axis in AXES:
+        if axis not in raw:
+            raise fail(f"{key}.{axis}", "missing")
+        check_axis_value(axis, raw[axis], f"{key}.{axis}", fail)
+    return Point(**{axis: raw[axis] for axis in AXES})
+
+
+def _parse_sweeps(raw: Any, fail) -> dict[str, dict[str, list[Any]]]:
+    if not isinstance(raw, dict) or not raw:
+        raise fail("sweeps", "must be a non-empty mapping of sweep name: {axis: [values]}")
+    sweeps: dict[str, dict[str, list[Any]]] = {}
+    for sweep_name, axes in raw.items():
+        where = f"sweeps.{sweep_name}"
+        if not isinstance(axes, dict) or not axes:
+            raise fail(where, "empty sweep: give at least one axis with a list of values")
+        parsed: dict[str, list[Any]] = {}
+        for axis, values in axes.items():
+            if axis not in AXES:
+                raise fail(f"{where}.{axis}", f"unknown axis (known: {', '.join(AXES)})")
+            if not isinstance(values, list) or not values:
+                raise fail(f"{where}.{axis}", "empty sweep: give a non-empty list of values")
+            parsed[axis] = [check_axis_value(axis, v, f"{where}.{axis}", fail) for v in values]
+        sweeps[str(sweep_name)] = parsed
+    return sweeps
+
+
+def _parse_datasets(raw: Any, fail) -> dict[str, DatasetSource]:
+    if not isinstance(raw, dict):
+        raise fail("datasets", "must be a mapping of dataset: source")
+    parsed = {}
+    for task, value in raw.items():
+        if task not in TASKS:
+            raise fail(f"datasets.{task}", f"unknown dataset (known: {', '.join(TASKS)})")
+        if isinstance(value, str) and value.strip():
+            parsed[task] = DatasetSource(source=value.strip())
+        elif isinstance(value, dict):
+            unknown = set(value) - {"source", "split", "config"}
+            if unknown:
+                raise fail(f"datasets.{task}.{sorted(unknown)[0]}", "unknown key (known: source, split, config)")
+            parsed[task] = DatasetSource(
+                source=_string(value.get("source"), f"datasets.{task}.source", fail),
+                split=value.get("split"),
+                config=value.get("config"),
+            )
+        else:
+            raise fail(f"datasets.{task}", f"must be 'synthetic', a hub id or a path, got {value!r}")
+    return parsed
+
+
+def _parse_tasks(raw: Any, fail) -> dict[str, TaskOverride]:
+    if not isinstance(raw, dict):
+        raise fail("tasks", "must be a mapping of dataset: {template, max_new_tokens}")
+    parsed = {}
+    for task, value in raw.items():
+        if task not in TASKS:
+            raise fail(f"tasks.{task}", f"unknown dataset (known: {', '.join(TASKS)})")
+        if not isinstance(value, dict):
+            raise fail(f"tasks.{task}", "must be a mapping with template and/or max_new_tokens")
+        unknown = set(value) - {"template", "max_new_tokens"}
+        if unknown:
+            raise fail(f"tasks.{task}.{sorted(unknown)[0]}", "unknown key (known: template, max_new_tokens)")
+        max_new = value.get("max_new_tokens")
+        parsed[task] = TaskOverride(
+            template=None if value.get("template") is None else _string(value["template"], f"tasks.{task}.template", fail),
+            max_new_tokens=None if max_new is None else _positive_int(max_new, f"tasks.{task}.max_new_tokens", fail),
+        )
+    return parsed

@@ -1,0 +1,28 @@
+"""Shared fixtures: the default job, run once end to end through the real CLI and a real local Ray."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_grid(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m fuyu_ray.grid` as a user runs it, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "fuyu_ray.grid", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("smoke") / "out"
+    result = run_grid("--job", "jobs/smoke.yaml", "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result

@@ -1,0 +1,58 @@
+"""Bad input: one line naming the file and the culprit, exit status 2, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_grid
+
+GOOD = (
+    "name: bad\nmodel: tiny\nlimit: 2\n"
+    "base: {device: cpu, dataset: textvqa, batch_size: 1, image_size: 224, seq_len: 200, optimization: fp32}\n"
+    "sweeps:\n  batch: {batch_size: [1, 2]}\n"
+)
+
+CASES = {
+    "broken_yaml": ("name: [unclosed\n", "broken YAML"),
+    "unknown_key": (GOOD + "colour: blue\n", "colour"),
+    "unknown_dataset": (GOOD.replace("dataset: textvqa", "dataset: vqav2"), "vqav2"),
+    "unknown_device": (GOOD.replace("device: cpu", "device: tpu"), "tpu"),
+    "unknown_optimization": (GOOD.replace("optimization: fp32", "optimization: int3"), "int3"),
+    "non_positive_size": (GOOD.replace("image_size: 224", "image_size: 0"), "base.image_size"),
+    "negative_batch_in_sweep": (GOOD.replace("[1, 2]", "[1, -2]"), "sweeps.batch.batch_size"),
+    "empty_sweep_list": (GOOD.replace("[1, 2]", "[]"), "sweeps.batch.batch_size"),
+    "empty_sweep": (GOOD.replace("batch: {batch_size: [1, 2]}", "batch: {}"), "sweeps.batch"),
+    "unknown_dataset_source_task": (GOOD + "datasets: {vqav2: synthetic}\n", "datasets.vqav2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_job_exits_2_with_one_line_and_writes_nothing(tmp_path, case):
+    text, culprit = CASES[case]
+    job = tmp_path / "job.yaml"
+    job.write_text(text)
+    out = tmp_path / "out"
+    result = run_grid("--job", str(job), "--out", str(out))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(job) in lines[0] and culprit in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_missing_job_file(tmp_path):
+    result = run_grid("--job", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"fuyu_ray: {tmp_path / 'nope.yaml'}: job file not found"
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_address_is_one_line(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(GOOD)
+    result = run_grid("--job", str(job), "--out", str(tmp_path / "out"), "--address", "127.0.0.1:9")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "127.0.0.1:9" in result.stderr and "unreachable" in result.stderr
+    assert not (tmp_path / "out").exists()
