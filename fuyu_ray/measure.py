@@ -93,12 +93,23 @@ def spread(values: list[float]) -> Spread:
 
 
 def count_flops(run: Callable[[], Any]) -> int:
-    """FLOPs as torch.utils.flop_counter counts them: 2 per multiply-accumulate."""
+    """FLOPs as torch.utils.flop_counter counts them: 2 per multiply-accumulate.
+
+    torch has no formula for SDPA's CPU flash kernel, so CPU attention would count as zero
+    and sdpa would look cheaper than eager; it gets the same formula as the CUDA kernels.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
         run()
     return int(counter.get_total_flops())
+
+
+def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 def _rss_bytes() -> int | None:
@@ -152,3 +163,17 @@ class PeakMemory:
         if self.device == "cuda":
             self.allocated_bytes = torch.cuda.max_memory_allocated()
             self.reserved_bytes = torch.cuda.max_memory_reserved()
+
+
+def fuyu_prefill_flops(config, patches: int, tokens: int) -> int:
+    """Analytic FLOPs of one Fuyu forward over `tokens` positions, `patches` of them image patches.
+
+    Patch projection + per layer (QKV, attention scores and mix without a causal discount,
+    output projection, two-matrix MLP) + LM head over every position: the matmuls that
+    FlopCounterMode sees, so the two counts can check each other.
+    """
+    text = config.text_config
+    d, ff, layers, vocab = text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size
+    patch_width = config.patch_size * config.patch_size * config.num_channels
+    per_layer = 2 * tokens * d * 3 * d + 4 * tokens * tokens * d + 2 * tokens * d * d + 4 * tokens * d * ff
+    return 2 * patches * patch_width * d + layers * per_layer + 2 * tokens * d * vocab

@@ -40,7 +40,7 @@ CELL_SCHEMA = pa.schema([
     ("idle_power_w", _float), ("energy_window_s", _float), ("energy_repeats", _int),
     ("energy_method", _str), ("energy_note", _str),
     # FLOPs
-    ("flops_per_sample", _float), ("macs_per_sample", _float), ("decode_flops_per_token", _float),
+    ("flops_per_sample", _float), ("flops_analytic_per_sample", _float), ("macs_per_sample", _float), ("decode_flops_per_token", _float),
     ("prefill_tokens", _int),
     # memory
     ("peak_gpu_allocated_bytes", _int), ("peak_gpu_reserved_bytes", _int), ("peak_rss_bytes", _int),

@@ -22,7 +22,7 @@ import torch
 from fuyu_ray import energy, hardware
 from fuyu_ray.cells import Cell, Variant
 from fuyu_ray.data import LoadedSamples, Sample, load_samples
-from fuyu_ray.measure import BatchTiming, PeakMemory, count_flops, spread, time_batch
+from fuyu_ray.measure import BatchTiming, PeakMemory, count_flops, fuyu_prefill_flops, spread, time_batch
 from fuyu_ray.models import LoadedModel, PresetUnsupported, load_model
 from fuyu_ray.records import cell_batch, now_iso, outcome_row, sample_table
 from fuyu_ray.tasks import Prompt, TaskSettings, build_prompt, score
@@ -249,8 +249,10 @@ def count_cell_flops(loaded: LoadedModel, batch: Batch) -> dict[str, Any]:
         decode_flops = count_flops(
             lambda: model(input_ids=next_ids, attention_mask=mask, past_key_values=prefill.past_key_values, use_cache=True)
         )
+    patches_per_row = batch.inputs["image_patches"].shape[0] // rows
     return {
         "flops_per_sample": prefill_flops / rows,
+        "flops_analytic_per_sample": fuyu_prefill_flops(model.config, patches_per_row, batch.prompt_length),
         "macs_per_sample": prefill_flops / rows / 2,
         "decode_flops_per_token": decode_flops / rows,
         "prefill_tokens": batch.prompt_length,

@@ -1,0 +1,50 @@
+"""Measurement core on a stand-in model whose time is known: it sleeps 50 ms per batch."""
+
+from __future__ import annotations
+
+import time
+
+from fuyu_ray.measure import PeakMemory, spread, time_batch
+
+PREFILL_S, TOKEN_S, TOKENS = 0.020, 0.010, 4  # 20 ms + 3 further tokens x 10 ms = 50 ms
+
+
+def sleeping_model(token_clock) -> str:
+    time.sleep(PREFILL_S)
+    token_clock()
+    for _ in range(TOKENS - 1):
+        time.sleep(TOKEN_S)
+        token_clock()
+    return "done"
+
+
+def test_sleeping_stand_in_is_timed_to_within_5_percent():
+    timings = [time_batch(sleeping_model, "cpu")[1] for _ in range(7)]
+    latency = spread([t.total_s for t in timings])
+    assert abs(latency.median - 0.050) / 0.050 < 0.05  # wide on purpose: a loaded CI box oversleeps
+    assert latency.n == 7
+    for timing in timings:
+        assert timing.steps == TOKENS
+        assert abs(timing.prefill_s - PREFILL_S) < 0.005
+        assert abs(timing.decode_s_per_token - TOKEN_S) < 0.003
+        # prefill and decode add up to the batch's time
+        assert abs(timing.prefill_s + timing.decode_s_per_token * (TOKENS - 1) - timing.total_s) < 0.002
+
+
+def test_spread_statistics():
+    result = spread([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert (result.median, result.p90, result.n) == (3.0, 100.0, 5)
+    assert result.mean == 22.0
+    assert spread([]).median is None and spread([]).n == 0
+    assert spread([2.0]).std == 0.0
+
+
+def test_peak_memory_sees_a_temporary_allocation():
+    with PeakMemory("cpu", sample_every_s=0.001) as baseline:
+        time.sleep(0.02)
+    with PeakMemory("cpu", sample_every_s=0.001) as peak:
+        block = bytearray(200 * 1024 * 1024)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
+        time.sleep(0.05)
+        del block
+    assert peak.rss_bytes - baseline.rss_bytes > 150 * 1024 * 1024
