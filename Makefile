@@ -6,12 +6,12 @@ JOB ?= jobs/smoke.yaml
 
 .PHONY: run test gpu-check clean
 
+# The CPU build of torch goes in first: a bare `torch` requirement would pull a multi-GB CUDA
+# build. Elsewhere, PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu picks the CPU wheel;
+# on a GPU machine, install your CUDA torch into .venv before `make`, and it is kept.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
-	# Elsewhere, PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu picks the CPU wheel; on a GPU
-	# machine, install your CUDA torch into .venv before `make`, and this keeps it.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@

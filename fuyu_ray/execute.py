@@ -32,9 +32,11 @@ class CellWorker:
         if threads:
             torch.set_num_threads(threads)
         from fuyu_ray.runner import CellRunner
+        from fuyu_ray.standin import StandInRunner, is_standin
 
         context = ray.get_runtime_context()
-        self.runner = CellRunner(
+        runner_class = StandInRunner if is_standin(variant.model) else CellRunner
+        self.runner = runner_class(
             variant,
             min_energy_window_s=min_energy_window_s,
             context={"node_id": context.get_node_id(), "actor": context.get_actor_name() or variant.label},
@@ -95,6 +97,17 @@ def missing_resources(variant: Variant, demand: dict) -> str | None:
     return f"no node in the cluster has {wanted} (device {variant.device})"
 
 
+def actors_for(demand: dict, max_actors_per_variant: int | None) -> int:
+    """The job's cap, or with none, as many actors as the cluster has room for at once."""
+    if max_actors_per_variant:
+        return max_actors_per_variant
+    room = sum(
+        min(int(n.get("Resources", {}).get(k, 0) // v) for k, v in demand.items())
+        for n in ray.nodes() if n.get("Alive")
+    )
+    return max(1, room)
+
+
 def actor_demand(variant: Variant, cpus_per_actor: int | None) -> dict:
     if variant.device == "cuda":
         return {"CPU": 1, "GPU": 1}
@@ -108,7 +121,7 @@ def execute(
     on_start: Callable[[Cell], None],
     min_energy_window_s: float,
     cpus_per_actor: int | None,
-    max_actors_per_variant: int,
+    max_actors_per_variant: int | None,
     cell_timeout_s: float,
 ) -> ExecutionStats:
     stats = ExecutionStats()
@@ -125,7 +138,7 @@ def execute(
                 on_record(cell_batch(outcome_row(cell.settings(), "skipped", reason)), sample_table([]))
             queue.clear()
             continue
-        for index in range(min(max_actors_per_variant, len(queue))):
+        for index in range(min(actors_for(demand, max_actors_per_variant), len(queue))):
             slots.append(_start_actor(variant, index, demand, min_energy_window_s))
 
     def feed(slot: Slot) -> None:

@@ -21,6 +21,11 @@ AXIS_TITLES = {
 }
 DATASET_TITLES = {"coco": "COCO", "scienceqa": "ScienceQA", "textvqa": "TextVQA"}
 PROBLEM_STATUSES = ("failed", "oom", "timeout")
+ACCURACY_LEGEND = {
+    "textvqa": "VQA accuracy in % (EvalAI normalisation, min(1, matches/3) over 10 leave-one-out subsets)",
+    "scienceqa": "exact option letter in % (strict; the lenient figure is `accuracy_lenient` in cells.parquet)",
+    "coco": "CIDEr-D x 1 (pycocoevalcap, document frequencies from the scored set; BLEU-4 in cells.parquet)",
+}
 
 
 def write_report(store: ResultStore, job: JobSpec, grid: Grid, run_info: dict[str, Any]) -> pl.DataFrame:
@@ -196,6 +201,8 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
     sources = cells.select("dataset", "dataset_description").unique().drop_nulls().sort("dataset").rows() if not cells.is_empty() else []
     if sources:
         parts += ["Data: " + "; ".join(f"{DATASET_TITLES[d]} from {desc}" for d, desc in sources), ""]
+        parts += ["Accuracy columns: " + "; ".join(f"{DATASET_TITLES[d]} = {ACCURACY_LEGEND[d]}" for d, _ in sources)
+                  + ". Brackets hold the 95% interval; n is the number of scored samples.", ""]
     for sweep in job.sweeps:
         rows = section_rows(cells, grid, sweep)
         parts += [f"## {sweep.replace('_', ' ').title()} tests", "", f"Fixed: {fixed_settings(job, sweep)}", ""]
@@ -204,6 +211,7 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
             parts += [f"![{sweep}]({plots[sweep]})", ""]
     if "pareto" in plots:
         parts += ["## Latency against accuracy", "", f"![pareto]({plots['pareto']})", ""]
+    parts += roofline_section(cells) + per_node_section(cells)
     parts += ["¹ n/a energy: " + "; ".join(cells.get_column("energy_note").drop_nulls().unique().to_list() or ["-"]), ""]
     problems = cells.filter(pl.col("status").is_in(PROBLEM_STATUSES)) if not cells.is_empty() else cells
     skipped = cells.filter(pl.col("status") == "skipped") if not cells.is_empty() else cells
@@ -216,9 +224,55 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
         parts += [markdown_table(["device", "optimization", "reason", "cells"],
                                  skipped.group_by("device", "optimization", "error").len().sort("device", "optimization").rows()), ""]
     parts += ["## How this was measured", "", *measurement_notes(cells), ""]
+    parts += ["## Prompts", "", *prompt_lines(cells), ""]
     parts += ["## Harness", "", harness_line(run_info), ""]
     parts += ["## What the seed report lacked, and where it is here", "", *SEED_GAPS, ""]
     return "\n".join(parts)
+
+
+def roofline_section(cells: pl.DataFrame) -> list[str]:
+    """How close each GPU cell came to the chip's limit: 1.0 is the best the hardware allows."""
+    if cells.is_empty() or cells.get_column("decode_roofline_ratio").drop_nulls().is_empty():
+        return []
+    rows = (
+        cells.filter(pl.col("decode_roofline_ratio").is_not_null())
+        .group_by("optimization", "batch_size", "image_size")
+        .agg(pl.col("decode_roofline_ratio").median(), pl.col("prefill_roofline_ratio").median(), pl.col("roofline_note").first())
+        .sort("optimization", "batch_size", "image_size")
+    )
+    table = [[o, b, i, fmt_number(d, 2), fmt_number(p, 2), note] for o, b, i, d, p, note in rows.rows()]
+    return [
+        "## Roofline", "",
+        "Decode: time to read the weights once at peak bandwidth / measured seconds per token. "
+        "Prefill: its FLOPs at peak matrix rate / measured prefill time. 1.00 is the chip's limit.", "",
+        markdown_table(["Optimization", "Batch", "Image", "Decode / limit", "Prefill / limit", "Peaks"], table), "",
+    ]
+
+
+def per_node_section(cells: pl.DataFrame) -> list[str]:
+    """Nodes differ, so a multi-node run says which node measured what."""
+    if cells.is_empty() or cells.get_column("node_id").drop_nulls().n_unique() < 2:
+        return []
+    rows = (
+        cells.filter(pl.col("node_id").is_not_null())
+        .group_by("node_id", "hostname", "gpu_name")
+        .agg(pl.len().alias("cells"), (pl.col("status") == "ok").sum().alias("ok"), pl.col("latency_s").median())
+        .sort("node_id")
+    )
+    table = [[n[:12], h, g or "-", c, ok, fmt_seconds(lat)] for n, h, g, c, ok, lat in rows.rows()]
+    return ["## Per node", "", markdown_table(["Node", "Host", "GPU", "Cells", "ok", "Median latency s"], table), ""]
+
+
+def prompt_lines(cells: pl.DataFrame) -> list[str]:
+    """The exact templates that ran, as recorded by the cells; the full prompt of every sample is in samples.parquet."""
+    if cells.is_empty():
+        return []
+    used = cells.filter(pl.col("prompt_template").is_not_null()).select("dataset", "prompt_template", "max_new_tokens").unique().sort("dataset")
+    lines = ["Fuyu's format: image tokens, `<s>`, the prompt below plus a newline, then the beginning-of-answer token `\\x04`; "
+             "the answer is the decoded text after it, stripped, greedy decoding, stopping at `|ENDOFTEXT|`.", ""]
+    for dataset, template, max_new in used.rows():
+        lines += [f"- {DATASET_TITLES[dataset]} (max_new_tokens {max_new}): `{template!r}`"]
+    return lines
 
 
 def harness_line(run_info: dict[str, Any]) -> str:

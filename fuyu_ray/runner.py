@@ -25,7 +25,8 @@ from fuyu_ray.data import LoadedSamples, Sample, load_samples
 from fuyu_ray.measure import BatchTiming, PeakMemory, count_flops, fuyu_prefill_flops, spread, time_batch
 from fuyu_ray.models import LoadedModel, PresetUnsupported, load_model
 from fuyu_ray.records import cell_batch, now_iso, outcome_row, sample_table
-from fuyu_ray.tasks import Prompt, TaskSettings, build_prompt, score
+from fuyu_ray.prompts import Prompt, TaskSettings, build_prompt
+from fuyu_ray.scoring import score
 
 PATCH = 30  # Fuyu's image patch side in pixels
 
@@ -60,24 +61,26 @@ class CellRunner:
         self.variant = variant
         self.min_energy_window_s = min_energy_window_s
         self.context = {"hostname": socket.gethostname(), "cpu_model": hardware.cpu_model(), **(context or {})}
-        self.loaded: LoadedModel | None = None
-        self.unsupported: str | None = None
-        try:
-            self.loaded = load_model(variant)
-        except PresetUnsupported as exc:
-            self.unsupported = str(exc)
-        self.meter = energy.meter_for(variant.device)
-        self.idle_power_w, _ = energy.measure_idle_power(self.meter) if self.loaded else (None, None)
+        started = time.perf_counter()
+        self.loaded, self.unsupported = self._load()
+        self.load_s = time.perf_counter() - started
+        self.meter = self._meter()
+        self.idle_power_w, _ = energy.measure_idle_power(self.meter) if self.unsupported is None else (None, None)
         self.device_info = self.meter.device_info() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
 
-    @property
-    def load_s(self) -> float:
-        return self.loaded.load_s if self.loaded else 0.0
+    def _load(self) -> tuple[LoadedModel | None, str | None]:
+        try:
+            return load_model(self.variant), None
+        except PresetUnsupported as exc:
+            return None, str(exc)
+
+    def _meter(self) -> energy.EnergyMeter:
+        return energy.meter_for(self.variant.device)
 
     def run(self, cell: Cell) -> CellResult:
         started_at, started = now_iso(), time.perf_counter()
         base = {**cell.settings(), **self.context, "variant_hash": self.variant.variant_hash, "load_s": self.load_s}
-        if self.loaded is None:
+        if self.unsupported is not None:
             return CellResult(cell_batch(outcome_row(base, "skipped", self.unsupported, started_at=started_at)), sample_table([]))
         try:
             row, samples = self._measure(cell)
@@ -93,7 +96,7 @@ class CellRunner:
 
     def _free_memory(self) -> None:
         gc.collect()
-        if self.variant.device == "cuda":
+        if self.variant.device == "cuda" and torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     # --- one cell -------------------------------------------------------------------------
@@ -322,7 +325,7 @@ def accuracy_columns(task_score, loaded: LoadedModel) -> dict[str, Any]:
 
 
 def sample_rows(cell: Cell, samples, prompts, generations, predictions, task_score, generated) -> list[dict[str, Any]]:
-    lenient = getattr(task_score, "per_sample_lenient", None) or [None] * len(samples)
+    lenient = task_score.per_sample_lenient or [None] * len(samples)
     return [
         {
             "cell_id": cell.cell_id, "dataset": cell.point.dataset, "sample_id": sample.sample_id,

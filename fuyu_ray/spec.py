@@ -66,7 +66,7 @@ class JobSpec:
     tasks: dict[str, TaskOverride] = field(default_factory=dict)
     cpus_per_actor: int | None = None
     cell_timeout_s: float = 1800.0
-    max_actors_per_variant: int = 1
+    max_actors_per_variant: int | None = 1  # None: as many as the cluster has room for
     min_energy_window_s: float = 1.0
     source_path: str = ""
 
@@ -131,7 +131,7 @@ def parse_job(raw: Any, origin: str) -> JobSpec:
         tasks=tasks,
         cpus_per_actor=None if cpus is None else _positive_int(cpus, "cpus_per_actor", fail),
         cell_timeout_s=_positive_number(raw.get("cell_timeout_s", 1800.0), "cell_timeout_s", fail),
-        max_actors_per_variant=_positive_int(raw.get("max_actors_per_variant", 1), "max_actors_per_variant", fail),
+        max_actors_per_variant=_actor_cap(raw.get("max_actors_per_variant", 1), fail),
         min_energy_window_s=_positive_number(raw.get("min_energy_window_s", 1.0), "min_energy_window_s", fail),
         source_path=origin,
     )
@@ -146,6 +146,14 @@ def _string(value: Any, key: str, fail) -> str:
 def _positive_int(value: Any, key: str, fail) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise fail(key, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _actor_cap(value: Any, fail) -> int | None:
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise fail("max_actors_per_variant", f"must be a positive integer or 'auto', got {value!r}")
     return value
 
 

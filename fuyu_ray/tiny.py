@@ -34,7 +34,7 @@ def cache_root() -> Path:
 
 
 def tokenizer_corpus() -> list[str]:
-    from fuyu_ray.tasks import DEFAULT_TEMPLATES, TaskSettings, render
+    from fuyu_ray.prompts import DEFAULT_TEMPLATES, TaskSettings, render
     from fuyu_ray.data import row_to_sample
     from fuyu_ray.spec import TaskOverride
 
@@ -117,7 +117,7 @@ def code_fingerprint() -> str:
     """The cache key: the source of everything that defines the tiny model and its training."""
     package = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("tiny.py", "data.py", "tasks.py", "train_tiny.py"):
+    for name in ("tiny.py", "data.py", "prompts.py", "train_tiny.py"):
         path = package / name
         if path.exists():
             digest.update(path.read_bytes())

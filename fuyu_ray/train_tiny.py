@@ -15,7 +15,7 @@ import torch
 from fuyu_ray import tiny
 from fuyu_ray.data import SYNTHETIC_TRAIN_SPLIT, rows_to_samples, synthetic_rows
 from fuyu_ray.spec import TaskOverride
-from fuyu_ray.tasks import TaskSettings, build_prompt
+from fuyu_ray.prompts import TaskSettings, build_prompt
 
 SEED = 0
 # Option letters must be read off shuffled options, the hardest of the three, so it gets more examples.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import polars as pl
 import pytest
@@ -103,3 +104,19 @@ def test_rerun_skips_done_cells_and_force_recomputes(tmp_path):
 
     forced = run_grid("--job", str(job), "--out", str(out), "--force")
     assert "2 cells, 2 to run" in forced.stdout
+
+
+def test_gpu_cells_on_a_cluster_without_gpus_are_skipped_not_waited_on(tmp_path):
+    job = tmp_path / "gpu.yaml"
+    job.write_text(
+        "name: gpu\nmodel: 'standin:sleep=0.1'\nweights: random\nlimit: 1\n"
+        "base: {device: cuda, dataset: textvqa, batch_size: 1, image_size: 224, seq_len: 200, optimization: fp16}\n"
+        "sweeps:\n  batch: {batch_size: [1, 2]}\n"
+    )
+    started = time.monotonic()
+    result = run_grid("--job", str(job), "--out", str(tmp_path / "out"), timeout=300)  # a fresh local Ray: no GPU
+    assert result.returncode == 0
+    assert time.monotonic() - started < 120
+    table = pl.read_parquet(tmp_path / "out" / "cells.parquet")
+    assert table.get_column("status").to_list() == ["skipped", "skipped"]
+    assert "GPU=1" in table.get_column("error")[0]

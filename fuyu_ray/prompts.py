@@ -1,4 +1,4 @@
-"""Tasks: the prompt each benchmark asks, how it is capped to `seq_len`, and how answers are scored.
+"""Prompts: what each task asks, and how a prompt is capped to `seq_len`.
 
 Prompts and generation lengths follow lmms-eval's settings for Fuyu, so that our accuracy
 is the one the community reports; a job may override them per task.
@@ -10,7 +10,6 @@ import string
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from fuyu_ray import metrics
 from fuyu_ray.data import Sample
 from fuyu_ray.spec import TaskOverride
 
@@ -20,11 +19,6 @@ DEFAULT_TEMPLATES = {
     "coco": "Provide a one-sentence caption for the provided image.",
 }
 DEFAULT_MAX_NEW_TOKENS = {"textvqa": 16, "scienceqa": 16, "coco": 64}
-METRIC_NAMES = {
-    "textvqa": "VQA accuracy (EvalAI normalisation, leave-one-out over 10 answers)",
-    "scienceqa": "exact option letter (strict)",
-    "coco": "CIDEr-D (pycocoevalcap)",
-}
 
 
 @dataclass(frozen=True)
@@ -84,58 +78,3 @@ def build_prompt(settings: TaskSettings, sample: Sample, seq_len: int, count_tok
             text = render(settings, sample, context_words, question_words)
             tokens = count_tokens(text)
     return Prompt(text=text, text_tokens=tokens, truncated=truncated)
-
-
-@dataclass(frozen=True)
-class TaskScore:
-    accuracy: float | None
-    metric: str
-    ci_low: float | None
-    ci_high: float | None
-    n: int
-    per_sample: list[float | None]
-    lenient: float | None = None
-    bleu4: float | None = None
-    note: str | None = None
-    tokenizer: str | None = None
-
-
-def score(task: str, samples: Sequence[Sample], predictions: Sequence[str]) -> TaskScore:
-    if not samples:
-        return TaskScore(None, METRIC_NAMES[task], None, None, 0, [], note="no samples could be scored")
-    if task == "textvqa":
-        return _score_textvqa(samples, predictions)
-    if task == "scienceqa":
-        return _score_scienceqa(samples, predictions)
-    return _score_coco(samples, predictions)
-
-
-def _score_textvqa(samples, predictions) -> TaskScore:
-    values = [metrics.vqa_accuracy(p, list(s.references)) for s, p in zip(samples, predictions)]
-    low, high = metrics.bootstrap_interval(values)
-    return TaskScore(sum(values) / len(values), METRIC_NAMES["textvqa"], low, high, len(values), values)
-
-
-def _score_scienceqa(samples, predictions) -> TaskScore:
-    strict = [metrics.scienceqa_match(p, list(s.choices), s.answer_index) for s, p in zip(samples, predictions)]
-    lenient = [metrics.scienceqa_match_lenient(p, list(s.choices), s.answer_index) for s, p in zip(samples, predictions)]
-    low, high = metrics.wilson_interval(sum(strict), len(strict))
-    return TaskScore(
-        sum(strict) / len(strict), METRIC_NAMES["scienceqa"], low, high, len(strict),
-        [float(v) for v in strict], lenient=sum(lenient) / len(lenient),
-    )
-
-
-def _score_coco(samples, predictions) -> TaskScore:
-    ids = [s.sample_id for s in samples]
-    scores = metrics.caption_scores(
-        dict(zip(ids, predictions)), {s.sample_id: list(s.references) for s in samples}
-    )
-    per_sample = [scores.per_sample_cider.get(i) for i in ids]
-    if scores.cider is None:
-        return TaskScore(None, METRIC_NAMES["coco"], None, None, len(ids), per_sample, note=scores.note, tokenizer=scores.tokenizer)
-    low, high = metrics.bootstrap_interval([v for v in per_sample if v is not None])
-    return TaskScore(
-        scores.cider, METRIC_NAMES["coco"], low, high, len(ids), per_sample,
-        bleu4=scores.bleu4, note=scores.note, tokenizer=scores.tokenizer,
-    )
