@@ -347,3 +347,36 @@ def _save(store: ResultStore, figure, name: str) -> str:
     plt.close(figure)
     store.write_bytes(f"plots/{name}", buffer.getvalue())
     return f"plots/{name}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rebuild the report from cell files already on disk, e.g. those the GPU check wrote."""
+    import argparse
+    import json
+    import sys
+
+    from fuyu_ray.cells import expand
+    from fuyu_ray.spec import JobError, load_job
+
+    parser = argparse.ArgumentParser(prog="python -m fuyu_ray.report", description=main.__doc__)
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    try:
+        job = load_job(args.job)
+    except JobError as exc:
+        print(f"fuyu_ray: {exc}", file=sys.stderr)
+        return 2
+    store = ResultStore.at(args.out)
+    try:
+        with store.filesystem.open_input_stream(store.path("run.json")) as stream:
+            run_info = json.loads(stream.read())
+    except (OSError, FileNotFoundError, ValueError):
+        run_info = {"job_file": job.source_path, "note": "report rebuilt from cell files; no driver run recorded"}
+    write_report(store, job, expand(job), run_info)
+    print(f"report: {store.path('summary.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -26,7 +26,7 @@ from fuyu_ray.measure import BatchTiming, PeakMemory, count_flops, fuyu_prefill_
 from fuyu_ray.models import LoadedModel, PresetUnsupported, load_model
 from fuyu_ray.records import cell_batch, now_iso, outcome_row, sample_table
 from fuyu_ray.prompts import Prompt, TaskSettings, build_prompt
-from fuyu_ray.scoring import score
+from fuyu_ray.scoring import score, unscored
 
 PATCH = 30  # Fuyu's image patch side in pixels
 
@@ -61,6 +61,7 @@ class CellRunner:
         self.variant = variant
         self.min_energy_window_s = min_energy_window_s
         self.context = {"hostname": socket.gethostname(), "cpu_model": hardware.cpu_model(), **(context or {})}
+        self.decoders: dict[tuple[int, int], Any] = {}  # (batch, cache length) -> a compiled decoder, kept warm
         started = time.perf_counter()
         self.loaded, self.unsupported = self._load()
         self.load_s = time.perf_counter() - started
@@ -99,6 +100,17 @@ class CellRunner:
         if self.variant.device == "cuda" and torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+    def _decoder(self, batches: list[Batch], batch_size: int, max_new_tokens: int):
+        """A decoder per (batch, cache-length bucket), kept for later cells: compile once, not per cell."""
+        from fuyu_ray.decoding import StaticGreedyDecoder, round_up
+
+        longest = max(b.prompt_length for b in batches)
+        key = (batch_size, round_up(longest + max_new_tokens, 128))
+        if key in self.decoders:
+            return self.decoders[key], False
+        self.decoders[key] = StaticGreedyDecoder(self.loaded.model, *key, compile_decode=True, device=self.variant.device)
+        return self.decoders[key], True
+
     # --- one cell -------------------------------------------------------------------------
 
     def _measure(self, cell: Cell) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -111,13 +123,21 @@ class CellRunner:
         prompts = [build_prompt(settings, s, point.seq_len, loaded.count_text_tokens) for s in data.samples]
         batches = prepare_batches(loaded, data.samples, prompts, point.image_size, point.batch_size)
         ignore_eos = loaded.accuracy_note is not None  # random weights: every cell runs to max_new_tokens
+        decoder, fresh = self._decoder(batches, point.batch_size, settings.max_new_tokens) if loaded.preset.compiled_decode else (None, False)
 
         def run_batch(batch: Batch, token_clock) -> torch.Tensor:
-            return generate(loaded, batch, settings.max_new_tokens, ignore_eos, token_clock)
+            if decoder is None:
+                return generate(loaded, batch, settings.max_new_tokens, ignore_eos, token_clock)
+            with attention_context(loaded):
+                return decoder.generate(batch.inputs, settings.max_new_tokens, loaded.eos_token_id, ignore_eos, on_token=token_clock)
 
         clocks = self.meter.clock_and_temperature() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
         with PeakMemory(point.device) as memory:
-            first_call_s, warmup_batches = warm_up(run_batch, batches, loaded)
+            if fresh:  # one warm-up compiles the one decode graph that every batch of the cell uses
+                first_call_s, warmup_batches = decoder.warm_up(batches[0].inputs, settings.max_new_tokens), 1
+            else:
+                first_call_s, warmup_batches = warm_up(run_batch, batches, loaded)
+            compilations_warm = decoder.compilations if decoder else 0
             timings: list[BatchTiming] = []
             first_pass: list[torch.Tensor] = []
 
@@ -132,7 +152,8 @@ class CellRunner:
         clocks_end = self.meter.clock_and_temperature() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
 
         predictions, generations, generated = decode_outputs(loaded, batches, first_pass, len(data.samples))
-        task_score = score(point.dataset, data.samples, predictions)
+        # Random weights answer nothing: skip scoring (and its pycocoevalcap import on bare GPU boxes).
+        task_score = score(point.dataset, data.samples, predictions) if loaded.accuracy_note is None else unscored(point.dataset, len(data.samples))
         flops = count_cell_flops(loaded, batches[0])
 
         row = {
@@ -144,6 +165,9 @@ class CellRunner:
             **flops,
             "peak_gpu_allocated_bytes": memory.allocated_bytes, "peak_gpu_reserved_bytes": memory.reserved_bytes,
             "peak_rss_bytes": memory.rss_bytes,
+            "compile_s": (decoder.compile_s if fresh else 0.0) if decoder else None,
+            "recompiles": decoder.compilations - compilations_warm if decoder else None,
+            "decoder": ("static cache + compiled decode" + (f" ({decoder.compile_mode}, fullgraph={decoder.fullgraph})")) if decoder else "transformers generate",
             **hardware.roofline_columns(self.device_info.get("gpu_name"), loaded, timings, flops, point.batch_size),
             **accuracy_columns(task_score, loaded),
             **{k: v for k, v in self.device_info.items()},

@@ -30,6 +30,10 @@ class TaskScore:
     tokenizer: str | None = None
 
 
+def unscored(task: str, n: int) -> TaskScore:
+    return TaskScore(None, METRIC_NAMES[task], None, None, n, [None] * n)
+
+
 def score(task: str, samples: Sequence[Sample], predictions: Sequence[str]) -> TaskScore:
     if not samples:
         return TaskScore(None, METRIC_NAMES[task], None, None, 0, [], note="no samples could be scored")

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fuyu_ray.presets import PRESET_NAMES
 
 DEVICES = ("cpu", "cuda")
@@ -82,6 +80,8 @@ REQUIRED_TOP_KEYS = ("name", "model", "base", "sweeps")
 
 
 def load_job(path: str | Path) -> JobSpec:
+    import yaml  # here, not at the top: the per-cell core imports this module on bare GPU boxes without PyYAML
+
     path = Path(path)
     if not path.is_file():
         raise JobError(f"{path}: job file not found")
