@@ -19,6 +19,7 @@ from fuyu_ray.presets import PRESETS, resolve_attention
 from fuyu_ray.records import cell_batch, outcome_row, sample_table
 
 ACTOR_RESTARTS = 2
+REVIVAL_PINGS = ACTOR_RESTARTS + 3  # a ping can also fail while the old process is still being torn down
 
 
 @ray.remote
@@ -47,6 +48,9 @@ class CellWorker:
         result = self.runner.run(cell)
         return result.record, result.samples
 
+    def ping(self) -> bool:
+        return True
+
     def lifetime(self) -> dict:
         return {"started_at": self.started_at, "load_s": self.load_s}
 
@@ -61,6 +65,7 @@ class Slot:
     cell: Cell | None = None
     submitted_at: float = 0.0
     ref: object = None
+    revivals: int = 0  # pings sent since the last crash
 
 
 @dataclass
@@ -152,6 +157,25 @@ def execute(
             _retire(slot, stats)
             slots.remove(slot)
 
+    def revive(slot: Slot) -> None:
+        """After a crash, wait (without blocking other slots) until Ray has restarted the actor."""
+        slot.cell, slot.revivals = None, slot.revivals + 1
+        if slot.revivals <= REVIVAL_PINGS:
+            slot.submitted_at = time.monotonic()
+            slot.ref = slot.actor.ping.remote()
+            return
+        # Out of restarts: the variant's remaining cells fail with the reason, none silently dropped.
+        for cell in queues[slot.variant]:
+            on_record(cell_batch(outcome_row(cell.settings(), "failed", f"worker {slot.name} kept dying; no restarts left")), sample_table([]))
+        queues[slot.variant].clear()
+        slots.remove(slot)
+
+    def replace(slot: Slot) -> None:
+        ray.kill(slot.actor)  # stuck, so it cannot report its lifetime
+        replacement = _start_actor(slot.variant, len(stats.actors) + len(slots), actor_demand(slot.variant, cpus_per_actor), min_energy_window_s)
+        slots[slots.index(slot)] = replacement
+        feed(replacement)
+
     for slot in list(slots):
         feed(slot)
     while slots:
@@ -159,16 +183,25 @@ def execute(
         ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
         for ref in ready:
             slot = in_flight[ref]
-            record, samples = _collect(slot)
-            feed(slot)  # the actor's next cell starts before the driver writes this one
+            if slot.cell is None:  # a ping after a crash
+                try:
+                    ray.get(ref)
+                    slot.revivals = 0
+                    feed(slot)
+                except RayActorError:
+                    revive(slot)
+                continue
+            record, samples, died = _collect(slot)
+            if died:
+                revive(slot)
+            else:
+                feed(slot)  # the actor's next cell starts before the driver writes this one
             stats.busy_cell_s += record.column("cell_s")[0].as_py() or 0.0
             on_record(record, samples)
         for slot in [s for s in slots if s.ref not in ready and time.monotonic() - s.submitted_at > cell_timeout_s]:
-            on_record(*_timed_out(slot, cell_timeout_s))
-            ray.kill(slot.actor)  # busy with the stuck cell, so it cannot report its lifetime
-            replacement = _start_actor(slot.variant, len(stats.actors) + 1, actor_demand(slot.variant, cpus_per_actor), min_energy_window_s)
-            slots[slots.index(slot)] = replacement
-            feed(replacement)
+            if slot.cell is not None:
+                on_record(*_timed_out(slot, cell_timeout_s))
+            replace(slot)
     return stats
 
 
@@ -181,13 +214,14 @@ def _start_actor(variant: Variant, index: int, demand: dict, min_energy_window_s
 
 
 def _collect(slot: Slot):
-    """The cell's records; a dead actor becomes one failed record for the cell it was running."""
+    """The cell's records and whether the actor died; a dead actor is one failed record for its cell."""
     try:
-        return ray.get(slot.ref)
+        record, samples = ray.get(slot.ref)
+        return record, samples, False
     except (RayActorError, RayTaskError) as exc:
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:400]}"
         row = outcome_row(slot.cell.settings(), "failed", f"worker {slot.name} died: {reason}", actor=slot.name)
-        return cell_batch(row), sample_table([])
+        return cell_batch(row), sample_table([]), isinstance(exc, RayActorError)
 
 
 def _timed_out(slot: Slot, limit: float):
