@@ -126,8 +126,8 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None) -> int:
         from fuyu_ray import tiny
 
         print(f"tiny model: {tiny.ensure_checkpoint()}", flush=True)
-    stop_on_sigterm()
     context, ray_init_s = connect(address)
+    stop_on_sigterm()  # after ray.init, which installs a handler of its own that exits at once
     dashboard = getattr(context, "dashboard_url", None)
     print(f"fuyu_ray {job.name}: {len(grid.cells)} cells, {len(todo)} to run, results in {store.root}", flush=True)
     if dashboard:

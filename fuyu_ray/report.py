@@ -207,6 +207,10 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
         rows = section_rows(cells, grid, sweep)
         parts += [f"## {sweep.replace('_', ' ').title()} tests", "", f"Fixed: {fixed_settings(job, sweep)}", ""]
         parts += [sweep_table(job, sweep, rows), ""]
+        cut = [f"{DATASET_TITLES[r['dataset']]} at seq_len {r['seq_len']}: {r['truncated_prompts']}/{r['n_samples']}"
+               for r in rows if r.get("truncated_prompts")]
+        if cut:
+            parts += ["Prompts cut to seq_len: " + "; ".join(cut) + ".", ""]
         if sweep in plots:
             parts += [f"![{sweep}]({plots[sweep]})", ""]
     if "pareto" in plots:

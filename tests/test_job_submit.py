@@ -27,8 +27,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture()
-def head(tmp_path):
+@pytest.fixture(scope="module")
+def head():
     """A head we start and, at the end, stop: only the processes it started."""
     port, dashboard = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="fr-", dir="/tmp")  # Ray's socket paths must stay under 107 characters
@@ -53,6 +53,14 @@ def head(tmp_path):
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def submit(url: str, env: dict, job: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(ROOT), *extra, "--",
+         "python", "-m", "fuyu_ray.grid", "--job", str(job), "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
 def test_ray_job_submit_writes_the_report_and_logs_a_line_per_cell(head, tmp_path):
     url, env = head
     out = tmp_path / "report"
@@ -62,14 +70,37 @@ def test_ray_job_submit_writes_the_report_and_logs_a_line_per_cell(head, tmp_pat
         "base: {device: cpu, dataset: scienceqa, batch_size: 2, image_size: 224, seq_len: 200, optimization: fp32}\n"
         "sweeps:\n  device: {device: [cuda, cpu]}\n  batch: {batch_size: [1, 2]}\n"
     )
-    submitted = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(ROOT), "--",
-         "python", "-m", "fuyu_ray.grid", "--job", str(job), "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
+    submitted = submit(url, env, job, out)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     cells = pl.read_parquet(out / "cells.parquet")
     assert sorted(cells.get_column("status").to_list()) == ["ok", "ok", "skipped"]
     assert (out / "summary.md").is_file()
     cell_lines = [line for line in submitted.stdout.splitlines() if line.startswith("[") and "/3] " in line]
     assert len(cell_lines) == 3
+
+
+def test_ray_job_stop_ends_cleanly_and_a_rerun_resumes(head, tmp_path):
+    url, env = head
+    out = tmp_path / "report"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "name: stopped\nmodel: 'standin:sleep=1'\nweights: random\nlimit: 1\n"
+        "base: {device: cpu, dataset: textvqa, batch_size: 1, image_size: 224, seq_len: 200, optimization: fp32}\n"
+        f"sweeps:\n  batch: {{batch_size: {list(range(1, 11))}}}\n"
+    )
+    assert submit(url, env, job, out, "--no-wait", "--submission-id", "fuyu-stop-test").returncode == 0
+    deadline = time.monotonic() + 120
+    while not ((out / "cells").exists() and len(list((out / "cells").glob("*.parquet"))) >= 2):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", url, "fuyu-stop-test"], env=env, capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0, stop.stderr[-2000:]
+    done = len(list((out / "cells").glob("*.parquet")))
+    assert done < 10
+    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", url, "fuyu-stop-test"], env=env, capture_output=True, text=True, timeout=60)
+    assert "interrupted: finished cells are on disk" in logs.stdout
+
+    resumed = submit(url, env, job, out)
+    assert resumed.returncode == 0, resumed.stdout[-2000:]
+    assert f"10 cells, {10 - done} to run" in resumed.stdout
+    assert pl.read_parquet(out / "cells.parquet").get_column("status").to_list() == ["ok"] * 10

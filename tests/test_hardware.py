@@ -1,0 +1,46 @@
+"""Roofline logic on CPU: chip peaks by NVML name, measured overrides, and the two ratios."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from fuyu_ray.cells import Variant
+from fuyu_ray.hardware import chip_peak, roofline_columns
+from fuyu_ray.measure import BatchTiming
+
+
+def test_peaks_are_found_by_nvml_name_most_specific_first():
+    assert chip_peak("NVIDIA H200")[0].bandwidth_gbps == 4800
+    assert chip_peak("NVIDIA H100 NVL")[0].bandwidth_gbps == 3900
+    assert chip_peak("NVIDIA H100 80GB HBM3")[0].bandwidth_gbps == 3350
+    assert chip_peak("NVIDIA A100-SXM4-80GB")[0].bandwidth_gbps == 2039
+    assert chip_peak("NVIDIA A100-SXM4-40GB")[0].bandwidth_gbps == 1555
+    assert chip_peak("NVIDIA L4")[0].fp16_tflops == 121
+    assert chip_peak("NVIDIA A10G")[0].bandwidth_gbps == 600
+    peak, reason = chip_peak("Some Future GPU")
+    assert peak is None and "FUYU_RAY_PEAK_BANDWIDTH_GBPS" in reason
+
+
+def test_measured_bandwidth_overrides_the_table(monkeypatch):
+    monkeypatch.setenv("FUYU_RAY_PEAK_BANDWIDTH_GBPS", "4300")
+    peak, _ = chip_peak("NVIDIA H200")
+    assert (peak.bandwidth_gbps, peak.fp16_tflops) == (4300.0, 989)
+
+
+def test_ratios_against_the_limits(monkeypatch):
+    monkeypatch.setenv("FUYU_RAY_PEAK_BANDWIDTH_GBPS", "1000")  # 1 TB/s
+    monkeypatch.setenv("FUYU_RAY_PEAK_TFLOPS", "100")
+    model = torch.nn.Linear(1000, 500, bias=False).half()  # 1 MB of weights
+    loaded = SimpleNamespace(model=model, variant=Variant("m", "random", "cuda", "fp16"))
+    timings = [BatchTiming(total_s=0.1, prefill_s=0.02, decode_s_per_token=4e-6, steps=10)]
+    flops = {"flops_per_sample": 1e12}
+    columns = roofline_columns("Unknown GPU", loaded, timings, flops, batch_size=2)
+    assert abs(columns["decode_roofline_ratio"] - 1e-6 / 4e-6) < 1e-9  # 1 MB at 1 TB/s = 1 us, measured 4 us
+    assert abs(columns["prefill_roofline_ratio"] - (2e12 / 100e12) / 0.02) < 1e-9
+
+
+def test_cpu_cells_have_no_roofline():
+    loaded = SimpleNamespace(variant=Variant("m", "random", "cpu", "fp32"))
+    assert roofline_columns(None, loaded, [], {}, 1) == {"roofline_note": "roofline is for GPU cells"}
