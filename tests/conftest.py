@@ -20,6 +20,18 @@ def run_grid(*args: str, timeout: float = 900, env: dict | None = None) -> subpr
     )
 
 
+def write_job(directory: Path, name: str, model: str, sweeps: str, extra: str = "", **base) -> Path:
+    """A small job file; `base` overrides the CPU/textvqa/batch-1 base point, `sweeps` is YAML flow text."""
+    point = {"device": "cpu", "dataset": "textvqa", "batch_size": 1, "image_size": 224, "seq_len": 200, "optimization": "fp32", **base}
+    job = directory / f"{name}.yaml"
+    job.write_text(
+        f"name: {name}\nmodel: '{model}'\n{extra}"
+        f"base: {{{', '.join(f'{k}: {v}' for k, v in point.items())}}}\n"
+        f"sweeps:\n{sweeps}"
+    )
+    return job
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("smoke") / "out"

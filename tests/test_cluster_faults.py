@@ -17,7 +17,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from conftest import ROOT, run_grid
+from conftest import ROOT, run_grid, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +34,8 @@ def cluster():
 
 
 def standin_job(tmp_path, model: str, batches: list[int], extra: str = "") -> str:
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        f"name: faults\nmodel: '{model}'\nweights: random\nlimit: 1\n{extra}"
-        "base: {device: cuda, dataset: textvqa, batch_size: 1, image_size: 224, seq_len: 200, optimization: fp16}\n"
-        f"sweeps:\n  batch: {{batch_size: {batches}}}\n"
-    )
-    return str(job)
+    return str(write_job(tmp_path, "faults", model, f"  batch: {{batch_size: {batches}}}\n", "weights: random\nlimit: 1\n" + extra,
+                         device="cuda", optimization="fp16"))
 
 
 def cells(out) -> pl.DataFrame:

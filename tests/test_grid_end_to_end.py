@@ -9,7 +9,7 @@ import time
 import polars as pl
 import pytest
 
-from conftest import run_grid
+from conftest import run_grid, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -77,12 +77,7 @@ def test_progress_is_one_plain_line_per_cell_off_a_terminal(smoke_run):
 
 
 def test_rerun_skips_done_cells_and_force_recomputes(tmp_path):
-    job = tmp_path / "tiny.yaml"
-    job.write_text(
-        "name: resume\nmodel: tiny\nlimit: 2\n"
-        "base: {device: cpu, dataset: textvqa, batch_size: 1, image_size: 224, seq_len: 200, optimization: fp32}\n"
-        "sweeps:\n  batch: {batch_size: [1, 2]}\n  again: {batch_size: [2]}\n"
-    )
+    job = write_job(tmp_path, "resume", "tiny", "  batch: {batch_size: [1, 2]}\n  again: {batch_size: [2]}\n", "limit: 2\n")
     out = tmp_path / "out"
     first = run_grid("--job", str(job), "--out", str(out))
     assert first.returncode == 0, first.stderr[-2000:]
@@ -107,12 +102,8 @@ def test_rerun_skips_done_cells_and_force_recomputes(tmp_path):
 
 
 def test_gpu_cells_on_a_cluster_without_gpus_are_skipped_not_waited_on(tmp_path):
-    job = tmp_path / "gpu.yaml"
-    job.write_text(
-        "name: gpu\nmodel: 'standin:sleep=0.1'\nweights: random\nlimit: 1\n"
-        "base: {device: cuda, dataset: textvqa, batch_size: 1, image_size: 224, seq_len: 200, optimization: fp16}\n"
-        "sweeps:\n  batch: {batch_size: [1, 2]}\n"
-    )
+    job = write_job(tmp_path, "gpu", "standin:sleep=0.1", "  batch: {batch_size: [1, 2]}\n", "weights: random\nlimit: 1\n",
+                    device="cuda", optimization="fp16")
     started = time.monotonic()
     result = run_grid("--job", str(job), "--out", str(tmp_path / "out"), timeout=300)  # a fresh local Ray: no GPU
     assert result.returncode == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, write_job
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -64,12 +64,8 @@ def submit(url: str, env: dict, job: Path, out: Path, *extra: str) -> subprocess
 def test_ray_job_submit_writes_the_report_and_logs_a_line_per_cell(head, tmp_path):
     url, env = head
     out = tmp_path / "report"
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        "name: submitted\nmodel: tiny\nlimit: 4\n"
-        "base: {device: cpu, dataset: scienceqa, batch_size: 2, image_size: 224, seq_len: 200, optimization: fp32}\n"
-        "sweeps:\n  device: {device: [cuda, cpu]}\n  batch: {batch_size: [1, 2]}\n"
-    )
+    job = write_job(tmp_path, "submitted", "tiny", "  device: {device: [cuda, cpu]}\n  batch: {batch_size: [1, 2]}\n",
+                    "limit: 4\n", dataset="scienceqa", batch_size=2)
     submitted = submit(url, env, job, out)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     cells = pl.read_parquet(out / "cells.parquet")
@@ -82,12 +78,7 @@ def test_ray_job_submit_writes_the_report_and_logs_a_line_per_cell(head, tmp_pat
 def test_ray_job_stop_ends_cleanly_and_a_rerun_resumes(head, tmp_path):
     url, env = head
     out = tmp_path / "report"
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        "name: stopped\nmodel: 'standin:sleep=1'\nweights: random\nlimit: 1\n"
-        "base: {device: cpu, dataset: textvqa, batch_size: 1, image_size: 224, seq_len: 200, optimization: fp32}\n"
-        f"sweeps:\n  batch: {{batch_size: {list(range(1, 11))}}}\n"
-    )
+    job = write_job(tmp_path, "stopped", "standin:sleep=1", f"  batch: {{batch_size: {list(range(1, 11))}}}\n", "limit: 1\n")
     assert submit(url, env, job, out, "--no-wait", "--submission-id", "fuyu-stop-test").returncode == 0
     deadline = time.monotonic() + 120
     while not ((out / "cells").exists() and len(list((out / "cells").glob("*.parquet"))) >= 2):
