@@ -9,6 +9,7 @@ means adding one class and one branch in ``meter_for``.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from abc import ABC, abstractmethod
@@ -340,6 +341,15 @@ class RaplEnergyMeter(EnergyMeter):
 # --------------------------------------------------------------------------- selection
 
 
+def nvml_index(cuda_index: int, environ=os.environ) -> int:
+    """NVML counts every GPU in the machine; CUDA only the visible ones (Ray sets CUDA_VISIBLE_DEVICES
+    per actor). Without this, every actor on a multi-GPU node would read GPU 0's counter."""
+    visible = [d.strip() for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if cuda_index < len(visible) and visible[cuda_index].isdigit():
+        return int(visible[cuda_index])
+    return cuda_index
+
+
 def meter_for(device: str, device_index: int = 0) -> EnergyMeter:
     """The meter for a device kind ("cuda", "cuda:N", "cpu").
 
@@ -349,7 +359,7 @@ def meter_for(device: str, device_index: int = 0) -> EnergyMeter:
     kind, _, index_text = device.partition(":")
     if kind == "cuda":
         index = int(index_text) if index_text.isdigit() else device_index
-        return NvmlEnergyMeter(device_index=index)
+        return NvmlEnergyMeter(device_index=nvml_index(index))
     if kind == "cpu":
         return RaplEnergyMeter()
     return NoEnergyMeter(f"no energy counter for device kind {device!r}")

@@ -60,7 +60,7 @@ def load_model(variant: Variant) -> LoadedModel:
     hf_attention = "sdpa" if attention == "sdpa-flash" else attention
 
     source = str(tiny.ensure_checkpoint()) if variant.model == "tiny" else variant.model
-    processor, tokenizer_note = _load_processor(source)
+    processor, tokenizer_note = _load_processor(source, stand_in_allowed=variant.weights == "random")
     if variant.weights == "random":
         model = _random_model(source, processor, dtype, hf_attention, variant.device)
         accuracy_note = "random weights"
@@ -88,13 +88,15 @@ def _label(variant: Variant) -> str:
     return variant.model if variant.weights == "pretrained" else f"{variant.model} architecture, random weights"
 
 
-def _load_processor(source: str):
+def _load_processor(source: str, stand_in_allowed: bool):
     from transformers import AutoProcessor
 
     try:
         return AutoProcessor.from_pretrained(source), None
     except OSError as exc:
-        # Cost figures need only a processor of the same shape; say so rather than fail.
+        if not stand_in_allowed:
+            raise
+        # Random weights answer nothing, so cost figures need only a processor of the same shape.
         note = f"tokenizer of {source} not reachable ({type(exc).__name__}); built-in tiny tokenizer used"
         return tiny.build_processor(tiny.build_tokenizer()), note
 

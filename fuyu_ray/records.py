@@ -20,7 +20,7 @@ CELL_SCHEMA = pa.schema([
     ("cell_id", _str), ("model", _str), ("model_label", _str), ("weights", _str),
     ("device", _str), ("dataset", _str), ("batch_size", _int), ("image_size", _int), ("seq_len", _int),
     ("optimization", _str), ("limit", _int), ("dataset_source", _str), ("dataset_split", _str),
-    ("dataset_description", _str), ("attention", _str), ("dtype", _str),
+    ("dataset_description", _str), ("attention", _str), ("dtype", _str), ("tokenizer_note", _str),
     # outcome
     ("status", _str), ("error", _str),
     # workload

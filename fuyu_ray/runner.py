@@ -158,6 +158,7 @@ class CellRunner:
 
         row = {
             "model_label": loaded.label, "attention": loaded.attention, "dtype": loaded.preset.dtype,
+            "tokenizer_note": loaded.tokenizer_note,
             "dataset_description": data.description, "torch_threads": torch.get_num_threads(),
             **workload_columns(data, prompts, batches, settings, generated, ignore_eos, point.image_size),
             **latency_columns(timings, point.batch_size, first_call_s, warmup_batches),

@@ -449,3 +449,12 @@ def test_meter_for_unknown_device_is_no_meter() -> None:
     assert isinstance(meter, NoEnergyMeter)
     assert meter.method == "none"
     assert "tpu" in (meter.unavailable_reason or "")
+
+
+def test_nvml_index_follows_the_gpu_ray_assigned():
+    from fuyu_ray.energy import nvml_index
+
+    assert nvml_index(0, {"CUDA_VISIBLE_DEVICES": "3"}) == 3
+    assert nvml_index(1, {"CUDA_VISIBLE_DEVICES": "5,7"}) == 7
+    assert nvml_index(0, {}) == 0
+    assert nvml_index(0, {"CUDA_VISIBLE_DEVICES": "GPU-1234"}) == 0  # UUIDs: NVML's own index is unknown here
