@@ -12,6 +12,7 @@ from typing import Any
 import polars as pl
 
 from fuyu_ray.cells import Grid
+from fuyu_ray.presets import PRESET_NAMES
 from fuyu_ray.spec import AXES, JobSpec
 from fuyu_ray.store import ResultStore
 
@@ -330,14 +331,20 @@ def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFram
         plots[sweep] = _save(store, figure, name)
     scored = ok.filter(pl.col("accuracy").is_not_null()) if not ok.is_empty() else ok
     if not scored.is_empty():
-        figure, axes_ = plt.subplots(figsize=(6, 4))
-        for optimization in sorted(scored.get_column("optimization").unique().to_list()):
-            subset = scored.filter(pl.col("optimization") == optimization)
-            axes_.scatter(subset.get_column("latency_s").to_list(), subset.get_column("accuracy").to_list(), label=optimization)
-        axes_.set_xlabel("latency per batch (s)")
-        axes_.set_ylabel("accuracy (task metric)")
-        axes_.set_title("latency against accuracy, by optimization")
-        axes_.legend(fontsize=8)
+        # One panel per dataset: CIDEr and proportions do not share a scale.
+        datasets = sorted(scored.get_column("dataset").unique().to_list())
+        figure, panels = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 4), squeeze=False)
+        for panel, dataset in zip(panels[0], datasets):
+            subset = scored.filter(pl.col("dataset") == dataset)
+            for optimization in sorted(subset.get_column("optimization").unique().to_list()):
+                points = subset.filter(pl.col("optimization") == optimization)
+                panel.scatter(points.get_column("latency_s").to_list(), points.get_column("accuracy").to_list(),
+                              label=optimization, color=f"C{PRESET_NAMES.index(optimization)}")
+            panel.set_title(DATASET_TITLES[dataset])
+            panel.set_xlabel("latency per batch (s)")
+            panel.set_ylabel("CIDEr-D" if dataset == "coco" else "accuracy")
+            panel.legend(fontsize=7)
+        figure.suptitle("latency against accuracy, by optimization")
         plots["pareto"] = _save(store, figure, "pareto_latency_accuracy.png")
     return plots
 
