@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from fuyu_ray.cells import Cell, Variant
 from fuyu_ray.presets import PRESETS, resolve_attention
-from fuyu_ray.records import cell_batch, outcome_row, sample_table
+from fuyu_ray.records import CUDA_FATAL, cell_batch, outcome_row, sample_table
 
 ACTOR_RESTARTS = 2
 REVIVAL_PINGS = ACTOR_RESTARTS + 3  # a ping can also fail while the old process is still being torn down
@@ -36,11 +36,14 @@ class CellWorker:
         from fuyu_ray.standin import StandInRunner, is_standin
 
         context = ray.get_runtime_context()
+        node = next((n for n in ray.nodes() if n["NodeID"] == context.get_node_id()), {})
         runner_class = StandInRunner if is_standin(variant.model) else CellRunner
         self.runner = runner_class(
             variant,
             min_energy_window_s=min_energy_window_s,
             context={"node_id": context.get_node_id(), "actor": context.get_actor_name() or variant.label},
+            # RAPL counts the whole package: only an actor holding every core may call it its own.
+            cpu_package_shared=bool(threads) and threads < node.get("Resources", {}).get("CPU", threads),
         )
         self.load_s = time.time() - self.started_at
 
@@ -48,8 +51,9 @@ class CellWorker:
         result = self.runner.run(cell)
         return result.record, result.samples
 
-    def ping(self) -> bool:
-        return True
+    def ping(self) -> float:
+        """Which incarnation answers: a restarted actor has a new start time."""
+        return self.started_at
 
     def lifetime(self) -> dict:
         return {"started_at": self.started_at, "load_s": self.load_s}
@@ -65,7 +69,9 @@ class Slot:
     cell: Cell | None = None
     submitted_at: float = 0.0
     ref: object = None
-    revivals: int = 0  # pings sent since the last crash
+    revivals: int = 0  # pings sent since the actor last answered
+    incarnation: float | None = None  # the start time of the process that last answered
+    stale: float | None = None  # an incarnation we killed: its answers do not count
 
 
 @dataclass
@@ -157,50 +163,58 @@ def execute(
             _retire(slot, stats)
             slots.remove(slot)
 
-    def revive(slot: Slot) -> None:
-        """After a crash, wait (without blocking other slots) until Ray has restarted the actor."""
+    def await_ready(slot: Slot) -> None:
+        """Ping before feeding: a cell's timeout must not run while its actor waits for resources,
+        loads its model, or is being restarted after a crash."""
         slot.cell, slot.revivals = None, slot.revivals + 1
         if slot.revivals <= REVIVAL_PINGS:
-            slot.submitted_at = time.monotonic()
             slot.ref = slot.actor.ping.remote()
             return
-        # Out of restarts: the variant's remaining cells fail with the reason, none silently dropped.
-        for cell in queues[slot.variant]:
+        slots.remove(slot)
+        if any(other.variant == slot.variant for other in slots):
+            return  # the variant's other actors take its remaining cells
+        for cell in queues[slot.variant]:  # none silently dropped
             on_record(cell_batch(outcome_row(cell.settings(), "failed", f"worker {slot.name} kept dying; no restarts left")), sample_table([]))
         queues[slot.variant].clear()
-        slots.remove(slot)
 
     def replace(slot: Slot) -> None:
         ray.kill(slot.actor)  # stuck, so it cannot report its lifetime
         replacement = _start_actor(slot.variant, len(stats.actors) + len(slots), actor_demand(slot.variant, cpus_per_actor), min_energy_window_s)
         slots[slots.index(slot)] = replacement
-        feed(replacement)
+        await_ready(replacement)
 
-    for slot in list(slots):
-        feed(slot)
+    for slot in slots:
+        await_ready(slot)
     while slots:
         in_flight = {slot.ref: slot for slot in slots}
         ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
         for ref in ready:
             slot = in_flight[ref]
-            if slot.cell is None:  # a ping after a crash
+            if slot.cell is None:
                 try:
-                    ray.get(ref)
-                    slot.revivals = 0
-                    feed(slot)
-                except RayActorError:
-                    revive(slot)
+                    incarnation = ray.get(ref)
+                except RayError:
+                    await_ready(slot)
+                    continue
+                if incarnation == slot.stale:  # the killed process has not gone yet
+                    slot.ref = slot.actor.ping.remote()
+                    continue
+                slot.incarnation, slot.stale, slot.revivals = incarnation, None, 0
+                feed(slot)
                 continue
             record, samples, died = _collect(slot)
+            if (record.column("error")[0].as_py() or "").startswith(CUDA_FATAL):
+                ray.kill(slot.actor, no_restart=False)  # a broken CUDA context: restart the process
+                slot.stale, died = slot.incarnation, True
             if died:
-                revive(slot)
+                await_ready(slot)
             else:
                 feed(slot)  # the actor's next cell starts before the driver writes this one
             stats.busy_cell_s += record.column("cell_s")[0].as_py() or 0.0
             on_record(record, samples)
-        for slot in [s for s in slots if s.ref not in ready and time.monotonic() - s.submitted_at > cell_timeout_s]:
-            if slot.cell is not None:
-                on_record(*_timed_out(slot, cell_timeout_s))
+        running = [s for s in slots if s.cell is not None and s.ref not in ready]
+        for slot in [s for s in running if time.monotonic() - s.submitted_at > cell_timeout_s]:
+            on_record(*_timed_out(slot, cell_timeout_s))
             replace(slot)
     return stats
 
@@ -218,10 +232,10 @@ def _collect(slot: Slot):
     try:
         record, samples = ray.get(slot.ref)
         return record, samples, False
-    except (RayActorError, RayTaskError) as exc:
+    except RayError as exc:  # actor death, lost objects, Ray's own memory monitor: one failed record
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:400]}"
         row = outcome_row(slot.cell.settings(), "failed", f"worker {slot.name} died: {reason}", actor=slot.name)
-        return cell_batch(row), sample_table([]), isinstance(exc, RayActorError)
+        return cell_batch(row), sample_table([]), not isinstance(exc, RayTaskError)
 
 
 def _timed_out(slot: Slot, limit: float):

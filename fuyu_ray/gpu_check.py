@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fuyu_ray.cells import expand
+from fuyu_ray.records import cell_batch, outcome_row, sample_table
 from fuyu_ray.spec import JobError, parse_job
 from fuyu_ray.store import ResultStore
 
@@ -55,12 +56,22 @@ def run(job, out: str, log=print) -> list[dict]:
     rows = []
     for variant, cells in expand(job).by_variant().items():
         started = time.perf_counter()
-        runner = CellRunner(variant, min_energy_window_s=job.min_energy_window_s, context={"actor": "gpu_check"})
-        log(f"{variant.label}: loaded in {time.perf_counter() - started:.1f}s" + (f" (skipped: {runner.unsupported})" if runner.unsupported else ""))
+        try:
+            runner = CellRunner(variant, min_energy_window_s=job.min_energy_window_s, context={"actor": "gpu_check"})
+        except Exception as exc:  # one variant that cannot load must not cost the others their run
+            runner = None
+            load_error = f"model load failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log(f"{variant.label}: {load_error}")
+        else:
+            log(f"{variant.label}: loaded in {time.perf_counter() - started:.1f}s" + (f" (skipped: {runner.unsupported})" if runner.unsupported else ""))
         for cell in cells:
-            result = runner.run(cell)
-            store.write_cell(result.record, result.samples)
-            row = result.record.to_pylist()[0]
+            if runner is None:
+                record, samples = cell_batch(outcome_row(cell.settings(), "failed", load_error)), sample_table([])
+            else:
+                result = runner.run(cell)
+                record, samples = result.record, result.samples
+            store.write_cell(record, samples)
+            row = record.to_pylist()[0]
             rows.append(row)
             log(f"  {cell.point.dataset} batch={cell.point.batch_size} image={cell.point.image_size} "
                 f"seq_len={cell.point.seq_len}: {row['status']} latency={_fmt(row['latency_s'])}s {row['error'] or ''}")

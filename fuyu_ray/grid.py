@@ -84,9 +84,10 @@ def git_commit() -> str | None:
 
 
 def cells_to_run(cells: tuple[Cell, ...], done: dict[str, str], force: bool, retry_failed: bool) -> list[Cell]:
+    """Skipped cells are always looked at again: a GPU node may have joined since, and a skip is cheap."""
     def wanted(cell: Cell) -> bool:
         status = done.get(cell.cell_id)
-        return force or status is None or (retry_failed and status in RETRYABLE)
+        return force or status in (None, "skipped") or (retry_failed and status in RETRYABLE)
 
     return [cell for cell in cells if wanted(cell)]
 
@@ -106,21 +107,41 @@ def main(argv: list[str] | None = None) -> int:
         address = args.address or os.environ.get("RAY_ADDRESS")
         if address:
             check_reachable(address, "--address" if args.address else "RAY_ADDRESS")
+        store = open_store(args.out or f"results/{job.name}")
     except JobError as exc:
         print(f"fuyu_ray: {exc}", file=sys.stderr)
         return 2
-    return run(job, args, address)
+    return run(job, args, address, store)
 
 
-def run(job: JobSpec, args: argparse.Namespace, address: str | None) -> int:
+def open_store(out: str):
+    """The results location, checked before anything starts: a bad --out is bad input."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    from fuyu_ray.store import ResultStore
+
+    try:
+        store = ResultStore.at(out)
+        if store.filesystem.get_file_info(store.root).type == pafs.FileType.File:
+            raise JobError(f"--out {out!r}: is a file, not a folder")
+        return store
+    except (OSError, pa.ArrowException) as exc:
+        raise JobError(f"--out {out!r}: {str(exc).splitlines()[0]}") from None
+
+
+def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> int:
     from fuyu_ray.execute import execute
     from fuyu_ray.report import write_report
-    from fuyu_ray.store import ResultStore
 
     started_at = now_iso()
     grid = expand(job)
-    store = ResultStore.at(args.out or f"results/{job.name}")
-    done = store.done_cells()
+    try:
+        done = store.done_cells()
+        store.ensure_dirs()
+    except OSError as exc:
+        print(f"fuyu_ray: --out {store.root!r}: {exc}", file=sys.stderr)
+        return 2
     todo = cells_to_run(grid.cells, done, args.force, not args.no_retry_failed)
     if job.model == "tiny" and todo:
         from fuyu_ray import tiny
@@ -132,12 +153,11 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None) -> int:
     print(f"fuyu_ray {job.name}: {len(grid.cells)} cells, {len(todo)} to run, results in {store.root}", flush=True)
     if dashboard:
         print(f"Ray dashboard: http://{dashboard}", flush=True)
-    store.ensure_dirs()
 
     statuses: dict[str, str] = {cell_id: status for cell_id, status in done.items()}
     by_id = {cell.cell_id: cell for cell in grid.cells}
     wall_started = time.perf_counter()
-    interrupted = False
+    interrupted, aborted = False, None
     stats = None
     with make_progress(len(todo)) as progress:
         def on_record(record, samples) -> None:
@@ -154,6 +174,9 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None) -> int:
         except KeyboardInterrupt:
             interrupted = True
             progress.message("interrupted: finished cells are on disk; rerun the same command to resume")
+        except Exception as exc:  # the report of what finished is still worth writing
+            aborted = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            progress.message(f"run aborted ({aborted}); finished cells are on disk; rerun the same command to resume")
     wall_s = time.perf_counter() - wall_started
 
     run_info = {
@@ -161,7 +184,7 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None) -> int:
         "out": store.root, "ray_address": address or "local", "dashboard_url": dashboard,
         "started_at": started_at, "finished_at": now_iso(), "ray_init_s": ray_init_s, "wall_s": wall_s,
         "cells_total": len(grid.cells), "cells_run": len(todo), "cells_reused": len(grid.cells) - len(todo),
-        "interrupted": interrupted, "fuyu_ray_version": __version__, "git_commit": git_commit(),
+        "interrupted": interrupted, "aborted": aborted, "fuyu_ray_version": __version__, "git_commit": git_commit(),
         "packages": package_versions(), "python": sys.version.split()[0],
         **harness_figures(stats, wall_s),
     }
@@ -172,7 +195,7 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None) -> int:
     print(f"report: {store.path('summary.md')}", flush=True)
     if interrupted:
         return 130
-    return 1 if any(statuses.get(c.cell_id) in RETRYABLE for c in grid.cells) else 0
+    return 1 if aborted or any(statuses.get(c.cell_id) in RETRYABLE for c in grid.cells) else 0
 
 
 def harness_figures(stats, wall_s: float) -> dict:

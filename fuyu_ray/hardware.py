@@ -45,8 +45,14 @@ def chip_peak(gpu_name: str | None) -> tuple[ChipPeak | None, str | None]:
     return ChipPeak(float(bandwidth or base.bandwidth_gbps), float(tflops or base.fp16_tflops)), None
 
 
-def weight_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+def weight_bytes_per_token(model) -> int:
+    """Bytes a decode step must read: every weight except the embedding tables, of which a
+    step reads one row (the token embedding, and the patch projection that decode never runs)."""
+    skipped = {id(model.get_input_embeddings().weight)}
+    vision = getattr(getattr(model, "model", None), "vision_embed_tokens", None)
+    if vision is not None:
+        skipped |= {id(p) for p in vision.parameters()}
+    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skipped)
 
 
 def roofline_columns(gpu_name: str | None, loaded, timings, flops: dict[str, Any], batch_size: int) -> dict[str, Any]:
@@ -60,12 +66,15 @@ def roofline_columns(gpu_name: str | None, loaded, timings, flops: dict[str, Any
 
     decode = spread([t.decode_s_per_token for t in timings]).median
     prefill = spread([t.prefill_s for t in timings]).median
-    decode_limit = weight_bytes(loaded.model) / (peak.bandwidth_gbps * 1e9)
-    prefill_limit = flops["flops_per_sample"] * batch_size / (peak.fp16_tflops * 1e12)
+    decode_limit = weight_bytes_per_token(loaded.model) / (peak.bandwidth_gbps * 1e9)
+    note = f"peaks: {peak.bandwidth_gbps:.0f} GB/s, {peak.fp16_tflops:.0f} TFLOP/s"
+    # The tensor-core peak is a 16-bit figure: an fp32 cell has no honest matrix-rate limit here.
+    sixteen_bit = loaded.preset.dtype in ("float16", "bfloat16") and flops.get("flops_per_sample")
+    prefill_limit = flops["flops_per_sample"] * batch_size / (peak.fp16_tflops * 1e12) if sixteen_bit else None
     return {
         "decode_roofline_ratio": decode_limit / decode if decode else None,
-        "prefill_roofline_ratio": prefill_limit / prefill if prefill else None,
-        "roofline_note": f"peaks: {peak.bandwidth_gbps:.0f} GB/s, {peak.fp16_tflops:.0f} TFLOP/s",
+        "prefill_roofline_ratio": prefill_limit / prefill if prefill and prefill_limit else None,
+        "roofline_note": note if sixteen_bit else note + "; no prefill ratio (fp32 or FLOPs not counted)",
     }
 
 

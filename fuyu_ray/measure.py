@@ -165,15 +165,16 @@ class PeakMemory:
             self.reserved_bytes = torch.cuda.max_memory_reserved()
 
 
-def fuyu_prefill_flops(config, patches: int, tokens: int) -> int:
+def fuyu_prefill_flops(config, patches: int, tokens: int, logits_positions: int | None = None) -> int:
     """Analytic FLOPs of one Fuyu forward over `tokens` positions, `patches` of them image patches.
 
     Patch projection + per layer (QKV, attention scores and mix without a causal discount,
-    output projection, two-matrix MLP) + LM head over every position: the matmuls that
-    FlopCounterMode sees, so the two counts can check each other.
+    output projection, two-matrix MLP) + LM head over `logits_positions` (default: every
+    position): the matmuls that FlopCounterMode sees, so the two counts can check each other.
     """
     text = config.text_config
     d, ff, layers, vocab = text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size
     patch_width = config.patch_size * config.patch_size * config.num_channels
     per_layer = 2 * tokens * d * 3 * d + 4 * tokens * tokens * d + 2 * tokens * d * d + 4 * tokens * d * ff
-    return 2 * patches * patch_width * d + layers * per_layer + 2 * tokens * d * vocab
+    head_positions = tokens if logits_positions is None else logits_positions
+    return 2 * patches * patch_width * d + layers * per_layer + 2 * head_positions * d * vocab

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 STATUSES = ("ok", "skipped", "failed", "oom", "timeout")
+CUDA_FATAL = "cuda-fatal: "  # marks an error that leaves the worker's CUDA context broken: the driver restarts it
 
 _str, _int, _float, _bool = pa.string(), pa.int64(), pa.float64(), pa.bool_()
 
@@ -41,7 +42,7 @@ CELL_SCHEMA = pa.schema([
     ("energy_method", _str), ("energy_note", _str),
     # FLOPs
     ("flops_per_sample", _float), ("flops_analytic_per_sample", _float), ("macs_per_sample", _float), ("decode_flops_per_token", _float),
-    ("prefill_tokens", _int),
+    ("prefill_tokens", _int), ("flops_note", _str),
     # memory
     ("peak_gpu_allocated_bytes", _int), ("peak_gpu_reserved_bytes", _int), ("peak_rss_bytes", _int),
     # roofline

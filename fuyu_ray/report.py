@@ -125,20 +125,24 @@ def sweep_table(job: JobSpec, sweep: str, rows: list[dict]) -> str:
     header = [AXIS_TITLES[a] for a in keys] + [
         "Latency s/batch (median, p90, n)", "Prefill s", "Decode s/token", "Energy J/sample", "FLOPs/sample", "Accuracy [95% CI]",
     ]
-    reference = rows[0] if rows else None
-    compare = "optimization" in varied and reference is not None
+    compare = "optimization" in varied
     if compare:
         header += ["% latency", "% FLOPs", "% energy"]
+    references: dict[tuple, dict] = {}  # the first ok row of each group that differs only in optimization
+    for row in rows:
+        if row["status"] == "ok":
+            references.setdefault(tuple(row[a] for a in keys if a != "optimization"), row)
     table_rows = []
     for row in rows:
+        reference = references.get(tuple(row[a] for a in keys if a != "optimization"), {})
         line = [row[a] for a in keys] + [
             fmt_latency(row), fmt_seconds(row["prefill_s"]), fmt_seconds(row["decode_s_per_token"]),
             fmt_energy(row), fmt_flops(row["flops_per_sample"]), fmt_accuracy(row),
         ]
         if compare:
-            line += [percent_of(row["latency_s"], reference["latency_s"]),
-                     percent_of(row["flops_per_sample"], reference["flops_per_sample"]),
-                     percent_of(row["energy_j_per_sample"], reference["energy_j_per_sample"])]
+            line += [percent_of(row["latency_s"], reference.get("latency_s")),
+                     percent_of(row["flops_per_sample"], reference.get("flops_per_sample")),
+                     percent_of(row["energy_j_per_sample"], reference.get("energy_j_per_sample"))]
         table_rows.append(line)
     return markdown_table(header, table_rows)
 
@@ -313,21 +317,27 @@ def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFram
         rows = [r for r in section_rows(ok, grid, sweep)]
         if not rows:
             continue
-        axis = next((a for a in varied_axes(job, sweep) if a != "dataset"), "dataset")
+        varied = varied_axes(job, sweep)
+        axis = "optimization" if "optimization" in varied else next((a for a in varied if a != "dataset"), "dataset")
+        series_axes = list(dict.fromkeys(a for a in ("dataset", *varied) if a != axis))  # one line per combination
         figure, left = plt.subplots(figsize=(6, 4))
-        for dataset in sorted({r["dataset"] for r in rows}):
-            subset = [r for r in rows if r["dataset"] == dataset]
-            left.plot([str(r[axis]) for r in subset], [r["latency_s"] for r in subset], marker="o", label=f"latency {dataset}")
+        right = left.twinx() if any(r["energy_j_per_sample"] is not None for r in rows) else None
+        for index, key in enumerate(sorted({tuple(r[a] for a in series_axes) for r in rows}, key=str)):
+            subset = [r for r in rows if tuple(r[a] for a in series_axes) == key]
+            label = ", ".join(str(v) for v in key)
+            xs = [str(r[axis]) for r in subset]
+            left.plot(xs, [r["latency_s"] for r in subset], marker="o", color=f"C{index}", label=f"latency {label}")
+            if right is not None:
+                energy = [(x, r["energy_j_per_sample"]) for x, r in zip(xs, subset) if r["energy_j_per_sample"] is not None]
+                right.plot([x for x, _ in energy], [e for _, e in energy], "s--", color=f"C{index}", label=f"J/sample {label}")
         left.set_xlabel(AXIS_TITLES[axis])
         left.set_ylabel("latency per batch (s)")
-        energies = [r for r in rows if r["energy_j_per_sample"] is not None]
-        if energies:
-            right = left.twinx()
-            right.plot([str(r[axis]) for r in energies], [r["energy_j_per_sample"] for r in energies], "s--", color="tab:red", label="energy/sample")
-            right.set_ylabel("energy per sample (J)")
-        left.legend(loc="upper left", fontsize=8)
-        left.set_title(f"{sweep}: latency{' and energy' if energies else ''} against {AXIS_TITLES[axis].lower()}")
-        name = "latency_energy_plot.png" if axis == "batch_size" else f"{sweep}.png"
+        if right is not None:
+            right.set_ylabel("energy per sample (J, dashed)")
+        left.legend(loc="upper left", fontsize=7)
+        left.set_title(f"{sweep}: latency{' and energy' if right is not None else ''} against {AXIS_TITLES[axis].lower()}")
+        # The seed's file name for its one plot, which is the batch-size sweep's.
+        name = "latency_energy_plot.png" if varied == ["batch_size"] else f"{sweep}.png"
         plots[sweep] = _save(store, figure, name)
     scored = ok.filter(pl.col("accuracy").is_not_null()) if not ok.is_empty() else ok
     if not scored.is_empty():
@@ -379,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fuyu_ray: {exc}", file=sys.stderr)
         return 2
     store = ResultStore.at(args.out)
+    store.ensure_dirs()
     try:
         with store.filesystem.open_input_stream(store.path("run.json")) as stream:
             run_info = json.loads(stream.read())

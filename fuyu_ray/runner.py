@@ -24,7 +24,7 @@ from fuyu_ray.cells import Cell, Variant
 from fuyu_ray.data import LoadedSamples, Sample, load_samples
 from fuyu_ray.measure import BatchTiming, PeakMemory, count_flops, fuyu_prefill_flops, spread, time_batch
 from fuyu_ray.models import LoadedModel, PresetUnsupported, load_model
-from fuyu_ray.records import cell_batch, now_iso, outcome_row, sample_table
+from fuyu_ray.records import CUDA_FATAL, cell_batch, now_iso, outcome_row, sample_table
 from fuyu_ray.prompts import Prompt, TaskSettings, build_prompt
 from fuyu_ray.scoring import score, unscored
 
@@ -57,8 +57,10 @@ def image_token_count(image_size: int) -> int:
 class CellRunner:
     """Loads one variant once and keeps it warm for all of that variant's cells."""
 
-    def __init__(self, variant: Variant, min_energy_window_s: float = 1.0, context: dict[str, Any] | None = None):
+    def __init__(self, variant: Variant, min_energy_window_s: float = 1.0, context: dict[str, Any] | None = None,
+                 cpu_package_shared: bool = False):
         self.variant = variant
+        self.cpu_package_shared = cpu_package_shared
         self.min_energy_window_s = min_energy_window_s
         self.context = {"hostname": socket.gethostname(), "cpu_model": hardware.cpu_model(), **(context or {})}
         self.decoders: dict[tuple[int, int], Any] = {}  # (batch, cache length) -> a compiled decoder, kept warm
@@ -76,6 +78,9 @@ class CellRunner:
             return None, str(exc)
 
     def _meter(self) -> energy.EnergyMeter:
+        if self.variant.device == "cpu" and self.cpu_package_shared:
+            return energy.NoEnergyMeter("the CPU package counter is shared with other actors on this node; "
+                                        "give cpus_per_actor a whole node to measure CPU energy")
         return energy.meter_for(self.variant.device)
 
     def run(self, cell: Cell) -> CellResult:
@@ -86,16 +91,16 @@ class CellRunner:
         try:
             row, samples = self._measure(cell)
             row.update(base, status="ok", error=None, started_at=started_at, finished_at=now_iso())
-        except torch.cuda.OutOfMemoryError as exc:
-            self._free_memory()
-            row, samples = outcome_row(base, "oom", _one_line(exc), started_at=started_at), []
         except Exception as exc:  # a cell's failure is its record, and the actor goes on to the next cell
+            row, samples = outcome_row(base, *classify(exc), started_at=started_at), []
+        if row["status"] != "ok":
+            # Outside the except block: there the traceback still holds the cell's tensors.
             self._free_memory()
-            row, samples = outcome_row(base, "failed", _one_line(exc), started_at=started_at), []
         row["cell_s"] = time.perf_counter() - started
         return CellResult(cell_batch(row), sample_table(samples))
 
     def _free_memory(self) -> None:
+        self.decoders.clear()  # a failed compile's cache and graph pool would stay for the actor's life
         gc.collect()
         if self.variant.device == "cuda" and torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -122,6 +127,10 @@ class CellRunner:
             raise ValueError(f"no readable samples in {data.description}")
         prompts = [build_prompt(settings, s, point.seq_len, loaded.count_text_tokens) for s in data.samples]
         batches = prepare_batches(loaded, data.samples, prompts, point.image_size, point.batch_size)
+        if loaded.attention == "sdpa-flash" and any(bool((b.inputs["attention_mask"] == 0).any()) for b in batches):
+            raise PresetUnsupported(
+                "SDPA's flash backend takes no attention mask, and this cell's prompts are padded; install flash-attn"
+            )
         ignore_eos = loaded.accuracy_note is not None  # random weights: every cell runs to max_new_tokens
         decoder, fresh = self._decoder(batches, point.batch_size, settings.max_new_tokens) if loaded.preset.compiled_decode else (None, False)
 
@@ -151,7 +160,7 @@ class CellRunner:
             window = energy.run_until_min_window(timed_pass, self.meter, self.min_energy_window_s)
         clocks_end = self.meter.clock_and_temperature() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
 
-        predictions, generations, generated = decode_outputs(loaded, batches, first_pass, len(data.samples))
+        predictions, generations, generated, stopped = decode_outputs(loaded, batches, first_pass, len(data.samples))
         # Random weights answer nothing: skip scoring (and its pycocoevalcap import on bare GPU boxes).
         task_score = score(point.dataset, data.samples, predictions) if loaded.accuracy_note is None else unscored(point.dataset, len(data.samples))
         flops = count_cell_flops(loaded, batches[0])
@@ -161,6 +170,7 @@ class CellRunner:
             "tokenizer_note": loaded.tokenizer_note,
             "dataset_description": data.description, "torch_threads": torch.get_num_threads(),
             **workload_columns(data, prompts, batches, settings, generated, ignore_eos, point.image_size),
+            "eos_fraction": sum(stopped) / len(stopped),
             **latency_columns(timings, point.batch_size, first_call_s, warmup_batches),
             **energy_columns(window, self.meter, self.idle_power_w, len(timings), point.batch_size),
             **flops,
@@ -168,7 +178,7 @@ class CellRunner:
             "peak_rss_bytes": memory.rss_bytes,
             "compile_s": (decoder.compile_s if fresh else 0.0) if decoder else None,
             "recompiles": decoder.compilations - compilations_warm if decoder else None,
-            "decoder": ("static cache + compiled decode" + (f" ({decoder.compile_mode}, fullgraph={decoder.fullgraph})")) if decoder else "transformers generate",
+            "decoder": describe_decoder(decoder),
             **hardware.roofline_columns(self.device_info.get("gpu_name"), loaded, timings, flops, point.batch_size),
             **accuracy_columns(task_score, loaded),
             **{k: v for k, v in self.device_info.items()},
@@ -177,6 +187,13 @@ class CellRunner:
         }
         samples = sample_rows(cell, data.samples, prompts, generations, predictions, task_score, generated)
         return row, samples
+
+
+def describe_decoder(decoder) -> str:
+    if decoder is None:
+        return "transformers generate"
+    graphs = f", CUDA graphs skipped {decoder.cudagraph_skips}x" if decoder.cudagraph_skips else ""
+    return f"static cache + compiled decode ({decoder.compile_mode}, fullgraph={decoder.fullgraph}{graphs})"
 
 
 def prepare_batches(loaded: LoadedModel, samples: list[Sample], prompts: list[Prompt], image_size: int, batch_size: int) -> list[Batch]:
@@ -253,6 +270,7 @@ def decode_outputs(loaded: LoadedModel, batches: list[Batch], outputs: list[torc
     predictions: list[str | None] = [None] * n_samples
     generations: list[str | None] = [None] * n_samples
     generated: list[int | None] = [None] * n_samples
+    stopped: list[bool] = [False] * n_samples
     for batch, output in zip(batches, outputs):
         new_tokens = output[:, batch.prompt_length :].cpu()
         for row, index in enumerate(batch.sample_indices):
@@ -260,27 +278,39 @@ def decode_outputs(loaded: LoadedModel, batches: list[Batch], outputs: list[torc
                 continue
             ids = new_tokens[row].tolist()
             length = ids.index(loaded.eos_token_id) + 1 if loaded.eos_token_id in ids else len(ids)
+            stopped[index] = loaded.eos_token_id in ids
             generations[index] = tokenizer.decode(ids[:length], skip_special_tokens=False)
             predictions[index] = tokenizer.decode(ids[:length], skip_special_tokens=True).strip()
             generated[index] = length
-    return predictions, generations, generated
+    return predictions, generations, generated, stopped
 
 
 def count_cell_flops(loaded: LoadedModel, batch: Batch) -> dict[str, Any]:
-    """Counted on the cell's own first batch: one prefill forward, then one decode step."""
+    """Counted on the cell's own first batch: one prefill forward, then one decode step.
+
+    Logits only for the last position, as `generate` computes them: the LM head over every
+    prompt position would add work (and a B x T x vocab tensor) that generation never does.
+    """
     model, rows = loaded.model, batch.inputs["input_ids"].shape[0]
-    with torch.inference_mode(), attention_context(loaded):
-        prefill_flops = count_flops(lambda: model(**batch.inputs, use_cache=False))
-        prefill = model(**batch.inputs, use_cache=True)
-        next_ids = prefill.logits[:, -1:].argmax(-1)
-        mask = torch.cat([batch.inputs["attention_mask"], torch.ones_like(next_ids)], dim=1)
-        decode_flops = count_flops(
-            lambda: model(input_ids=next_ids, attention_mask=mask, past_key_values=prefill.past_key_values, use_cache=True)
-        )
+    try:
+        with torch.inference_mode(), attention_context(loaded):
+            prefill_flops = count_flops(lambda: model(**batch.inputs, use_cache=False, logits_to_keep=1))
+            prefill = model(**batch.inputs, use_cache=True, logits_to_keep=1)
+            next_ids = prefill.logits[:, -1:].argmax(-1)
+            mask = torch.cat([batch.inputs["attention_mask"], torch.ones_like(next_ids)], dim=1)
+            decode_flops = count_flops(
+                lambda: model(input_ids=next_ids, attention_mask=mask, past_key_values=prefill.past_key_values, use_cache=True)
+            )
+            del prefill
+    except torch.cuda.OutOfMemoryError:
+        # The timing is already done and sound; losing only the FLOPs is better than losing the cell.
+        gc.collect()
+        torch.cuda.empty_cache()
+        return {"prefill_tokens": batch.prompt_length, "flops_note": "out of memory while counting FLOPs"}
     patches_per_row = batch.inputs["image_patches"].shape[0] // rows
     return {
         "flops_per_sample": prefill_flops / rows,
-        "flops_analytic_per_sample": fuyu_prefill_flops(model.config, patches_per_row, batch.prompt_length),
+        "flops_analytic_per_sample": fuyu_prefill_flops(model.config, patches_per_row, batch.prompt_length, logits_positions=1),
         "macs_per_sample": prefill_flops / rows / 2,
         "decode_flops_per_token": decode_flops / rows,
         "prefill_tokens": batch.prompt_length,
@@ -300,7 +330,6 @@ def workload_columns(data: LoadedSamples, prompts, batches, settings, generated,
         "truncated_prompts": sum(p.truncated for p in prompts),
         "max_new_tokens": settings.max_new_tokens,
         "generated_tokens_mean": sum(lengths) / len(lengths) if lengths else None,
-        "eos_fraction": sum(g < settings.max_new_tokens for g in lengths) / len(lengths) if lengths else None,
         "ignore_eos": ignore_eos,
         "prompt_template": settings.template,
     }
@@ -363,6 +392,19 @@ def sample_rows(cell: Cell, samples, prompts, generations, predictions, task_sco
             samples, prompts, generations, predictions, task_score.per_sample, lenient, generated
         )
     ]
+
+
+def classify(exc: Exception) -> tuple[str, str]:
+    """(status, error): skipped where the preset cannot run here, oom, or failed; a sticky CUDA
+    error is marked so that the actor is replaced rather than failing every later cell."""
+    if isinstance(exc, PresetUnsupported):
+        return "skipped", str(exc)
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "oom", _one_line(exc)
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    if (accelerator_error and isinstance(exc, accelerator_error)) or "CUDA error" in str(exc):
+        return "failed", CUDA_FATAL + _one_line(exc)
+    return "failed", _one_line(exc)
 
 
 def _one_line(exc: BaseException) -> str:

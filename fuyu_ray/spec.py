@@ -6,6 +6,7 @@ so bad input is one line naming the file and the key, and nothing else happens.
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,22 @@ def _string(value: Any, key: str, fail) -> str:
     return value.strip()
 
 
+TEMPLATE_FIELDS = ("question", "context", "options")
+
+
+def _template(value: Any, key: str, fail) -> str:
+    """A prompt template may use {question}, {context} and {options}, nothing else."""
+    text = _string(value, key, fail)
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as exc:
+        raise fail(key, f"not a valid template ({exc})") from None
+    unknown = fields - set(TEMPLATE_FIELDS)
+    if unknown:
+        raise fail(key, f"unknown field {{{sorted(unknown)[0]}}} (known: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})")
+    return text
+
+
 def _positive_int(value: Any, key: str, fail) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise fail(key, f"must be a positive integer, got {value!r}")
@@ -226,8 +243,8 @@ def _parse_datasets(raw: Any, fail) -> dict[str, DatasetSource]:
                 raise fail(f"datasets.{task}.{sorted(unknown)[0]}", "unknown key (known: source, split, config)")
             parsed[task] = DatasetSource(
                 source=_string(value.get("source"), f"datasets.{task}.source", fail),
-                split=value.get("split"),
-                config=value.get("config"),
+                split=None if value.get("split") is None else _string(value["split"], f"datasets.{task}.split", fail),
+                config=None if value.get("config") is None else _string(value["config"], f"datasets.{task}.config", fail),
             )
         else:
             raise fail(f"datasets.{task}", f"must be 'synthetic', a hub id or a path, got {value!r}")
@@ -248,7 +265,7 @@ def _parse_tasks(raw: Any, fail) -> dict[str, TaskOverride]:
             raise fail(f"tasks.{task}.{sorted(unknown)[0]}", "unknown key (known: template, max_new_tokens)")
         max_new = value.get("max_new_tokens")
         parsed[task] = TaskOverride(
-            template=None if value.get("template") is None else _string(value["template"], f"tasks.{task}.template", fail),
+            template=None if value.get("template") is None else _template(value["template"], f"tasks.{task}.template", fail),
             max_new_tokens=None if max_new is None else _positive_int(max_new, f"tasks.{task}.max_new_tokens", fail),
         )
     return parsed

@@ -1,6 +1,6 @@
 """A stand-in model for scheduling, fault and throughput tests: it sleeps instead of computing.
 
-`model: "standin:sleep=0.5,oom_at_batch=32,hang_at_batch=64,fail_at_batch=8"` runs on any
+`model: "standin:sleep=0.5,oom_at_batch=32,hang_at_batch=64,fail_at_batch=8,cuda_error_at_batch=4"` runs on any
 node, on `cuda` cells too (Ray's GPU resource is only a number to it), so a cluster of
 processes on one machine can stand in for a cluster of GPU nodes. Everything else, the
 actor, the driver, the records and the report, is the real code.
@@ -25,6 +25,7 @@ class Behaviour:
     oom_at_batch: int | None = None
     hang_at_batch: int | None = None
     fail_at_batch: int | None = None
+    cuda_error_at_batch: int | None = None
 
 
 def is_standin(model: str) -> bool:
@@ -38,7 +39,7 @@ def parse_behaviour(model: str) -> Behaviour:
         key, _, value = option.partition("=")
         if key == "sleep":
             settings["sleep_s"] = float(value)
-        elif key in ("oom_at_batch", "hang_at_batch", "fail_at_batch"):
+        elif key in ("oom_at_batch", "hang_at_batch", "fail_at_batch", "cuda_error_at_batch"):
             settings[key] = int(value)
         else:
             raise ValueError(f"unknown stand-in option {key!r}")
@@ -61,6 +62,8 @@ class StandInRunner(CellRunner):
             raise torch.cuda.OutOfMemoryError("stand-in: CUDA out of memory (simulated)")
         if batch == self.behaviour.fail_at_batch:
             raise RuntimeError("stand-in: simulated failure")
+        if batch == self.behaviour.cuda_error_at_batch:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (stand-in)")
         time.sleep(3600 if batch == self.behaviour.hang_at_batch else self.behaviour.sleep_s)
         return {
             "model_label": f"stand-in (sleeps {self.behaviour.sleep_s:g} s per cell)",

@@ -23,6 +23,9 @@ CASES = {
     "empty_sweep_list": (GOOD.replace("[1, 2]", "[]"), "sweeps.batch.batch_size"),
     "empty_sweep": (GOOD.replace("batch: {batch_size: [1, 2]}", "batch: {}"), "sweeps.batch"),
     "unknown_dataset_source_task": (GOOD + "datasets: {vqav2: synthetic}\n", "datasets.vqav2"),
+    "split_not_a_string": (GOOD + "datasets: {textvqa: {source: x, split: 2021}}\n", "datasets.textvqa.split"),
+    "template_unknown_field": (GOOD + "tasks: {textvqa: {template: '{q} please'}}\n", "tasks.textvqa.template"),
+    "template_broken_brace": (GOOD + "tasks: {textvqa: {template: 'what {question'}}\n", "tasks.textvqa.template"),
 }
 
 
@@ -56,3 +59,14 @@ def test_unreachable_address_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "127.0.0.1:9" in result.stderr and "unreachable" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out", ["nosuchscheme://bucket/x", "{file}"])
+def test_bad_out_is_one_line(tmp_path, out):
+    job = tmp_path / "job.yaml"
+    job.write_text(GOOD)
+    a_file = tmp_path / "plain-file"
+    a_file.write_text("x")
+    result = run_grid("--job", str(job), "--out", out.format(file=a_file))
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "--out" in result.stderr

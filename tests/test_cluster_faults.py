@@ -93,18 +93,19 @@ def test_killing_an_actor_mid_cell_gives_exactly_one_failed_record_and_the_rerun
     assert cells(out).get_column("status").to_list() == ["ok"] * 3
 
 
-def test_oom_and_timeout_are_their_own_statuses_and_the_grid_goes_on(cluster, tmp_path):
-    job = standin_job(tmp_path, "standin:sleep=0.2,oom_at_batch=2,hang_at_batch=3", [1, 2, 3, 4], "cell_timeout_s: 4\n")
+def test_oom_timeout_and_cuda_errors_are_recorded_and_the_grid_goes_on(cluster, tmp_path):
+    job = standin_job(tmp_path, "standin:sleep=0.2,oom_at_batch=2,hang_at_batch=3,cuda_error_at_batch=5", [1, 2, 3, 4, 5, 6], "cell_timeout_s: 4\n")
     out = tmp_path / "out"
     result = run_grid("--job", job, "--out", str(out), "--address", cluster[0].address)
     assert result.returncode == 1
     by_batch = dict(cells(out).select("batch_size", "status").rows())
-    assert by_batch == {1: "ok", 2: "oom", 3: "timeout", 4: "ok"}
+    assert by_batch == {1: "ok", 2: "oom", 3: "timeout", 4: "ok", 5: "failed", 6: "ok"}
+    assert cells(out).filter(pl.col("batch_size") == 5).get_column("error")[0].startswith("cuda-fatal: ")
     summary = (out / "summary.md").read_text()
     assert "## Failed, out-of-memory and timed-out cells" in summary and "cell_timeout_s=4" in summary
 
     kept = run_grid("--job", job, "--out", str(out), "--address", cluster[0].address, "--no-retry-failed")
-    assert "4 cells, 0 to run" in kept.stdout
+    assert "6 cells, 0 to run" in kept.stdout
 
 
 def test_a_node_that_leaves_loses_nothing(cluster, tmp_path):
