@@ -119,9 +119,15 @@ def actors_for(demand: dict, max_actors_per_variant: int | None) -> int:
     return max(1, room)
 
 
+BENCH_NODE = "bench_node"
+
+
 def actor_demand(variant: Variant, cpus_per_actor: int | None) -> dict:
     if variant.device == "cuda":
-        return {"CPU": 1, "GPU": 1}
+        # Where the cluster marks bench nodes, timed GPU cells run only there (a sliver each,
+        # so the node's GPUs, not this resource, bound how many run at once).
+        marked = any(n.get("Resources", {}).get(BENCH_NODE) for n in ray.nodes() if n.get("Alive"))
+        return {"CPU": 1, "GPU": 1, **({BENCH_NODE: 0.001} if marked else {})}
     largest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
     return {"CPU": min(cpus_per_actor or largest, largest) or 1}
 
@@ -221,7 +227,9 @@ def execute(
 
 def _start_actor(variant: Variant, index: int, demand: dict, min_energy_window_s: float) -> Slot:
     name = f"{variant.label}-{index}-{int(time.time() * 1000) % 100000}"
-    options = {"name": name, "num_cpus": demand["CPU"], "num_gpus": demand.get("GPU", 0), "max_restarts": ACTOR_RESTARTS}
+    custom = {k: v for k, v in demand.items() if k not in ("CPU", "GPU")}
+    options = {"name": name, "num_cpus": demand["CPU"], "num_gpus": demand.get("GPU", 0), "resources": custom,
+               "max_restarts": ACTOR_RESTARTS}
     threads = int(demand["CPU"]) if variant.device == "cpu" else None
     actor = CellWorker.options(**options).remote(variant, min_energy_window_s, threads)
     return Slot(variant=variant, actor=actor, name=name)

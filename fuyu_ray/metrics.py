@@ -81,6 +81,10 @@ _CONTRACTIONS = {
 }
 
 
+def _word_tokenize(text: str) -> str:
+    return text.lower().replace(",", "").replace("?", "").replace("'s", " 's")
+
+
 def _clean_whitespace(text: str) -> str:
     return text.lower().replace("\n", " ").replace("\t", " ").strip()
 
@@ -106,13 +110,10 @@ def _process_digits_and_articles(text: str) -> str:
 
 
 def normalize_vqa_answer(text: str) -> str:
-    """EvalAI answer normalisation.
-
-    Unlike MMF/lmms-eval's ``EvalAIAnswerProcessor`` this does not pre-delete
-    "," and "?" nor split "'s" off; those steps are applied symmetrically to
-    prediction and references there, so matches differ only in corner cases
-    such as "red,blue" ("redblue" there, "red blue" here).
-    """
+    """EvalAI answer normalisation as MMF's and lmms-eval's ``EvalAIAnswerProcessor`` apply it
+    to TextVQA: their word_tokenize step first (lowercase, delete "," and "?", "'s" -> " 's"),
+    then whitespace, punctuation, and digits/articles/contractions."""
+    text = _word_tokenize(text)
     text = _clean_whitespace(text)
     text = _process_punctuation(text)
     return _process_digits_and_articles(text)
