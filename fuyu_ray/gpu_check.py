@@ -15,7 +15,6 @@ import gc
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from fuyu_ray.cells import expand

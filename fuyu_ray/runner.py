@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-import platform
 import socket
 import time
 import traceback
@@ -296,12 +295,12 @@ def count_cell_flops(loaded: LoadedModel, batch: Batch) -> dict[str, Any]:
         with torch.inference_mode(), attention_context(loaded):
             prefill_flops = count_flops(lambda: model(**batch.inputs, use_cache=False, logits_to_keep=1))
             prefill = model(**batch.inputs, use_cache=True, logits_to_keep=1)
-            next_ids = prefill.logits[:, -1:].argmax(-1)
+            next_ids, cache = prefill.logits[:, -1:].argmax(-1), prefill.past_key_values
+            del prefill
             mask = torch.cat([batch.inputs["attention_mask"], torch.ones_like(next_ids)], dim=1)
             decode_flops = count_flops(
-                lambda: model(input_ids=next_ids, attention_mask=mask, past_key_values=prefill.past_key_values, use_cache=True)
+                lambda: model(input_ids=next_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
             )
-            del prefill
     except torch.cuda.OutOfMemoryError:
         # The timing is already done and sound; losing only the FLOPs is better than losing the cell.
         gc.collect()
