@@ -98,11 +98,15 @@ class ExecutionStats:
         return peak
 
 
+def node_resources() -> list[dict]:
+    """The resources of every live node, read now: nodes come and go during a run."""
+    return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+
 def missing_resources(variant: Variant, demand: dict) -> str | None:
     """Why the cluster can never run this variant, or None; so such cells are skipped, not waited on."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    for node in nodes:
-        if all(node.get("Resources", {}).get(k, 0) >= v for k, v in demand.items()):
+    for resources in node_resources():
+        if all(resources.get(k, 0) >= v for k, v in demand.items()):
             return None
     wanted = ", ".join(f"{k}={v:g}" for k, v in demand.items())
     return f"no node in the cluster has {wanted} (device {variant.device})"
@@ -112,10 +116,7 @@ def actors_for(demand: dict, max_actors_per_variant: int | None) -> int:
     """The job's cap, or with none, as many actors as the cluster has room for at once."""
     if max_actors_per_variant:
         return max_actors_per_variant
-    room = sum(
-        min(int(n.get("Resources", {}).get(k, 0) // v) for k, v in demand.items())
-        for n in ray.nodes() if n.get("Alive")
-    )
+    room = sum(min(int(resources.get(k, 0) // v) for k, v in demand.items()) for resources in node_resources())
     return max(1, room)
 
 
@@ -126,9 +127,9 @@ def actor_demand(variant: Variant, cpus_per_actor: int | None) -> dict:
     if variant.device == "cuda":
         # Where the cluster marks bench nodes, timed GPU cells run only there (a sliver each,
         # so the node's GPUs, not this resource, bound how many run at once).
-        marked = any(n.get("Resources", {}).get(BENCH_NODE) for n in ray.nodes() if n.get("Alive"))
+        marked = any(resources.get(BENCH_NODE) for resources in node_resources())
         return {"CPU": 1, "GPU": 1, **({BENCH_NODE: 0.001} if marked else {})}
-    largest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    largest = max((resources.get("CPU", 0) for resources in node_resources()), default=1)
     return {"CPU": min(cpus_per_actor or largest, largest) or 1}
 
 

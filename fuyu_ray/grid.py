@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +27,7 @@ from fuyu_ray.spec import JobError, JobSpec, load_job
 DEFAULT_JOB = "jobs/smoke.yaml"
 RETRYABLE = ("failed", "oom", "timeout")
 RAY_NAMESPACE = "fuyu_ray"
+CONNECT_TIMEOUT_S = float(os.environ.get("FUYU_RAY_CONNECT_TIMEOUT_S", "60"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,9 +53,25 @@ def check_reachable(address: str, origin: str) -> None:
         raise JobError(f"{origin} {address!r}: unreachable ({exc.strerror or exc})") from None
 
 
-def connect(address: str | None):
+def connect(address: str | None, origin: str):
+    """ray.init, bounded: against something that listens but is not Ray it would retry for minutes."""
     import ray
 
+    def give_up() -> None:
+        print(f"fuyu_ray: {origin} {address!r}: no Ray cluster answered within {CONNECT_TIMEOUT_S} s", file=sys.stderr, flush=True)
+        os._exit(2)  # from a timer thread, the one way to leave a blocked ray.init; nothing is written yet
+
+    watchdog = threading.Timer(CONNECT_TIMEOUT_S, give_up)
+    watchdog.daemon = True
+    if address:
+        watchdog.start()
+    try:
+        return _init_ray(ray, address)
+    finally:
+        watchdog.cancel()
+
+
+def _init_ray(ray, address: str | None):
     started = time.perf_counter()
     # A fixed namespace lets operators (and the fault tests) find the grid's actors by name.
     if address:
@@ -138,16 +156,25 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
     grid = expand(job)
     try:
         done = store.done_cells()
-        store.ensure_dirs()
     except OSError as exc:
         print(f"fuyu_ray: --out {store.root!r}: {exc}", file=sys.stderr)
         return 2
     todo = cells_to_run(grid.cells, done, args.force, not args.no_retry_failed)
+    origin = "--address" if args.address else "RAY_ADDRESS"
+    try:
+        context, ray_init_s = connect(address, origin)
+    except (ConnectionError, TimeoutError, RuntimeError) as exc:  # something listens there, but not Ray
+        print(f"fuyu_ray: {origin} {address!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    try:
+        store.ensure_dirs()  # only now: bad input, a bad address included, writes nothing
+    except OSError as exc:
+        print(f"fuyu_ray: --out {store.root!r}: {exc}", file=sys.stderr)
+        return 2
     if job.model == "tiny" and todo:
         from fuyu_ray import tiny
 
         print(f"tiny model: {tiny.ensure_checkpoint()}", flush=True)
-    context, ray_init_s = connect(address)
     stop_on_sigterm()  # after ray.init, which installs a handler of its own that exits at once
     dashboard = getattr(context, "dashboard_url", None)
     print(f"fuyu_ray {job.name}: {len(grid.cells)} cells, {len(todo)} to run, results in {store.root}", flush=True)

@@ -55,17 +55,14 @@ def weight_bytes_per_token(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skipped)
 
 
-def roofline_columns(gpu_name: str | None, loaded, timings, flops: dict[str, Any], batch_size: int) -> dict[str, Any]:
+def roofline_columns(gpu_name: str | None, loaded, prefill: float | None, decode: float | None,
+                     flops: dict[str, Any], batch_size: int) -> dict[str, Any]:
     """limit / measured for decode (weights read once per token) and prefill (FLOPs at peak rate): 1.0 is the chip's best."""
     if loaded.variant.device != "cuda":
         return {"roofline_note": "roofline is for GPU cells"}
     peak, why_not = chip_peak(gpu_name)
     if peak is None:
         return {"roofline_note": why_not}
-    from fuyu_ray.measure import spread
-
-    decode = spread([t.decode_s_per_token for t in timings]).median
-    prefill = spread([t.prefill_s for t in timings]).median
     decode_limit = weight_bytes_per_token(loaded.model) / (peak.bandwidth_gbps * 1e9)
     note = f"peaks: {peak.bandwidth_gbps:.0f} GB/s, {peak.fp16_tflops:.0f} TFLOP/s"
     # The tensor-core peak is a 16-bit figure: an fp32 cell has no honest matrix-rate limit here.

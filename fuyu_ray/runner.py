@@ -98,6 +98,9 @@ class CellRunner:
         row["cell_s"] = time.perf_counter() - started
         return CellResult(cell_batch(row), sample_table(samples))
 
+    def _clocks(self) -> dict[str, Any]:
+        return self.meter.clock_and_temperature() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
+
     def _free_memory(self) -> None:
         self.decoders.clear()  # a failed compile's cache and graph pool would stay for the actor's life
         gc.collect()
@@ -139,12 +142,12 @@ class CellRunner:
             with attention_context(loaded):
                 return decoder.generate(batch.inputs, settings.max_new_tokens, loaded.eos_token_id, ignore_eos, on_token=token_clock)
 
-        clocks = self.meter.clock_and_temperature() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
+        clocks = self._clocks()
         with PeakMemory(point.device) as memory:
             if fresh:  # one warm-up compiles the one decode graph that every batch of the cell uses
                 first_call_s, warmup_batches = decoder.warm_up(batches[0].inputs, settings.max_new_tokens), 1
             else:
-                first_call_s, warmup_batches = warm_up(run_batch, batches, loaded)
+                first_call_s, warmup_batches = warm_up(run_batch, batches, point.device)
             compilations_warm = decoder.compilations if decoder else 0
             timings: list[BatchTiming] = []
             first_pass: list[torch.Tensor] = []
@@ -157,8 +160,9 @@ class CellRunner:
                         first_pass.append(output)
 
             window = energy.run_until_min_window(timed_pass, self.meter, self.min_energy_window_s)
-        clocks_end = self.meter.clock_and_temperature() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
+        clocks_end = self._clocks()
 
+        latency = latency_columns(timings, point.batch_size, first_call_s, warmup_batches)
         predictions, generations, generated, stopped = decode_outputs(loaded, batches, first_pass, len(data.samples))
         # Random weights answer nothing: skip scoring (and its pycocoevalcap import on bare GPU boxes).
         task_score = score(point.dataset, data.samples, predictions) if loaded.accuracy_note is None else unscored(point.dataset, len(data.samples))
@@ -170,7 +174,7 @@ class CellRunner:
             "dataset_description": data.description, "torch_threads": torch.get_num_threads(),
             **workload_columns(data, prompts, batches, settings, generated, ignore_eos, point.image_size),
             "eos_fraction": sum(stopped) / len(stopped),
-            **latency_columns(timings, point.batch_size, first_call_s, warmup_batches),
+            **latency,
             **energy_columns(window, self.meter, self.idle_power_w, len(timings), point.batch_size),
             **flops,
             "peak_gpu_allocated_bytes": memory.allocated_bytes, "peak_gpu_reserved_bytes": memory.reserved_bytes,
@@ -178,9 +182,11 @@ class CellRunner:
             "compile_s": (decoder.compile_s if fresh else 0.0) if decoder else None,
             "recompiles": decoder.compilations - compilations_warm if decoder else None,
             "decoder": describe_decoder(decoder),
-            **hardware.roofline_columns(self.device_info.get("gpu_name"), loaded, timings, flops, point.batch_size),
+            **hardware.roofline_columns(
+                self.device_info.get("gpu_name"), loaded, latency["prefill_s"], latency["decode_s_per_token"], flops, point.batch_size
+            ),
             **accuracy_columns(task_score, loaded),
-            **{k: v for k, v in self.device_info.items()},
+            **self.device_info,
             "sm_clock_start_mhz": clocks.get("sm_clock_mhz"), "gpu_temp_start_c": clocks.get("temperature_c"),
             "sm_clock_end_mhz": clocks_end.get("sm_clock_mhz"), "gpu_temp_end_c": clocks_end.get("temperature_c"),
         }
@@ -242,25 +248,14 @@ def generate(loaded: LoadedModel, batch: Batch, max_new_tokens: int, ignore_eos:
     }
     if ignore_eos:
         options["min_new_tokens"] = max_new_tokens
-    if loaded.preset.static_cache:
-        options["cache_implementation"] = "static"
     with torch.inference_mode(), attention_context(loaded):
         return loaded.model.generate(**batch.inputs, **options)
 
 
-def warm_up(run_batch, batches: list[Batch], loaded: LoadedModel) -> tuple[float, int]:
-    """One untimed batch; for compiled variants, one per distinct input shape, so no timed batch compiles."""
-    shapes_seen: set[tuple[int, ...]] = set()
-    first_call_s, warmed = None, 0
-    for batch in batches:
-        shape = tuple(batch.inputs["input_ids"].shape)
-        if warmed and (not loaded.preset.compiled_decode or shape in shapes_seen):
-            continue
-        _, timing = time_batch(lambda clock: run_batch(batch, clock), loaded.variant.device)
-        first_call_s = timing.total_s if first_call_s is None else first_call_s
-        shapes_seen.add(shape)
-        warmed += 1
-    return first_call_s, warmed
+def warm_up(run_batch, batches: list[Batch], device: str) -> tuple[float, int]:
+    """One untimed batch. A compiled decoder needs no more: its one graph has a fixed shape."""
+    _, timing = time_batch(lambda clock: run_batch(batches[0], clock), device)
+    return timing.total_s, 1
 
 
 def decode_outputs(loaded: LoadedModel, batches: list[Batch], outputs: list[torch.Tensor], n_samples: int):
@@ -276,8 +271,8 @@ def decode_outputs(loaded: LoadedModel, batches: list[Batch], outputs: list[torc
             if predictions[index] is not None:
                 continue
             ids = new_tokens[row].tolist()
-            length = ids.index(loaded.eos_token_id) + 1 if loaded.eos_token_id in ids else len(ids)
             stopped[index] = loaded.eos_token_id in ids
+            length = ids.index(loaded.eos_token_id) + 1 if stopped[index] else len(ids)
             generations[index] = tokenizer.decode(ids[:length], skip_special_tokens=False)
             predictions[index] = tokenizer.decode(ids[:length], skip_special_tokens=True).strip()
             generated[index] = length

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from conftest import run_grid
@@ -70,3 +72,18 @@ def test_bad_out_is_one_line(tmp_path, out):
     result = run_grid("--job", str(job), "--out", out.format(file=a_file))
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "--out" in result.stderr
+
+
+def test_an_address_where_something_but_not_ray_listens_is_one_final_line(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(GOOD)
+    with socket.socket() as listener:  # accepts TCP, so the quick reachability check passes
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        result = run_grid("--job", str(job), "--out", str(tmp_path / "out"), "--address", address,
+                          env={"FUYU_RAY_CONNECT_TIMEOUT_S": "5"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"fuyu_ray: --address '{address}': no Ray cluster answered within 5.0 s"
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

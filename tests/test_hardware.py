@@ -8,7 +8,6 @@ import torch
 
 from fuyu_ray.cells import Variant
 from fuyu_ray.hardware import chip_peak, roofline_columns
-from fuyu_ray.measure import BatchTiming
 from fuyu_ray.presets import PRESETS
 
 
@@ -44,15 +43,14 @@ def test_ratios_against_the_limits(monkeypatch):
     monkeypatch.setenv("FUYU_RAY_PEAK_BANDWIDTH_GBPS", "1000")  # 1 TB/s
     monkeypatch.setenv("FUYU_RAY_PEAK_TFLOPS", "100")
     loaded = SimpleNamespace(model=TinyLM().half(), variant=Variant("m", "random", "cuda", "fp16"), preset=PRESETS["fp16"])
-    timings = [BatchTiming(total_s=0.1, prefill_s=0.02, decode_s_per_token=4e-6, steps=10)]
     flops = {"flops_per_sample": 1e12}
-    columns = roofline_columns("Unknown GPU", loaded, timings, flops, batch_size=2)
+    columns = roofline_columns("Unknown GPU", loaded, 0.02, 4e-6, flops, batch_size=2)
     assert abs(columns["decode_roofline_ratio"] - 1e-6 / 4e-6) < 1e-9  # 1 MB at 1 TB/s = 1 us, measured 4 us
     assert abs(columns["prefill_roofline_ratio"] - (2e12 / 100e12) / 0.02) < 1e-9
     fp32 = SimpleNamespace(model=TinyLM(), variant=Variant("m", "random", "cuda", "fp32"), preset=PRESETS["fp32"])
-    assert roofline_columns("Unknown GPU", fp32, timings, flops, batch_size=2)["prefill_roofline_ratio"] is None
+    assert roofline_columns("Unknown GPU", fp32, 0.02, 4e-6, flops, batch_size=2)["prefill_roofline_ratio"] is None
 
 
 def test_cpu_cells_have_no_roofline():
     loaded = SimpleNamespace(variant=Variant("m", "random", "cpu", "fp32"))
-    assert roofline_columns(None, loaded, [], {}, 1) == {"roofline_note": "roofline is for GPU cells"}
+    assert roofline_columns(None, loaded, None, None, {}, 1) == {"roofline_note": "roofline is for GPU cells"}
