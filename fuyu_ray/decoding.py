@@ -1,23 +1,22 @@
-"""Greedy generation with a static KV cache and a compiled decode step, in the style of gpt-fast.
+"""Greedy generation with a static KV cache and compiled prefill and decode, in the style of gpt-fast.
 
 This is what the `compile` preset runs instead of `model.generate`:
 
-* The prompt (with its image patches) goes through the ordinary, uncompiled forward once,
-  writing into a `transformers.StaticCache` that was sized once for (max_batch, max_cache_len).
-* Every later token comes from `decode_step`: one token per row, through the same forward,
-  compiled with `torch.compile` (`mode="reduce-overhead"`, i.e. CUDA graphs, on CUDA; the
-  default inductor mode on CPU), `fullgraph=True` where the model traces as one graph.
-* The decode step has one shape for every step of every batch: batches are padded up to
-  `max_batch` rows, the attention mask always spans `max_cache_len` slots, and the write
-  position comes from the cache's own position *tensor* (in transformers 5.x `cache_position`
-  is no longer an argument: each `StaticLayer` keeps a `cumulative_length` tensor, marked as a
-  static address, that it advances in place). So one compiled graph serves every decode step.
-* CUDA-graph safety: the decode step's inputs are static buffers (allocated once, marked as
-  static addresses and only ever updated in place), `torch.compiler.cudagraph_mark_step_begin()`
-  runs before each compiled call, and the next-token ids that come out of the graph are cloned
-  at once, so nothing written by one replay is read after the next replay overwrote it.
-* Compile time is measured apart (`compile_s`: the wall time of the decode calls during which
-  Dynamo compiled a graph), and so is the number of compilations after the first (`recompiles`).
+* Each decoder serves one shape: `max_batch` rows and prompts of `prompt_len` tokens. Shorter
+  batches are padded up to it (filler rows, extra left padding), so every batch of a cell runs
+  the same two graphs: one prefill (the prompt with its image patches) and one decode step (one
+  token per row). Both are compiled with `torch.compile`: `mode="reduce-overhead"` (CUDA graphs)
+  on CUDA, the default inductor mode on CPU, `fullgraph=True` where the model traces as one graph.
+* The KV cache is a `transformers.StaticCache` allocated up front (not lazily inside the first,
+  compiled, prefill: there it could not be marked as a static address and CUDA graphs would be
+  skipped). In transformers 5.x the write position is the cache's own `cumulative_length`
+  tensor, which each layer advances in place, so no step needs a Python-side position.
+* CUDA-graph safety: the decode step's inputs are static buffers updated in place,
+  `torch.compiler.cudagraph_mark_step_begin()` runs before each compiled call, and the ids that
+  come out of a graph are cloned at once, so nothing written by one replay is read after the
+  next replay overwrote it (stock `reduce-overhead` generate fails exactly there).
+* Compile time is measured apart (`compile_s`: the wall time of the calls during which Dynamo
+  compiled a graph), and so is the number of compilations beyond one per step (`recompiles`).
 """
 
 from __future__ import annotations
@@ -28,10 +27,9 @@ from typing import Callable
 
 import torch
 
-
-def round_up(value: int, multiple: int) -> int:
-    """`value` rounded up to a multiple of `multiple`: a bucket for a shape that must not vary."""
-    return -(-int(value) // int(multiple)) * int(multiple)
+# CUDA-graph trees run a new graph once, record it on the next call and replay from the third:
+# a warm-up of three generates puts the recording of both graphs before any timed batch.
+WARM_UP_RUNS = 3
 
 
 def _graphs_compiled() -> int:
@@ -51,12 +49,27 @@ def _own_code_copy(function):
 
     Dynamo keeps its compiled graphs, and counts towards its recompile limit, per code object.
     With a copy per decoder, each decoder has its own cache of graphs: a process that builds many
-    decoders (one per benchmark cell) never reaches the limit and falls back to eager, and
+    decoders (one per benchmark shape) never reaches the limit and falls back to eager, and the
     graphs of a finished decoder go with it.
     """
     return types.FunctionType(
         function.__code__.replace(), function.__globals__, function.__name__, function.__defaults__, function.__closure__
     )
+
+
+def _prefill_forward(model, cache, input_ids, position_ids, attention_mask, image_patches):
+    """The prompt with its image patches through the model, filling the cache: argmax ids [B]."""
+    logits = model(
+        input_ids=input_ids,
+        image_patches=image_patches,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+        return_dict=True,
+    ).logits
+    return logits[:, -1, :].argmax(dim=-1)
 
 
 def _decode_forward(model, cache, input_ids, position_ids, attention_mask):
@@ -72,26 +85,69 @@ def _decode_forward(model, cache, input_ids, position_ids, attention_mask):
     return logits[:, -1, :].argmax(dim=-1)
 
 
+class CompiledStep:
+    """One function of the decoder (prefill or decode step), compiled, with its own compile accounting."""
+
+    def __init__(self, function, device: torch.device):
+        self.function = _own_code_copy(function)
+        self.is_cuda = device.type == "cuda"
+        self.mode = "reduce-overhead" if self.is_cuda else "default"
+        self.fullgraph = True
+        self.compiled = torch.compile(self.function, mode=self.mode, fullgraph=True)
+        self.compile_s = 0.0  # wall time of the calls that compiled a graph
+        self.compilations = 0  # calls that compiled at least one graph
+        self.cudagraph_skips = 0  # times inductor declined CUDA graphs for this step's graphs
+
+    def __call__(self, *args) -> torch.Tensor:
+        """The step's output as a fresh tensor (never memory that a later CUDA-graph replay overwrites)."""
+        before_graphs, before_skips = _graphs_compiled(), _cudagraph_skips()
+        started = time.perf_counter()
+        try:
+            output = self._call(*args)
+        except torch._dynamo.exc.Unsupported:
+            if not self.fullgraph:
+                raise
+            # The model does not trace as one graph here: compile with graph breaks instead of failing the cell.
+            self.fullgraph = False
+            self.compiled = torch.compile(self.function, mode=self.mode, fullgraph=False)
+            output = self._call(*args)
+        if _graphs_compiled() > before_graphs:
+            if self.is_cuda:
+                torch.cuda.synchronize()
+            self.compile_s += time.perf_counter() - started
+            self.compilations += 1
+        self.cudagraph_skips += _cudagraph_skips() - before_skips
+        return output
+
+    def _call(self, *args) -> torch.Tensor:
+        if self.is_cuda:
+            # A new CUDA-graph "iteration": outputs of earlier replays may be reused from here on,
+            # which is safe because each one was cloned before this call.
+            torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled(*args).clone()
+
+
 class StaticGreedyDecoder:
-    """Greedy decoding for `transformers.FuyuForCausalLM` with fixed shapes and an optionally compiled decode step.
+    """Greedy decoding for `transformers.FuyuForCausalLM` with fixed shapes, optionally compiled.
 
     Args:
         model: the model, already on `device` in its final dtype (the preset's fp16 is the caller's choice).
-        max_batch: rows of every decode step; smaller batches are padded up to it, pad rows dropped from the output.
-        max_cache_len: slots in the static cache; a batch needs prompt length + max_new_tokens - 1 of them.
-        compile_decode: compile the decode step (CUDA graphs on CUDA).
+        max_batch: rows of every step; smaller batches are padded up to it, pad rows dropped from the output.
+        prompt_len: tokens of every prefill; shorter prompts are left-padded up to it, longer ones refused.
+        max_new_tokens: the most tokens one `generate` may produce; sizes the cache.
+        compiled: compile the prefill and the decode step (with CUDA graphs on CUDA).
         device: "cuda", "cuda:N" or "cpu".
     """
 
-    def __init__(self, model, max_batch: int, max_cache_len: int, compile_decode: bool, device: str):
+    def __init__(self, model, max_batch: int, prompt_len: int, max_new_tokens: int, compiled: bool, device: str):
         from transformers import StaticCache
 
-        if max_batch < 1 or max_cache_len < 2:
-            raise ValueError(f"need max_batch >= 1 and max_cache_len >= 2, got {max_batch} and {max_cache_len}")
+        if max_batch < 1 or prompt_len < 1 or max_new_tokens < 1:
+            raise ValueError(f"need max_batch, prompt_len and max_new_tokens >= 1, got {max_batch}, {prompt_len}, {max_new_tokens}")
         self.model = model
-        self.max_batch = int(max_batch)
-        self.max_cache_len = int(max_cache_len)
-        self.compile_decode = bool(compile_decode)
+        self.max_batch, self.prompt_len, self.max_new_tokens = int(max_batch), int(prompt_len), int(max_new_tokens)
+        self.max_cache_len = self.prompt_len + self.max_new_tokens - 1  # the last token is never fed back
+        self.compiled = bool(compiled)
         self.device = torch.device(device)
         self.is_cuda = self.device.type == "cuda"
 
@@ -102,107 +158,88 @@ class StaticGreedyDecoder:
             pad = getattr(text_config, "pad_token_id", None)
         self.pad_token_id = int(pad) if pad is not None else 0
         image_token_id = getattr(config, "image_token_id", None)
-        # Filler rows hold only this token; it must not be an image placeholder, or they would ask for patches.
-        self._filler_token_id = self.pad_token_id if self.pad_token_id != image_token_id else int(getattr(text_config, "bos_token_id", 1) or 1)
+        # Left padding holds this token; it must not be an image placeholder, or it would ask for patches.
+        self._padding_token_id = self.pad_token_id if self.pad_token_id != image_token_id else int(getattr(text_config, "bos_token_id", 1) or 1)
 
-        # One cache for the decoder's life; its tensors are allocated on the first prefill (dtype and
-        # device come from the model's keys), then only ever zeroed and written in place.
         self.cache = StaticCache(config=config, max_cache_len=self.max_cache_len)
+        heads = text_config.num_attention_heads
+        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+        # Inference mode, as every later write to the cache is.
+        with torch.inference_mode():
+            self.cache.early_initialization(self.max_batch, getattr(text_config, "num_key_value_heads", None) or heads,
+                                            head_dim, next(model.parameters()).dtype, self.device)
 
         # The decode step's inputs: static buffers, updated in place between steps.
         self._tokens = torch.zeros((self.max_batch, 1), dtype=torch.long, device=self.device)
         self._positions = torch.zeros((self.max_batch, 1), dtype=torch.long, device=self.device)
         self._mask = torch.zeros((self.max_batch, self.max_cache_len), dtype=torch.long, device=self.device)
-        if self.compile_decode:
+        if self.compiled:
             for buffer in (self._tokens, self._positions, self._mask):
                 torch._dynamo.mark_static_address(buffer)
-
-        self.fullgraph: bool | None = None
-        self.compile_mode: str | None = None
-        self._forward = _own_code_copy(_decode_forward) if self.compile_decode else _decode_forward
-        self._step = self._build_step(fullgraph=True) if self.compile_decode else self._forward
-
-        self.compile_s = 0.0  # wall time of the decode calls that compiled a graph
-        self.compilations = 0  # decode calls that compiled at least one graph
-        self.cudagraph_skips = 0  # times inductor declined CUDA graphs for this decoder's graphs
+            self._prefill = CompiledStep(_prefill_forward, self.device)
+            self._decode = CompiledStep(_decode_forward, self.device)
+        else:
+            self._prefill, self._decode = _prefill_forward, _decode_forward
         self.last_steps = 0  # tokens generated per row by the last `generate` (the longest row)
 
-    # ----------------------------------------------------------------------------------------- compile
+    # ----------------------------------------------------------------------------------------- accounting
 
-    def _build_step(self, fullgraph: bool):
-        self.fullgraph = fullgraph
-        self.compile_mode = "reduce-overhead" if self.is_cuda else "default"
-        return torch.compile(self._forward, mode=self.compile_mode, fullgraph=fullgraph)
+    @property
+    def steps(self) -> tuple[CompiledStep, ...]:
+        return (self._prefill, self._decode) if self.compiled else ()
+
+    @property
+    def compile_s(self) -> float:
+        return sum(step.compile_s for step in self.steps)
+
+    @property
+    def compilations(self) -> int:
+        return sum(step.compilations for step in self.steps)
 
     @property
     def recompiles(self) -> int:
-        """Compilations of the decode step after the first one (0 is the goal: one graph for everything)."""
-        return max(0, self.compilations - 1)
+        """Compilations beyond one per step (0 is the goal: one graph each for every batch)."""
+        return sum(max(0, step.compilations - 1) for step in self.steps)
+
+    @property
+    def cudagraph_skips(self) -> int:
+        return sum(step.cudagraph_skips for step in self.steps)
+
+    def describe(self) -> str:
+        if not self.compiled:
+            return f"static cache, eager, batch {self.max_batch} x prompt {self.prompt_len}"
+        fullgraph = "/".join(str(step.fullgraph) for step in self.steps)
+        skips = f", CUDA graphs skipped {self.cudagraph_skips}x" if self.cudagraph_skips else ""
+        return (f"static cache + compiled prefill and decode ({self._decode.mode}, fullgraph={fullgraph}{skips}), "
+                f"batch {self.max_batch} x prompt {self.prompt_len}")
 
     # ----------------------------------------------------------------------------------------- steps
 
     def reset(self) -> None:
         """Empty the cache and the step buffers for the next batch; nothing is reallocated."""
-        # The cache's tensors are created inside inference mode (on the first prefill), so they
-        # can only be written inside it: every entry point here runs under it.
         with torch.inference_mode():
             self.cache.reset()
             self._tokens.zero_()
             self._positions.zero_()
             self._mask.zero_()
 
-    def decode_step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """One decode step: next token ids [B] for `input_ids` [B, 1] at `position_ids` [B, 1].
-
-        `attention_mask` is [B, max_cache_len], 1 for every cache slot that is a real token,
-        including the slot this step writes; the slot itself is the cache's position tensor.
-        Returns a fresh tensor (never memory that a later CUDA-graph replay overwrites).
-        """
+    def decode_step(self) -> torch.Tensor:
+        """One decode step from the static buffers: next token ids [B], a fresh tensor."""
         with torch.inference_mode():
-            return self._decode_step(input_ids, position_ids, attention_mask)
-
-    def _decode_step(self, input_ids, position_ids, attention_mask) -> torch.Tensor:
-        if not self.compile_decode:
-            return self._step(self.model, self.cache, input_ids, position_ids, attention_mask)
-        before_graphs, before_skips = _graphs_compiled(), _cudagraph_skips()
-        started = time.perf_counter()
-        try:
-            next_ids = self._compiled_call(input_ids, position_ids, attention_mask)
-        except torch._dynamo.exc.Unsupported:
-            if not self.fullgraph:
-                raise
-            # The model does not trace as one graph here: compile with graph breaks instead of failing the cell.
-            self._step = self._build_step(fullgraph=False)
-            next_ids = self._compiled_call(input_ids, position_ids, attention_mask)
-        if _graphs_compiled() > before_graphs:
-            if self.is_cuda:
-                torch.cuda.synchronize(self.device)
-            self.compile_s += time.perf_counter() - started
-            self.compilations += 1
-        self.cudagraph_skips += _cudagraph_skips() - before_skips
-        return next_ids
-
-    def _compiled_call(self, input_ids, position_ids, attention_mask) -> torch.Tensor:
-        if self.is_cuda:
-            # A new CUDA-graph "iteration": outputs of earlier replays may be reused from here on,
-            # which is safe because each one was cloned before this call.
-            torch.compiler.cudagraph_mark_step_begin()
-        return self._step(self.model, self.cache, input_ids, position_ids, attention_mask).clone()
+            return self._decode(self.model, self.cache, self._tokens, self._positions, self._mask)
 
     # ----------------------------------------------------------------------------------------- generate
 
-    def warm_up(self, inputs: dict, max_new_tokens: int) -> float:
-        """One full, untimed generate that compiles (and on CUDA records the graph); returns its seconds."""
+    def warm_up(self, inputs: dict) -> tuple[float, int]:
+        """Untimed full-length generates that compile (and on CUDA record) both graphs: (seconds, generates)."""
         if self.is_cuda:
             torch.cuda.synchronize(self.device)
         started = time.perf_counter()
-        # At least three decode steps: CUDA-graph trees run a new graph once, record it on the next
-        # call and replay from the third, so the recording happens here and not in a timed batch.
-        room = self.max_cache_len - inputs["input_ids"].shape[1] + 1
-        self.generate(inputs, max_new_tokens=max(1, min(max(4, max_new_tokens), room)), ignore_eos=True)
+        for _ in range(WARM_UP_RUNS):
+            self.generate(inputs, max_new_tokens=self.max_new_tokens, ignore_eos=True)
         if self.is_cuda:
             torch.cuda.synchronize(self.device)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, WARM_UP_RUNS
 
     def generate(
         self,
@@ -221,55 +258,51 @@ class StaticGreedyDecoder:
         with torch.inference_mode():
             return self._generate(inputs, max_new_tokens, eos_token_id, ignore_eos, on_token)
 
+    def _check(self, rows: int, length: int, max_new_tokens: int) -> None:
+        if not 1 <= max_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"max_new_tokens must be in [1, {self.max_new_tokens}] for this decoder, got {max_new_tokens}")
+        if rows > self.max_batch:
+            raise ValueError(f"batch of {rows} rows exceeds this decoder's max_batch={self.max_batch}")
+        if length > self.prompt_len:
+            raise ValueError(f"prompt of {length} tokens exceeds this decoder's prompt_len={self.prompt_len}")
+
+    def _pad(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_patches: torch.Tensor | None):
+        """The batch at the decoder's one shape: left padding up to prompt_len, filler rows up to max_batch.
+
+        A filler row is a copy of the first row, image patches included, so that every prefill has
+        the same number of patches too; its outputs are computed and dropped.
+        """
+        rows, length = input_ids.shape
+        ids = torch.full((self.max_batch, self.prompt_len), self._padding_token_id, dtype=input_ids.dtype, device=self.device)
+        mask = torch.zeros((self.max_batch, self.prompt_len), dtype=attention_mask.dtype, device=self.device)
+        ids[:rows, self.prompt_len - length :] = input_ids
+        mask[:rows, self.prompt_len - length :] = attention_mask
+        ids[rows:], mask[rows:] = ids[0], mask[0]
+        if image_patches is not None:
+            # [rows * patches, features] from FuyuProcessor, or [rows, patches, features]. Always a new
+            # tensor made here, in inference mode: a caller's tensor would differ in dispatch keys from
+            # a padded one, and that difference alone makes Dynamo recompile.
+            first_row = image_patches[:1] if image_patches.dim() == 3 else image_patches[: image_patches.shape[0] // rows]
+            image_patches = torch.cat([image_patches, first_row.repeat(self.max_batch - rows, *[1] * (first_row.dim() - 1))])
+        return ids, mask, image_patches
+
     def _generate(self, inputs, max_new_tokens, eos_token_id, ignore_eos, on_token) -> torch.Tensor:
         input_ids = inputs["input_ids"].to(self.device)
         rows, length = input_ids.shape
         attention_mask = inputs.get("attention_mask")
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device).long()
+        self._check(rows, length, max_new_tokens)
         image_patches = inputs.get("image_patches")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if rows > self.max_batch:
-            raise ValueError(f"batch of {rows} rows exceeds this decoder's max_batch={self.max_batch}")
-        if length + max_new_tokens - 1 > self.max_cache_len:
-            raise ValueError(
-                f"prompt of {length} tokens + {max_new_tokens} new tokens needs {length + max_new_tokens - 1} cache slots, "
-                f"more than max_cache_len={self.max_cache_len}"
-            )
-
-        # Pad the batch to max_batch rows. A filler row is one real token (no image placeholder, so it
-        # needs no patches) behind left padding; its outputs are computed and dropped.
-        if rows < self.max_batch:
-            filler = self.max_batch - rows
-            filler_ids = torch.full((filler, length), self._filler_token_id, dtype=input_ids.dtype, device=self.device)
-            filler_mask = torch.zeros((filler, length), dtype=attention_mask.dtype, device=self.device)
-            filler_mask[:, -1] = 1
-            batch_ids = torch.cat([input_ids, filler_ids])
-            batch_mask = torch.cat([attention_mask, filler_mask])
-        else:
-            batch_ids, batch_mask = input_ids, attention_mask
+        if image_patches is not None:
+            image_patches = image_patches.to(self.device, dtype=next(self.model.parameters()).dtype)
+        batch_ids, batch_mask, image_patches = self._pad(input_ids, attention_mask, image_patches)
 
         self.reset()
         # As `generate` does: positions count real tokens only, so left padding does not shift them.
         positions = batch_mask.cumsum(-1) - 1
         positions = positions.masked_fill(batch_mask == 0, 0)
-        self._mask[:, :length].copy_(batch_mask)
-
-        # Prefill: the ordinary forward (image patches included), writing slots [0, T) of the cache.
-        prefill_inputs = {
-            "input_ids": batch_ids,
-            "attention_mask": self._mask,
-            "position_ids": positions,
-            "past_key_values": self.cache,
-            "use_cache": True,
-            "logits_to_keep": 1,
-            "return_dict": True,
-        }
-        if image_patches is not None:
-            weight_dtype = next(self.model.parameters()).dtype
-            prefill_inputs["image_patches"] = image_patches.to(self.device, dtype=weight_dtype)
-        logits = self.model(**prefill_inputs).logits
-        next_ids = logits[:, -1, :].argmax(dim=-1)
+        self._mask[:, : self.prompt_len].copy_(batch_mask)
+        next_ids = self._prefill(self.model, self.cache, batch_ids, positions, self._mask, image_patches)
 
         check_eos = eos_token_id is not None and not ignore_eos
         unfinished = torch.zeros(self.max_batch, dtype=torch.bool, device=self.device)
@@ -279,9 +312,9 @@ class StaticGreedyDecoder:
         generated = []
         for step in range(max_new_tokens):
             if step > 0:
-                # Feed the previous token: it goes to slot T + step - 1, which the mask now admits.
-                self._mask[:, length + step - 1] = 1
-                next_ids = self.decode_step(self._tokens, self._positions, self._mask)
+                # Feed the previous token: it goes to slot prompt_len + step - 1, which the mask now admits.
+                self._mask[:, self.prompt_len + step - 1] = 1
+                next_ids = self.decode_step()
             if check_eos:
                 next_ids = torch.where(unfinished, next_ids, pad)
                 unfinished &= next_ids != eos_token_id

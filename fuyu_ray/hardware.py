@@ -1,14 +1,19 @@
 """Hardware facts: what the chips can do at best, so each GPU cell can say how close it came.
 
 Peaks are datasheet figures (dense, no sparsity), keyed by a substring of the NVML device
-name; FUYU_RAY_PEAK_BANDWIDTH_GBPS and FUYU_RAY_PEAK_TFLOPS override them with measured values.
+name; FUYU_RAY_PEAK_BANDWIDTH_GBPS and FUYU_RAY_PEAK_TFLOPS override them with measured values,
+such as `measure_peaks` gives (the GPU check measures them first, in the same run).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+BANDWIDTH_ENV = "FUYU_RAY_PEAK_BANDWIDTH_GBPS"
+TFLOPS_ENV = "FUYU_RAY_PEAK_TFLOPS"
 
 
 @dataclass(frozen=True)
@@ -33,16 +38,61 @@ GPU_PEAKS: tuple[tuple[str, ChipPeak], ...] = (
 )
 
 
-def chip_peak(gpu_name: str | None) -> tuple[ChipPeak | None, str | None]:
+def chip_peak(gpu_name: str | None) -> tuple[ChipPeak | None, str]:
+    """The peaks to judge `gpu_name` against, and where they came from (or why there are none)."""
     if not gpu_name:
         return None, "no GPU name"
     known = next((peak for key, peak in GPU_PEAKS if key in gpu_name), None)
-    bandwidth = os.environ.get("FUYU_RAY_PEAK_BANDWIDTH_GBPS")
-    tflops = os.environ.get("FUYU_RAY_PEAK_TFLOPS")
+    bandwidth = os.environ.get(BANDWIDTH_ENV)
+    tflops = os.environ.get(TFLOPS_ENV)
     if known is None and not (bandwidth and tflops):
-        return None, f"no peak figures for {gpu_name!r}; set FUYU_RAY_PEAK_BANDWIDTH_GBPS and FUYU_RAY_PEAK_TFLOPS"
+        return None, f"no peak figures for {gpu_name!r}; set {BANDWIDTH_ENV} and {TFLOPS_ENV}"
     base = known or ChipPeak(0.0, 0.0)
-    return ChipPeak(float(bandwidth or base.bandwidth_gbps), float(tflops or base.fp16_tflops)), None
+    source = ", ".join(
+        [f"{what} from {name}" for what, name, value in (("bandwidth", BANDWIDTH_ENV, bandwidth), ("rate", TFLOPS_ENV, tflops)) if value]
+    ) or "datasheet"
+    return ChipPeak(float(bandwidth or base.bandwidth_gbps), float(tflops or base.fp16_tflops)), source
+
+
+def measure_peaks(device: str = "cuda", matrix_side: int = 8192, copy_bytes: int = 2 << 30, repeats: int = 50,
+                  clock: Callable[[], float] = time.perf_counter) -> ChipPeak:
+    """What this chip really reaches: an fp16 matrix product's rate and a device copy's bandwidth.
+
+    Datasheet peaks are not reachable (the H200's 4.8 TB/s copies at about 4.3), so a ratio
+    against them understates how close a path came. Bandwidth counts the bytes read plus written.
+    """
+    import torch
+
+    from fuyu_ray.measure import synchronize
+
+    def seconds(work: Callable[[], object]) -> float:
+        work()  # untimed: first-call setup, cuBLAS heuristics
+        synchronize(device)
+        started = clock()
+        for _ in range(repeats):
+            work()
+        synchronize(device)
+        return clock() - started
+
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32  # CPUs have no fast fp16 matmul
+    left = torch.randn(matrix_side, matrix_side, dtype=dtype, device=device)
+    right = torch.randn(matrix_side, matrix_side, dtype=dtype, device=device)
+    product = torch.empty_like(left)
+    matmul_s = seconds(lambda: torch.mm(left, right, out=product))
+    del left, right, product
+    source = torch.empty(copy_bytes // 2, dtype=torch.float16, device=device)
+    target = torch.empty_like(source)
+    copy_s = seconds(lambda: target.copy_(source))
+    del source, target
+    return ChipPeak(
+        bandwidth_gbps=2 * copy_bytes * repeats / copy_s / 1e9,
+        fp16_tflops=2 * matrix_side**3 * repeats / matmul_s / 1e12,
+    )
+
+
+def peak_overrides(peak: ChipPeak) -> dict[str, str]:
+    """The environment that makes `chip_peak` (in this process and in workers started from it) use `peak`."""
+    return {BANDWIDTH_ENV: f"{peak.bandwidth_gbps:.0f}", TFLOPS_ENV: f"{peak.fp16_tflops:.0f}"}
 
 
 def weight_bytes_per_token(model) -> int:
@@ -60,11 +110,11 @@ def roofline_columns(gpu_name: str | None, loaded, prefill: float | None, decode
     """limit / measured for decode (weights read once per token) and prefill (FLOPs at peak rate): 1.0 is the chip's best."""
     if loaded.variant.device != "cuda":
         return {"roofline_note": "roofline is for GPU cells"}
-    peak, why_not = chip_peak(gpu_name)
+    peak, source = chip_peak(gpu_name)
     if peak is None:
-        return {"roofline_note": why_not}
+        return {"roofline_note": source}
     decode_limit = weight_bytes_per_token(loaded.model) / (peak.bandwidth_gbps * 1e9)
-    note = f"peaks: {peak.bandwidth_gbps:.0f} GB/s, {peak.fp16_tflops:.0f} TFLOP/s"
+    note = f"peaks: {peak.bandwidth_gbps:.0f} GB/s, {peak.fp16_tflops:.0f} TFLOP/s ({source})"
     # The tensor-core peak is a 16-bit figure: an fp32 cell has no honest matrix-rate limit here.
     sixteen_bit = loaded.preset.dtype in ("float16", "bfloat16") and flops.get("flops_per_sample")
     prefill_limit = flops["flops_per_sample"] * batch_size / (peak.fp16_tflops * 1e12) if sixteen_bit else None

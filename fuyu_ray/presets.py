@@ -15,7 +15,7 @@ class Preset:
     name: str
     dtype: str  # a torch dtype name: float32 | float16 | bfloat16
     attention: str  # the attn_implementation handed to transformers
-    compiled_decode: bool = False  # fuyu_ray.decoding: a static KV cache and a compiled decode step
+    compiled: bool = False  # fuyu_ray.decoding: a static KV cache, compiled prefill and decode
     flash_only: bool = False  # restrict attention to FlashAttention-2 kernels
 
 
@@ -26,7 +26,7 @@ PRESETS: dict[str, Preset] = {
     "eager": Preset("eager", "float16", "eager"),
     "sdpa": Preset("sdpa", "float16", "sdpa"),
     "flash_attention_2": Preset("flash_attention_2", "float16", "sdpa", flash_only=True),
-    "compile": Preset("compile", "float16", "sdpa", compiled_decode=True),
+    "compile": Preset("compile", "float16", "sdpa", compiled=True),
 }
 PRESET_NAMES = tuple(PRESETS)
 

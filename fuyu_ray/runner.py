@@ -62,7 +62,7 @@ class CellRunner:
         self.cpu_package_shared = cpu_package_shared
         self.min_energy_window_s = min_energy_window_s
         self.context = {"hostname": socket.gethostname(), "cpu_model": hardware.cpu_model(), **(context or {})}
-        self.decoders: dict[tuple[int, int], Any] = {}  # (batch, cache length) -> a compiled decoder, kept warm
+        self.decoders: dict[tuple[int, int, int], Any] = {}  # (batch, prompt length, new tokens) -> a compiled decoder, kept warm
         started = time.perf_counter()
         self.loaded, self.unsupported = self._load()
         self.load_s = time.perf_counter() - started
@@ -108,14 +108,16 @@ class CellRunner:
             torch.cuda.empty_cache()
 
     def _decoder(self, batches: list[Batch], batch_size: int, max_new_tokens: int):
-        """A decoder per (batch, cache-length bucket), kept for later cells: compile once, not per cell."""
-        from fuyu_ray.decoding import StaticGreedyDecoder, round_up
+        """A decoder per (batch, prompt length, new tokens), kept for later cells: compile once, not per cell.
 
-        longest = max(b.prompt_length for b in batches)
-        key = (batch_size, round_up(longest + max_new_tokens, 128))
+        The prompt length is the cell's longest, so every batch of the cell runs the same graphs.
+        """
+        from fuyu_ray.decoding import StaticGreedyDecoder
+
+        key = (batch_size, max(b.prompt_length for b in batches), max_new_tokens)
         if key in self.decoders:
             return self.decoders[key], False
-        self.decoders[key] = StaticGreedyDecoder(self.loaded.model, *key, compile_decode=True, device=self.variant.device)
+        self.decoders[key] = StaticGreedyDecoder(self.loaded.model, *key, compiled=True, device=self.variant.device)
         return self.decoders[key], True
 
     # --- one cell -------------------------------------------------------------------------
@@ -134,7 +136,7 @@ class CellRunner:
                 "SDPA's flash backend takes no attention mask, and this cell's prompts are padded; install flash-attn"
             )
         ignore_eos = loaded.accuracy_note is not None  # random weights: every cell runs to max_new_tokens
-        decoder, fresh = self._decoder(batches, point.batch_size, settings.max_new_tokens) if loaded.preset.compiled_decode else (None, False)
+        decoder, fresh = self._decoder(batches, point.batch_size, settings.max_new_tokens) if loaded.preset.compiled else (None, False)
 
         def run_batch(batch: Batch, token_clock) -> torch.Tensor:
             if decoder is None:
@@ -144,8 +146,8 @@ class CellRunner:
 
         clocks = self._clocks()
         with PeakMemory(point.device) as memory:
-            if fresh:  # one warm-up compiles the one decode graph that every batch of the cell uses
-                first_call_s, warmup_batches = decoder.warm_up(batches[0].inputs, settings.max_new_tokens), 1
+            if fresh:  # the warm-up compiles the two graphs (prefill, decode) that every batch of the cell uses
+                first_call_s, warmup_batches = decoder.warm_up(batches[0].inputs)
             else:
                 first_call_s, warmup_batches = warm_up(run_batch, batches, point.device)
             compilations_warm = decoder.compilations if decoder else 0
@@ -195,10 +197,7 @@ class CellRunner:
 
 
 def describe_decoder(decoder) -> str:
-    if decoder is None:
-        return "transformers generate"
-    graphs = f", CUDA graphs skipped {decoder.cudagraph_skips}x" if decoder.cudagraph_skips else ""
-    return f"static cache + compiled decode ({decoder.compile_mode}, fullgraph={decoder.fullgraph}{graphs})"
+    return "transformers generate" if decoder is None else decoder.describe()
 
 
 def prepare_batches(loaded: LoadedModel, samples: list[Sample], prompts: list[Prompt], image_size: int, batch_size: int) -> list[Batch]:

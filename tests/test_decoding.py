@@ -1,4 +1,4 @@
-"""The `compile` preset's generator: static cache, fixed shapes, compiled decode, same tokens as `generate`."""
+"""The `compile` preset's generator: static cache, fixed shapes, compiled prefill and decode, same tokens as `generate`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import torch
 from PIL import Image
 
 from fuyu_ray import tiny
-from fuyu_ray.decoding import StaticGreedyDecoder, round_up
+from fuyu_ray.decoding import WARM_UP_RUNS, StaticGreedyDecoder
 
 NEW_TOKENS = 8
 MAX_BATCH = 2
-CACHE_LEN = 128  # a bucket that fits every prompt below plus NEW_TOKENS
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def batches(parts):
         "one": batch(processor, ["Is it red?\n"]),
     }
     lengths = {name: inputs["input_ids"].shape[1] for name, inputs in made.items()}
-    assert len(set(lengths.values())) == 3, lengths  # three prompt lengths: the decode graph must not care
+    assert len(set(lengths.values())) == 3, lengths  # three prompt lengths: shorter ones are padded to the longest
     for name in ("a", "b"):  # rows of different lengths: left padding is exercised
         assert (made[name]["attention_mask"] == 0).any()
     return made
@@ -60,23 +59,29 @@ def full_length_reference(model, inputs: dict) -> torch.Tensor:
     return reference(model, inputs, min_new_tokens=NEW_TOKENS)
 
 
+def longest(batches) -> int:
+    return max(inputs["input_ids"].shape[1] for inputs in batches.values())
+
+
+def decoder_for(model, batches, compiled: bool, max_batch: int = MAX_BATCH, **shape) -> StaticGreedyDecoder:
+    shape = {"prompt_len": longest(batches), "max_new_tokens": NEW_TOKENS, **shape}
+    return StaticGreedyDecoder(model, max_batch=max_batch, compiled=compiled, device="cpu", **shape)
+
+
 @pytest.fixture(scope="module")
 def compiled(parts, batches):
-    """One compiled decoder for the module: it compiles once, in its warm-up."""
+    """One compiled decoder for the module: it compiles once, in its warm-up, with the shortest batch."""
     model, _ = parts
-    decoder = StaticGreedyDecoder(model, max_batch=MAX_BATCH, max_cache_len=CACHE_LEN, compile_decode=True, device="cpu")
-    warm_s = decoder.warm_up(batches["a"], NEW_TOKENS)
+    decoder = decoder_for(model, batches, compiled=True)
+    warm_s, runs = decoder.warm_up(batches["one"])
+    assert runs == WARM_UP_RUNS
     return decoder, warm_s
-
-
-def test_round_up_buckets():
-    assert [round_up(n, 64) for n in (1, 64, 65, 128)] == [64, 64, 128, 128]
 
 
 @pytest.mark.parametrize("name", ["a", "b", "one"])
 def test_eager_decoder_matches_generate_token_for_token(parts, batches, name):
     model, _ = parts
-    decoder = StaticGreedyDecoder(model, max_batch=MAX_BATCH, max_cache_len=CACHE_LEN, compile_decode=False, device="cpu")
+    decoder = decoder_for(model, batches, compiled=False)  # "one" and "b" get extra left padding
     expected = full_length_reference(model, batches[name])
     calls = []
     got = decoder.generate(batches[name], NEW_TOKENS, eos_token_id=model.config.eos_token_id, ignore_eos=True,
@@ -90,9 +95,10 @@ def test_eager_decoder_matches_generate_token_for_token(parts, batches, name):
 def test_compiled_decoder_matches_generate_without_recompiling(parts, batches, compiled):
     model, _ = parts
     decoder, warm_s = compiled
-    assert decoder.compilations == 1 and decoder.compile_s > 0
+    assert decoder.compilations == 2 and decoder.compile_s > 0  # one prefill graph, one decode graph
     assert warm_s >= decoder.compile_s
-    assert decoder.fullgraph is True and decoder.compile_mode == "default"  # no CUDA graphs on CPU
+    assert all(step.fullgraph is True and step.mode == "default" for step in decoder.steps)  # no CUDA graphs on CPU
+    assert "compiled prefill and decode" in decoder.describe()
 
     for name in ("a", "b", "one"):  # two prompt lengths at full batch, and one row padded up to MAX_BATCH
         calls = []
@@ -101,14 +107,15 @@ def test_compiled_decoder_matches_generate_without_recompiling(parts, batches, c
         assert torch.equal(got, full_length_reference(model, batches[name])), name
         assert len(calls) == NEW_TOKENS
     assert decoder.recompiles == 0
-    assert decoder.compilations == 1
+    assert decoder.compilations == 2
 
 
 def test_compiled_decode_step_returns_a_fresh_tensor(compiled):
     decoder, _ = compiled
+    decoder.reset()  # the cache is sized exactly for one generate: start the two steps at slot 0
     with torch.inference_mode():
-        first = decoder.decode_step(decoder._tokens, decoder._positions, decoder._mask)
-        second = decoder.decode_step(decoder._tokens, decoder._positions, decoder._mask)
+        first = decoder.decode_step()
+        second = decoder.decode_step()
     assert first.shape == (MAX_BATCH,) and first.dtype == torch.long
     assert first.data_ptr() != second.data_ptr()
     assert decoder.recompiles == 0
@@ -121,7 +128,7 @@ def test_eos_pads_finished_rows_like_generate(parts, batches):
     full = full_length_reference(model, inputs)
     prompt = inputs["input_ids"].shape[1]
     eos = int(full[1, prompt + 3])  # row 1 stops at its fourth token
-    decoder = StaticGreedyDecoder(model, MAX_BATCH, CACHE_LEN, compile_decode=False, device="cpu")
+    decoder = decoder_for(model, batches, compiled=False)
     expected = reference(model, inputs, eos_token_id=eos, pad_token_id=model.config.pad_token_id)
     with torch.inference_mode():  # a caller's inference mode is fine too
         got = decoder.generate(inputs, NEW_TOKENS, eos_token_id=eos, ignore_eos=False)
@@ -137,7 +144,7 @@ def test_generation_stops_once_every_real_row_has_ended(parts, batches):
     prompt = inputs["input_ids"].shape[1]
     eos = int(full[0, prompt + 2])
     expected = reference(model, inputs, eos_token_id=eos, pad_token_id=model.config.pad_token_id)
-    decoder = StaticGreedyDecoder(model, MAX_BATCH, CACHE_LEN, compile_decode=False, device="cpu")
+    decoder = decoder_for(model, batches, compiled=False)
     calls = []
     got = decoder.generate(inputs, NEW_TOKENS, eos_token_id=eos, ignore_eos=False, on_token=lambda: calls.append(1))
     assert torch.equal(got, expected)
@@ -148,9 +155,23 @@ def test_generation_stops_once_every_real_row_has_ended(parts, batches):
 
 def test_limits_are_checked(parts, batches):
     model, _ = parts
-    small = StaticGreedyDecoder(model, max_batch=1, max_cache_len=CACHE_LEN, compile_decode=False, device="cpu")
+    small = decoder_for(model, batches, compiled=False, max_batch=1)
     with pytest.raises(ValueError, match="max_batch"):
         small.generate(batches["a"], NEW_TOKENS)
-    short = StaticGreedyDecoder(model, max_batch=MAX_BATCH, max_cache_len=32, compile_decode=False, device="cpu")
-    with pytest.raises(ValueError, match="max_cache_len"):
+    short = decoder_for(model, batches, compiled=False, prompt_len=batches["a"]["input_ids"].shape[1] - 1)
+    with pytest.raises(ValueError, match="prompt_len"):
         short.generate(batches["a"], NEW_TOKENS)
+    decoder = decoder_for(model, batches, compiled=False)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        decoder.generate(batches["a"], NEW_TOKENS + 1)
+    assert decoder.max_cache_len == longest(batches) + NEW_TOKENS - 1  # the last token is never fed back
+
+
+def test_the_cache_is_allocated_before_the_first_prefill(parts, batches):
+    """A lazily allocated cache would be created inside the compiled prefill, where it cannot be
+    marked as a static address, and CUDA graphs would be skipped."""
+    model, _ = parts
+    decoder = decoder_for(model, batches, compiled=False)
+    layer = decoder.cache.layers[0]
+    assert layer.is_initialized and layer.keys.shape[0] == MAX_BATCH and layer.keys.shape[2] == decoder.max_cache_len
+    assert layer.keys.dtype == next(model.parameters()).dtype

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 import torch
 
 from fuyu_ray.cells import Variant
-from fuyu_ray.hardware import chip_peak, roofline_columns
+import itertools
+
+from fuyu_ray.hardware import ChipPeak, chip_peak, measure_peaks, peak_overrides, roofline_columns
 from fuyu_ray.presets import PRESETS
 
 
@@ -24,9 +26,28 @@ def test_peaks_are_found_by_nvml_name_most_specific_first():
 
 
 def test_measured_bandwidth_overrides_the_table(monkeypatch):
+    assert chip_peak("NVIDIA H200")[1] == "datasheet"
     monkeypatch.setenv("FUYU_RAY_PEAK_BANDWIDTH_GBPS", "4300")
-    peak, _ = chip_peak("NVIDIA H200")
+    peak, source = chip_peak("NVIDIA H200")
     assert (peak.bandwidth_gbps, peak.fp16_tflops) == (4300.0, 989)
+    assert source == "bandwidth from FUYU_RAY_PEAK_BANDWIDTH_GBPS"
+
+
+def test_measured_peaks_become_the_limits(monkeypatch):
+    for name, value in peak_overrides(ChipPeak(4312.4, 791.2)).items():
+        monkeypatch.setenv(name, value)
+    peak, source = chip_peak("NVIDIA H200")
+    assert (peak.bandwidth_gbps, peak.fp16_tflops) == (4312.0, 791.0)
+    assert "bandwidth from" in source and "rate from" in source
+
+
+def test_peaks_are_measured_as_work_over_time():
+    ticks = itertools.count()  # every clock read is one second later: each timed loop takes 1 s
+    peak = measure_peaks("cpu", matrix_side=64, copy_bytes=1 << 20, repeats=3, clock=lambda: float(next(ticks)))
+    assert peak.fp16_tflops == 2 * 64**3 * 3 / 1e12  # 3 products of 64 x 64 matrices in 1 s
+    assert peak.bandwidth_gbps == 2 * (1 << 20) * 3 / 1e9  # 3 copies of 1 MiB, read and written, in 1 s
+    real = measure_peaks("cpu", matrix_side=64, copy_bytes=1 << 20, repeats=3)
+    assert real.fp16_tflops > 0 and real.bandwidth_gbps > 0
 
 
 class TinyLM(torch.nn.Module):

@@ -15,8 +15,8 @@ from fuyu_ray.spec import DatasetSource, Point, TaskOverride
 CPU_PRESETS = ["fp32", "fp16", "bf16", "eager", "sdpa", "compile"]
 
 
-def cell(optimization: str, batch_size: int = 4, limit: int = 8, dataset: str = "scienceqa") -> Cell:
-    return Cell("tiny", "pretrained", limit, Point("cpu", dataset, batch_size, 224, 200, optimization), DatasetSource(), TaskOverride())
+def cell(optimization: str, batch_size: int = 4, limit: int = 8, dataset: str = "scienceqa", seq_len: int = 200) -> Cell:
+    return Cell("tiny", "pretrained", limit, Point("cpu", dataset, batch_size, 224, seq_len, optimization), DatasetSource(), TaskOverride())
 
 
 @pytest.mark.parametrize("name", CPU_PRESETS)
@@ -65,6 +65,10 @@ def test_compile_uses_a_static_cache_and_does_not_recompile_across_batches():
     from transformers import StaticCache
 
     assert isinstance(decoder.cache, StaticCache)
-    # A second cell of the same shape reuses the warm graph: no compile time, no recompiles.
-    again = runner.run(cell("compile", batch_size=2, limit=4, dataset="textvqa")).record.to_pylist()[0]
-    assert again["compile_s"] == 0.0 and again["recompiles"] == 0
+    # A second cell of the same shape (a prompt cap that cuts nothing) reuses the warm graphs.
+    again = runner.run(cell("compile", batch_size=2, limit=6, seq_len=190)).record.to_pylist()[0]
+    assert again["truncated_prompts"] == 0 and again["cell_id"] != row["cell_id"]
+    assert again["compile_s"] == 0.0 and again["recompiles"] == 0 and len(runner.decoders) == 1
+    # Another prompt length is another shape: a decoder of its own, compiled once.
+    other = runner.run(cell("compile", batch_size=2, limit=4, dataset="textvqa")).record.to_pylist()[0]
+    assert other["compile_s"] > 0 and other["recompiles"] == 0 and len(runner.decoders) == 2
