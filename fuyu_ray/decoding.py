@@ -57,29 +57,35 @@ def _own_code_copy(function):
     )
 
 
-def _prefill_forward(model, cache, input_ids, position_ids, attention_mask, image_patches):
-    """The prompt with its image patches through the model, filling the cache: argmax ids [B]."""
+def _prompt_embeddings(model, input_ids, image_patches):
+    """The prompt's embeddings with the projected image patches at the image placeholders.
+
+    What Fuyu's own forward does, less its check that counts the placeholders: that check reads
+    a device value on the host, which would cut the compiled prefill's CUDA graph in two.
+    """
+    embeddings = model.get_input_embeddings()(input_ids)
+    patches = model.model.vision_embed_tokens(image_patches).to(embeddings.dtype)
+    placeholders = (input_ids == model.config.image_token_id).unsqueeze(-1)
+    return embeddings.masked_scatter(placeholders, patches)
+
+
+def _next_token(model, cache, input_ids, position_ids, attention_mask, image_patches=None):
+    """Tokens through the model, extending the static cache: the greedy next ids [B].
+
+    The prefill passes the prompt with its image patches; a decode step, one token per row.
+    Each CompiledStep compiles its own copy, so the two never share (or evict) graphs.
+    """
+    if image_patches is None:
+        tokens = {"input_ids": input_ids}
+    else:
+        tokens = {"inputs_embeds": _prompt_embeddings(model, input_ids, image_patches)}
     logits = model(
-        input_ids=input_ids,
-        image_patches=image_patches,
+        **tokens,
         attention_mask=attention_mask,
         position_ids=position_ids,
         past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
-        return_dict=True,
-    ).logits
-    return logits[:, -1, :].argmax(dim=-1)
-
-
-def _decode_forward(model, cache, input_ids, position_ids, attention_mask):
-    """One token per row through the model, reading and extending the static cache: argmax ids [B]."""
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        past_key_values=cache,
-        use_cache=True,
         return_dict=True,
     ).logits
     return logits[:, -1, :].argmax(dim=-1)
@@ -93,10 +99,16 @@ class CompiledStep:
         self.is_cuda = device.type == "cuda"
         self.mode = "reduce-overhead" if self.is_cuda else "default"
         self.fullgraph = True
-        self.compiled = torch.compile(self.function, mode=self.mode, fullgraph=True)
+        self.compiled = self._compile(fullgraph=True)
         self.compile_s = 0.0  # wall time of the calls that compiled a graph
         self.compilations = 0  # calls that compiled at least one graph
         self.cudagraph_skips = 0  # times inductor declined CUDA graphs for this step's graphs
+
+    def _compile(self, fullgraph: bool):
+        # Static shapes, always. Dynamo remembers which sizes changed between compilations of a function
+        # by its source location, not its code object, so without this the second decoder of a process
+        # would get graphs with symbolic sizes (slower kernels) although each decoder has one shape.
+        return torch.compile(self.function, mode=self.mode, fullgraph=fullgraph, dynamic=False)
 
     def __call__(self, *args) -> torch.Tensor:
         """The step's output as a fresh tensor (never memory that a later CUDA-graph replay overwrites)."""
@@ -109,7 +121,7 @@ class CompiledStep:
                 raise
             # The model does not trace as one graph here: compile with graph breaks instead of failing the cell.
             self.fullgraph = False
-            self.compiled = torch.compile(self.function, mode=self.mode, fullgraph=False)
+            self.compiled = self._compile(fullgraph=False)
             output = self._call(*args)
         if _graphs_compiled() > before_graphs:
             if self.is_cuda:
@@ -176,11 +188,12 @@ class StaticGreedyDecoder:
         if self.compiled:
             for buffer in (self._tokens, self._positions, self._mask):
                 torch._dynamo.mark_static_address(buffer)
-            self._prefill = CompiledStep(_prefill_forward, self.device)
-            self._decode = CompiledStep(_decode_forward, self.device)
+            self._prefill = CompiledStep(_next_token, self.device)
+            self._decode = CompiledStep(_next_token, self.device)
         else:
-            self._prefill, self._decode = _prefill_forward, _decode_forward
+            self._prefill = self._decode = _next_token
         self.last_steps = 0  # tokens generated per row by the last `generate` (the longest row)
+        self._slots_used = 0  # cache slots written since the last reset
 
     # ----------------------------------------------------------------------------------------- accounting
 
@@ -216,15 +229,32 @@ class StaticGreedyDecoder:
     # ----------------------------------------------------------------------------------------- steps
 
     def reset(self) -> None:
-        """Empty the cache and the step buffers for the next batch; nothing is reallocated."""
+        """Rewind the cache and empty the step buffers for the next batch; nothing is reallocated."""
+        self._slots_used = 0
         with torch.inference_mode():
-            self.cache.reset()
+            self._rewind_cache()
             self._tokens.zero_()
             self._positions.zero_()
             self._mask.zero_()
 
+    def _rewind_cache(self) -> None:
+        """Write positions back to slot 0. The old keys and values stay: the prefill overwrites the
+        prompt's slots and the mask hides the rest, so zeroing them (cache.reset(), about a
+        gigabyte at batch 16) would only add memory traffic to every timed prefill."""
+        layers = getattr(self.cache, "layers", [])
+        if layers and all(isinstance(getattr(layer, "cumulative_length", None), torch.Tensor) for layer in layers):
+            for layer in layers:
+                layer.cumulative_length.zero_()
+        else:  # a cache layout this code does not know: the public, slower way
+            self.cache.reset()
+
     def decode_step(self) -> torch.Tensor:
         """One decode step from the static buffers: next token ids [B], a fresh tensor."""
+        # Checked here, on the host: past the end, the cache write would be a device-side assert
+        # that leaves the CUDA context unusable for every later cell.
+        if self._slots_used >= self.max_cache_len:
+            raise ValueError(f"all {self.max_cache_len} cache slots are written; reset() before decoding further")
+        self._slots_used += 1
         with torch.inference_mode():
             return self._decode(self.model, self.cache, self._tokens, self._positions, self._mask)
 
@@ -303,6 +333,7 @@ class StaticGreedyDecoder:
         positions = positions.masked_fill(batch_mask == 0, 0)
         self._mask[:, : self.prompt_len].copy_(batch_mask)
         next_ids = self._prefill(self.model, self.cache, batch_ids, positions, self._mask, image_patches)
+        self._slots_used = self.prompt_len
 
         check_eos = eos_token_id is not None and not ignore_eos
         unfinished = torch.zeros(self.max_batch, dtype=torch.bool, device=self.device)

@@ -101,8 +101,9 @@ class NvmlEnergyMeter(EnergyMeter):
 
     method = "nvml-total-energy"
 
-    def __init__(self, device_index: int = 0, nvml: Any = None) -> None:
+    def __init__(self, device_index: int = 0, nvml: Any = None, uuid: str | None = None) -> None:
         self.device_index = device_index
+        self.uuid = uuid  # "GPU-…", as CUDA names the device: the one identity NVML and CUDA agree on
         self.unavailable_reason = None
         self._handle: Any = None
         self._initialized = False
@@ -129,7 +130,7 @@ class NvmlEnergyMeter(EnergyMeter):
             return
         self._initialized = True
         try:
-            self._handle = nvml.nvmlDeviceGetHandleByIndex(self.device_index)
+            self._handle = self._open_handle()
         except Exception as error:  # noqa: BLE001
             self.unavailable_reason = (
                 f"NVML cannot open GPU index {self.device_index}: {error!r}"
@@ -151,6 +152,14 @@ class NvmlEnergyMeter(EnergyMeter):
                 self.unavailable_reason = (
                     f"energy counter unreadable on GPU {self.device_index}: {error!r}"
                 )
+
+    def _open_handle(self) -> Any:
+        if self.uuid:
+            try:
+                return self._nvml.nvmlDeviceGetHandleByUUID(self.uuid)
+            except Exception:  # noqa: BLE001 - e.g. a MIG instance's UUID: fall back to the index
+                pass
+        return self._nvml.nvmlDeviceGetHandleByIndex(self.device_index)
 
     def _mig_reason(self) -> str | None:
         nvml = self._nvml
@@ -350,6 +359,23 @@ def nvml_index(cuda_index: int, environ=os.environ) -> int:
     return cuda_index
 
 
+def cuda_uuid(cuda_index: int) -> str | None:
+    """NVML's UUID ("GPU-…") of CUDA device `cuda_index` as this process numbers it, or None.
+
+    Matching by UUID holds where index arithmetic does not: UUIDs in CUDA_VISIBLE_DEVICES,
+    or a CUDA_DEVICE_ORDER that is not NVML's PCI order.
+    """
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        uuid = str(torch.cuda.get_device_properties(cuda_index).uuid)
+    except Exception:  # noqa: BLE001 - no CUDA, an old torch without the field
+        return None
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+
+
 def meter_for(device: str, device_index: int = 0) -> EnergyMeter:
     """The meter for a device kind ("cuda", "cuda:N", "cpu").
 
@@ -359,7 +385,7 @@ def meter_for(device: str, device_index: int = 0) -> EnergyMeter:
     kind, _, index_text = device.partition(":")
     if kind == "cuda":
         index = int(index_text) if index_text.isdigit() else device_index
-        return NvmlEnergyMeter(device_index=nvml_index(index))
+        return NvmlEnergyMeter(device_index=nvml_index(index), uuid=cuda_uuid(index))
     if kind == "cpu":
         return RaplEnergyMeter()
     return NoEnergyMeter(f"no energy counter for device kind {device!r}")
@@ -461,15 +487,24 @@ def run_until_min_window(
 def measure_idle_power(
     meter: EnergyMeter,
     seconds: float = 1.0,
+    windows: int = 1,
     sleep: Callable[[float], None] = time.sleep,
     clock: Clock = time.perf_counter,
 ) -> tuple[float | None, str | None]:
-    """Average watts over an idle interval, or (None, reason)."""
-    with EnergyWindow(meter, clock=clock) as window:
-        if meter.available:
-            sleep(seconds)
-    if window.joules is None:
-        return None, window.note
-    if window.seconds <= 0:
-        return None, "idle interval had zero length; cannot compute power"
-    return window.joules / window.seconds, None
+    """Average watts over an idle interval, the lowest of `windows` intervals, or (None, reason).
+
+    The lowest, because a device that just finished work (a model loaded, weights initialised)
+    settles for a while; its first idle second reads high and would shrink "energy above idle".
+    """
+    lowest: float | None = None
+    for _ in range(max(1, windows)):
+        with EnergyWindow(meter, clock=clock) as window:
+            if meter.available:
+                sleep(seconds)
+        if window.joules is None:
+            return None, window.note
+        if window.seconds <= 0:
+            return None, "idle interval had zero length; cannot compute power"
+        watts = window.joules / window.seconds
+        lowest = watts if lowest is None else min(lowest, watts)
+    return lowest, None

@@ -54,40 +54,52 @@ def chip_peak(gpu_name: str | None) -> tuple[ChipPeak | None, str]:
     return ChipPeak(float(bandwidth or base.bandwidth_gbps), float(tflops or base.fp16_tflops)), source
 
 
-def measure_peaks(device: str = "cuda", matrix_side: int = 8192, copy_bytes: int = 2 << 30, repeats: int = 50,
-                  clock: Callable[[], float] = time.perf_counter) -> ChipPeak:
+def measure_peaks(device: str = "cuda", matrix_side: int = 8192, copy_bytes: int = 2 << 30, repeats: int = 200,
+                  trials: int = 3, warm_up_s: float = 1.0, clock: Callable[[], float] = time.perf_counter) -> ChipPeak:
     """What this chip really reaches: an fp16 matrix product's rate and a device copy's bandwidth.
 
     Datasheet peaks are not reachable (the H200's 4.8 TB/s copies at about 4.3), so a ratio
-    against them understates how close a path came. Bandwidth counts the bytes read plus written.
+    against them understates how close a path came. Each figure is the best of `trials` timed
+    loops after `warm_up_s` of the same work, so that clocks have ramped up from idle: a low peak
+    would flatter every ratio judged against it. Bandwidth counts the bytes read plus written.
     """
     import torch
-
-    from fuyu_ray.measure import synchronize
-
-    def seconds(work: Callable[[], object]) -> float:
-        work()  # untimed: first-call setup, cuBLAS heuristics
-        synchronize(device)
-        started = clock()
-        for _ in range(repeats):
-            work()
-        synchronize(device)
-        return clock() - started
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32  # CPUs have no fast fp16 matmul
     left = torch.randn(matrix_side, matrix_side, dtype=dtype, device=device)
     right = torch.randn(matrix_side, matrix_side, dtype=dtype, device=device)
     product = torch.empty_like(left)
-    matmul_s = seconds(lambda: torch.mm(left, right, out=product))
+    matmul_s = best_loop_seconds(lambda: torch.mm(left, right, out=product), device, repeats, trials, warm_up_s, clock)
     del left, right, product
     source = torch.empty(copy_bytes // 2, dtype=torch.float16, device=device)
     target = torch.empty_like(source)
-    copy_s = seconds(lambda: target.copy_(source))
+    copy_s = best_loop_seconds(lambda: target.copy_(source), device, repeats, trials, warm_up_s, clock)
     del source, target
     return ChipPeak(
         bandwidth_gbps=2 * copy_bytes * repeats / copy_s / 1e9,
         fp16_tflops=2 * matrix_side**3 * repeats / matmul_s / 1e12,
     )
+
+
+def best_loop_seconds(work: Callable[[], object], device: str, repeats: int, trials: int, warm_up_s: float,
+                      clock: Callable[[], float]) -> float:
+    """The fastest of `trials` loops of `repeats` calls, after calling `work` for `warm_up_s`."""
+    from fuyu_ray.measure import synchronize
+
+    deadline = clock() + warm_up_s
+    while True:
+        work()
+        synchronize(device)
+        if clock() >= deadline:
+            break
+    best = float("inf")
+    for _ in range(trials):
+        started = clock()
+        for _ in range(repeats):
+            work()
+        synchronize(device)
+        best = min(best, clock() - started)
+    return best
 
 
 def peak_overrides(peak: ChipPeak) -> dict[str, str]:
@@ -105,15 +117,31 @@ def weight_bytes_per_token(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skipped)
 
 
+def kv_bytes_per_token(model) -> int:
+    """Bytes of keys and values one token of context holds in the KV cache, over all layers."""
+    text = model.config.get_text_config(decoder=True)
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    element = next(model.parameters()).element_size()
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * element
+
+
 def roofline_columns(gpu_name: str | None, loaded, prefill: float | None, decode: float | None,
-                     flops: dict[str, Any], batch_size: int) -> dict[str, Any]:
-    """limit / measured for decode (weights read once per token) and prefill (FLOPs at peak rate): 1.0 is the chip's best."""
+                     flops: dict[str, Any], batch_size: int, context_tokens: float | None = None) -> dict[str, Any]:
+    """limit / measured for decode and prefill: 1.0 is the chip's best.
+
+    Decode's limit is reading, once per token, the weights and the KV cache of the real context
+    (`context_tokens` per row, averaged over the decode steps): a cache that reads padded slots
+    pays for them. Prefill's limit is its counted FLOPs at the peak matrix rate.
+    """
     if loaded.variant.device != "cuda":
         return {"roofline_note": "roofline is for GPU cells"}
     peak, source = chip_peak(gpu_name)
     if peak is None:
         return {"roofline_note": source}
-    decode_limit = weight_bytes_per_token(loaded.model) / (peak.bandwidth_gbps * 1e9)
+    cache_bytes = batch_size * kv_bytes_per_token(loaded.model) * context_tokens if context_tokens else 0
+    decode_limit = (weight_bytes_per_token(loaded.model) + cache_bytes) / (peak.bandwidth_gbps * 1e9)
     note = f"peaks: {peak.bandwidth_gbps:.0f} GB/s, {peak.fp16_tflops:.0f} TFLOP/s ({source})"
     # The tensor-core peak is a 16-bit figure: an fp32 cell has no honest matrix-rate limit here.
     sixteen_bit = loaded.preset.dtype in ("float16", "bfloat16") and flops.get("flops_per_sample")

@@ -21,24 +21,48 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def cuda_event():
+    return torch.cuda.Event(enable_timing=True)
+
+
 class TokenClock:
     """Timestamps every generated token, so one batch's time splits into prefill and decode.
 
     Handed to `generate` as a stopping criterion: it is called once per new token, after
-    that token exists, and never asks generation to stop.
+    that token was queued, and never asks generation to stop. On CUDA a timestamp is an event
+    recorded on the stream and read after the batch: waiting for the GPU at every token would
+    stop the host from queueing the next step while this one runs, and that lost overlap would
+    be counted as decode time. On CPU it is the host clock.
     """
 
-    def __init__(self, device: str, clock: Callable[[], float] = time.perf_counter):
-        self.device = device
+    def __init__(self, clock: Callable[[], float] = time.perf_counter, event_factory: Callable[[], Any] | None = None):
         self.clock = clock
-        self.token_times: list[float] = []
+        self.event_factory = event_factory
+        self._start: Any = None
+        self._stamps: list[Any] = []
+
+    def start(self) -> None:
+        """Call with the device idle, right before the batch starts."""
+        self._start = self._stamp()
+
+    def _stamp(self):
+        if self.event_factory is None:
+            return self.clock()
+        event = self.event_factory()
+        event.record()
+        return event
 
     def __call__(self, input_ids=None, scores=None, **kwargs):
-        synchronize(self.device)
-        self.token_times.append(self.clock())
+        self._stamps.append(self._stamp())
         if input_ids is not None:
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         return False
+
+    def offsets_s(self) -> list[float]:
+        """Seconds from start() to each token; read after the device has finished the batch."""
+        if self.event_factory is None:
+            return [stamp - self._start for stamp in self._stamps]
+        return [self._start.elapsed_time(event) / 1000 for event in self._stamps]
 
 
 @dataclass(frozen=True)
@@ -53,18 +77,24 @@ class BatchTiming:
         return self.total_s - (self.prefill_s or 0.0)
 
 
-def time_batch(run: Callable[[TokenClock], Any], device: str, clock: Callable[[], float] = time.perf_counter) -> tuple[Any, BatchTiming]:
-    """Run one batch; `run` must call the TokenClock once per generated token."""
-    token_clock = TokenClock(device, clock)
+def time_batch(run: Callable[[TokenClock], Any], device: str, clock: Callable[[], float] = time.perf_counter,
+               event_factory: Callable[[], Any] | None = None) -> tuple[Any, BatchTiming]:
+    """Run one batch; `run` must call the TokenClock once per generated token.
+
+    The batch's total is host wall time with the device synchronised on both sides; the
+    per-token stamps are CUDA events on CUDA (or `event_factory`'s), the host clock elsewhere.
+    """
+    token_clock = TokenClock(clock, event_factory or (cuda_event if device == "cuda" else None))
     synchronize(device)
     started = clock()
+    token_clock.start()
     result = run(token_clock)
     synchronize(device)
     finished = clock()
-    times = token_clock.token_times
-    prefill = times[0] - started if times else None
-    per_token = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None
-    return result, BatchTiming(finished - started, prefill, per_token, len(times))
+    offsets = token_clock.offsets_s()
+    prefill = offsets[0] if offsets else None
+    per_token = (offsets[-1] - offsets[0]) / (len(offsets) - 1) if len(offsets) > 1 else None
+    return result, BatchTiming(finished - started, prefill, per_token, len(offsets))
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,8 @@ def measurement_notes(cells: pl.DataFrame) -> list[str]:
         f"- Latency: wall time of `generate` for one batch (prefill + decode), after {values('warmup_batches')} untimed warm-up batch(es) per cell; "
         f"CUDA is synchronised around each batch, CPU uses `perf_counter`. Each cell times every batch of its samples "
         f"(batches per pass: {values('n_batches')}; timed batches per cell: {values('latency_n')}); the table shows the median, p90 and n.",
-        "- Prefill is the time to the first generated token (TTFT); decode is seconds per further token, from per-token timestamps.",
+        "- Prefill is the time to the first generated token (TTFT); decode is seconds per further token, from per-token timestamps "
+        "(CUDA events on GPU, read after the batch, so that no per-token wait on the GPU is counted; `perf_counter` on CPU).",
         f"- Generation: greedy, max_new_tokens {values('max_new_tokens')} by task; mean generated tokens per sample {values('generated_tokens_mean')}; "
         f"share of rows that stopped at EOS: {values('eos_fraction')}.",
         f"- Energy methods used: {values('energy_method')}. Notes: {values('energy_note')}. Counter windows are extended to at least "

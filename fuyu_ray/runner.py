@@ -67,7 +67,9 @@ class CellRunner:
         self.loaded, self.unsupported = self._load()
         self.load_s = time.perf_counter() - started
         self.meter = self._meter()
-        self.idle_power_w, _ = energy.measure_idle_power(self.meter) if self.unsupported is None else (None, None)
+        # Three windows on a GPU, which is still settling from loading the model; one second elsewhere.
+        idle_windows = 3 if variant.device == "cuda" else 1
+        self.idle_power_w, _ = energy.measure_idle_power(self.meter, windows=idle_windows) if self.unsupported is None else (None, None)
         self.device_info = self.meter.device_info() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
 
     def _load(self) -> tuple[LoadedModel | None, str | None]:
@@ -185,7 +187,8 @@ class CellRunner:
             "recompiles": decoder.compilations - compilations_warm if decoder else None,
             "decoder": describe_decoder(decoder),
             **hardware.roofline_columns(
-                self.device_info.get("gpu_name"), loaded, latency["prefill_s"], latency["decode_s_per_token"], flops, point.batch_size
+                self.device_info.get("gpu_name"), loaded, latency["prefill_s"], latency["decode_s_per_token"], flops, point.batch_size,
+                context_tokens=mean_context_tokens(batches, generated),
             ),
             **accuracy_columns(task_score, loaded),
             **self.device_info,
@@ -310,6 +313,13 @@ def count_cell_flops(loaded: LoadedModel, batch: Batch) -> dict[str, Any]:
     }
 
 
+def mean_context_tokens(batches: list[Batch], generated: list[int | None]) -> float:
+    """Tokens a decode step attends to, per row, on average: the prompt plus half the generation."""
+    prompt = sum(b.prompt_length for b in batches) / len(batches)
+    lengths = [g for g in generated if g is not None]
+    return prompt + (sum(lengths) / len(lengths) / 2 if lengths else 0.0)
+
+
 def workload_columns(data: LoadedSamples, prompts, batches, settings, generated, ignore_eos, image_size) -> dict[str, Any]:
     lengths = [g for g in generated if g is not None]
     return {
@@ -389,15 +399,27 @@ def sample_rows(cell: Cell, samples, prompts, generations, predictions, task_sco
 
 def classify(exc: Exception) -> tuple[str, str]:
     """(status, error): skipped where the preset cannot run here, oom, or failed; a sticky CUDA
-    error is marked so that the actor is replaced rather than failing every later cell."""
+    error is marked so that the actor is replaced rather than failing every later cell.
+
+    The exception's causes count too: Dynamo and Inductor wrap what fails inside a compile.
+    """
     if isinstance(exc, PresetUnsupported):
         return "skipped", str(exc)
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    chain = _causes(exc)
+    if any(isinstance(e, torch.cuda.OutOfMemoryError) for e in chain):
         return "oom", _one_line(exc)
     accelerator_error = getattr(torch, "AcceleratorError", ())
-    if (accelerator_error and isinstance(exc, accelerator_error)) or "CUDA error" in str(exc):
+    if any((accelerator_error and isinstance(e, accelerator_error)) or "CUDA error" in str(e) for e in chain):
         return "failed", CUDA_FATAL + _one_line(exc)
     return "failed", _one_line(exc)
+
+
+def _causes(exc: BaseException, limit: int = 10) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while exc is not None and len(chain) < limit and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
 
 
 def _one_line(exc: BaseException) -> str:

@@ -122,6 +122,42 @@ def test_compiled_decode_step_returns_a_fresh_tensor(compiled):
     decoder.reset()
 
 
+def test_decode_refuses_to_write_past_the_cache(compiled):
+    decoder, _ = compiled
+    decoder.reset()
+    for _ in range(decoder.max_cache_len):
+        decoder.decode_step()
+    with pytest.raises(ValueError, match="cache slots"):
+        decoder.decode_step()
+    decoder.reset()
+
+
+def test_later_decoders_compile_static_graphs_without_host_syncs(parts, batches, compiled, capfd):
+    """Two properties of the graphs that CUDA graphs need, checked in the graphs Dynamo logs:
+
+    * static shapes: Dynamo marks sizes dynamic when a function it compiled before sees new ones
+      (the decode step after the prefill, a second decoder after the first);
+    * no device-to-host read: Fuyu's forward checks its placeholder count with `.item()`, which
+      would split the prefill's CUDA graph in two, so the prefill builds its embeddings itself.
+    """
+    import logging
+
+    model, _ = parts
+    torch._logging.set_logs(dynamic=logging.INFO, post_grad_graphs=True)  # both go to stderr
+    try:
+        other = decoder_for(model, batches, compiled=True, prompt_len=longest(batches) + 3)  # after the module's decoder
+        with torch._inductor.config.patch(fx_graph_cache=False):  # a cache hit would log no graph
+            got = other.generate(batches["a"], NEW_TOKENS, ignore_eos=True)
+    finally:
+        torch._logging.set_logs()
+    assert torch.equal(got, full_length_reference(model, batches["a"]))
+    assert other.compilations == 2
+    logged = capfd.readouterr().err
+    assert logged.count("def forward") >= 2  # both graphs were logged
+    assert "as dynamic" not in logged
+    assert "_local_scalar_dense" not in logged and "_assert_scalar" not in logged
+
+
 def test_eos_pads_finished_rows_like_generate(parts, batches):
     model, _ = parts
     inputs = batches["a"]

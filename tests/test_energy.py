@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from fuyu_ray.energy import (
+    EnergyMeter,
     EnergyUnavailable,
     EnergyWindow,
     NoEnergyMeter,
@@ -68,6 +69,11 @@ class FakeNvml:
 
     def nvmlShutdown(self) -> None:
         self.shutdown_calls += 1
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:
+        if not uuid.startswith("GPU-fake-"):
+            raise FakeNvmlError(13)  # NVML_ERROR_NOT_FOUND
+        return int(uuid.rsplit("-", 1)[1])
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
         return index  # 0 is a legitimate handle; the meter must not treat it as missing
@@ -165,6 +171,25 @@ def test_idle_power_reports_fake_wattage() -> None:
 
     assert note is None
     assert watts == pytest.approx(FAKE_WATTS)
+
+
+class SettlingMeter(EnergyMeter):
+    """A counter whose device draws 300 W, then 200 W, then 150 W over three idle seconds."""
+
+    method = "scripted"
+
+    def __init__(self) -> None:
+        self.readings = iter([0.0, 300.0, 300.0, 500.0, 500.0, 650.0])
+
+    def read_joules(self) -> float:
+        return next(self.readings)
+
+
+def test_idle_power_is_the_lowest_window_while_the_device_settles() -> None:
+    clock = FakeClock()
+    watts, note = measure_idle_power(SettlingMeter(), seconds=1.0, windows=3, sleep=clock.advance, clock=clock)
+    assert note is None
+    assert watts == pytest.approx(150.0)
 
 
 def test_idle_power_on_unavailable_meter_gives_reason_without_sleeping() -> None:
@@ -449,6 +474,13 @@ def test_meter_for_unknown_device_is_no_meter() -> None:
     assert isinstance(meter, NoEnergyMeter)
     assert meter.method == "none"
     assert "tpu" in (meter.unavailable_reason or "")
+
+
+def test_nvml_handle_is_found_by_the_cuda_uuid_first_then_by_index():
+    by_uuid = NvmlEnergyMeter(device_index=0, nvml=FakeNvml(FakeClock()), uuid="GPU-fake-5")
+    assert by_uuid.available and by_uuid._handle == 5
+    unknown = NvmlEnergyMeter(device_index=2, nvml=FakeNvml(FakeClock()), uuid="MIG-something")
+    assert unknown.available and unknown._handle == 2
 
 
 def test_nvml_index_follows_the_gpu_ray_assigned():

@@ -9,7 +9,7 @@ import torch
 from fuyu_ray.cells import Variant
 import itertools
 
-from fuyu_ray.hardware import ChipPeak, chip_peak, measure_peaks, peak_overrides, roofline_columns
+from fuyu_ray.hardware import ChipPeak, best_loop_seconds, chip_peak, measure_peaks, peak_overrides, roofline_columns
 from fuyu_ray.presets import PRESETS
 
 
@@ -43,11 +43,19 @@ def test_measured_peaks_become_the_limits(monkeypatch):
 
 def test_peaks_are_measured_as_work_over_time():
     ticks = itertools.count()  # every clock read is one second later: each timed loop takes 1 s
-    peak = measure_peaks("cpu", matrix_side=64, copy_bytes=1 << 20, repeats=3, clock=lambda: float(next(ticks)))
+    peak = measure_peaks("cpu", matrix_side=64, copy_bytes=1 << 20, repeats=3, warm_up_s=0, clock=lambda: float(next(ticks)))
     assert peak.fp16_tflops == 2 * 64**3 * 3 / 1e12  # 3 products of 64 x 64 matrices in 1 s
     assert peak.bandwidth_gbps == 2 * (1 << 20) * 3 / 1e9  # 3 copies of 1 MiB, read and written, in 1 s
-    real = measure_peaks("cpu", matrix_side=64, copy_bytes=1 << 20, repeats=3)
+    real = measure_peaks("cpu", matrix_side=64, copy_bytes=1 << 20, repeats=3, warm_up_s=0.01)
     assert real.fp16_tflops > 0 and real.bandwidth_gbps > 0
+
+
+def test_the_best_loop_counts_after_the_warm_up():
+    calls, readings = [], iter([0.0, 0.5, 1.0,  # warm-up: calls until the clock reaches 1 s (2 calls)
+                                10.0, 14.0, 20.0, 22.0, 30.0, 33.0])  # three timed loops: 4 s, 2 s, 3 s
+    seconds = best_loop_seconds(lambda: calls.append(1), "cpu", repeats=5, trials=3, warm_up_s=1.0, clock=lambda: next(readings))
+    assert seconds == 2.0
+    assert len(calls) == 2 + 3 * 5
 
 
 class TinyLM(torch.nn.Module):
@@ -70,6 +78,26 @@ def test_ratios_against_the_limits(monkeypatch):
     assert abs(columns["prefill_roofline_ratio"] - (2e12 / 100e12) / 0.02) < 1e-9
     fp32 = SimpleNamespace(model=TinyLM(), variant=Variant("m", "random", "cuda", "fp32"), preset=PRESETS["fp32"])
     assert roofline_columns("Unknown GPU", fp32, 0.02, 4e-6, flops, batch_size=2)["prefill_roofline_ratio"] is None
+
+
+def test_decode_limit_includes_the_kv_cache_of_the_real_context(monkeypatch):
+    from transformers import FuyuForCausalLM
+
+    from fuyu_ray import tiny
+    from fuyu_ray.hardware import weight_bytes_per_token
+
+    monkeypatch.setenv("FUYU_RAY_PEAK_BANDWIDTH_GBPS", "1000")
+    monkeypatch.setenv("FUYU_RAY_PEAK_TFLOPS", "100")
+    config = tiny.build_config(tiny.build_tokenizer())
+    model = FuyuForCausalLM(config).half()
+    text = config.text_config
+    per_token = 2 * text.num_hidden_layers * text.hidden_size * 2  # keys and values, every layer, fp16
+    loaded = SimpleNamespace(model=model, variant=Variant("tiny", "random", "cuda", "fp16"), preset=PRESETS["fp16"])
+    columns = roofline_columns("Unknown GPU", loaded, None, 1e-3, {}, batch_size=4, context_tokens=100.5)
+    limit = (weight_bytes_per_token(model) + 4 * per_token * 100.5) / 1e12
+    assert abs(columns["decode_roofline_ratio"] - limit / 1e-3) < 1e-12
+    without_cache = roofline_columns("Unknown GPU", loaded, None, 1e-3, {}, batch_size=4)["decode_roofline_ratio"]
+    assert without_cache < columns["decode_roofline_ratio"]
 
 
 def test_cpu_cells_have_no_roofline():

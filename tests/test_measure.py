@@ -48,3 +48,36 @@ def test_peak_memory_sees_a_temporary_allocation():
         time.sleep(0.05)
         del block
     assert peak.rss_bytes - baseline.rss_bytes > 150 * 1024 * 1024
+
+
+class FakeEvent:
+    """A CUDA event stand-in on a fake device timeline: record() notes the time, elapsed_time() is in ms."""
+
+    now = 0.0
+
+    def record(self):
+        self.at = FakeEvent.now
+
+    def elapsed_time(self, later: "FakeEvent") -> float:
+        return (later.at - self.at) * 1000
+
+
+def test_token_times_come_from_device_events_without_reading_the_host_clock_per_token():
+    host_reads = []
+
+    def host_clock() -> float:
+        host_reads.append(1)
+        return FakeEvent.now
+
+    def model_on_a_device(token_clock):
+        for step_s in (0.030, 0.005, 0.005, 0.005):  # prefill, then three decode steps on the device timeline
+            FakeEvent.now += step_s
+            token_clock()
+        return "done"
+
+    FakeEvent.now = 100.0
+    _, timing = time_batch(model_on_a_device, "cpu", clock=host_clock, event_factory=FakeEvent)
+    assert len(host_reads) == 2  # the batch's start and end only
+    assert timing.steps == 4
+    assert abs(timing.prefill_s - 0.030) < 1e-9 and abs(timing.decode_s_per_token - 0.005) < 1e-9
+    assert abs(timing.total_s - 0.045) < 1e-9
