@@ -7,6 +7,7 @@ cell goes to a restarted or replaced actor.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -14,6 +15,7 @@ from typing import Callable
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
+from fuyu_ray import hardware
 from fuyu_ray.cells import Cell, Variant
 from fuyu_ray.presets import PRESETS, resolve_attention
 from fuyu_ray.records import CUDA_FATAL, cell_batch, outcome_row, sample_table
@@ -228,12 +230,19 @@ def execute(
 
 def _start_actor(variant: Variant, index: int, demand: dict, min_energy_window_s: float) -> Slot:
     name = f"{variant.label}-{index}-{int(time.time() * 1000) % 100000}"
+    threads = int(demand["CPU"]) if variant.device == "cpu" else None
+    actor = CellWorker.options(**actor_options(name, demand)).remote(variant, min_energy_window_s, threads)
+    return Slot(variant=variant, actor=actor, name=name)
+
+
+def actor_options(name: str, demand: dict, environ=os.environ) -> dict:
     custom = {k: v for k, v in demand.items() if k not in ("CPU", "GPU")}
     options = {"name": name, "num_cpus": demand["CPU"], "num_gpus": demand.get("GPU", 0), "resources": custom,
                "max_restarts": ACTOR_RESTARTS}
-    threads = int(demand["CPU"]) if variant.device == "cpu" else None
-    actor = CellWorker.options(**options).remote(variant, min_energy_window_s, threads)
-    return Slot(variant=variant, actor=actor, name=name)
+    overrides = hardware.peak_overrides_in(environ)
+    if overrides:  # actors inherit their node's environment, not the driver's: pass the measured peaks on
+        options["runtime_env"] = {"env_vars": overrides}
+    return options
 
 
 def _collect(slot: Slot):

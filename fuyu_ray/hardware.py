@@ -103,8 +103,13 @@ def best_loop_seconds(work: Callable[[], object], device: str, repeats: int, tri
 
 
 def peak_overrides(peak: ChipPeak) -> dict[str, str]:
-    """The environment that makes `chip_peak` (in this process and in workers started from it) use `peak`."""
+    """The environment that makes `chip_peak` use `peak` (the driver hands it on to Ray actors)."""
     return {BANDWIDTH_ENV: f"{peak.bandwidth_gbps:.0f}", TFLOPS_ENV: f"{peak.fp16_tflops:.0f}"}
+
+
+def peak_overrides_in(environ) -> dict[str, str]:
+    """The peak overrides set in `environ`, if any."""
+    return {name: environ[name] for name in (BANDWIDTH_ENV, TFLOPS_ENV) if environ.get(name)}
 
 
 def weight_bytes_per_token(model) -> int:

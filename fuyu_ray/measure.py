@@ -1,7 +1,8 @@
 """Measurement: timing with token timestamps, FLOPs counted by torch, peak memory.
 
-Each tracker is small and honest about its device: CUDA work is synchronised before a
-clock is read, and what cannot be measured is None with a reason, never a guess.
+Each tracker is small and honest about its device: CUDA work is synchronised before the host
+clock is read, token timestamps on CUDA are events on the stream, and what cannot be measured
+is None with a reason, never a guess.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 
 
 def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def cuda_event():

@@ -33,7 +33,7 @@ CELL_SCHEMA = pa.schema([
     ("latency_s", _float), ("latency_p90_s", _float), ("latency_mean_s", _float), ("latency_std_s", _float),
     ("latency_n", _int), ("prefill_s", _float), ("prefill_p90_s", _float),
     ("decode_s_per_token", _float), ("decode_p90_s_per_token", _float),
-    ("samples_per_s", _float), ("tokens_per_s", _float), ("first_call_s", _float), ("compile_s", _float),
+    ("samples_per_s", _float), ("tokens_per_s", _float), ("first_call_s", _float), ("warmup_s", _float), ("compile_s", _float),
     ("warmup_batches", _int), ("recompiles", _int), ("decoder", _str),
     # energy
     ("energy_j_per_sample", _float), ("energy_j_per_batch", _float),

@@ -188,8 +188,9 @@ def measurement_notes(cells: pl.DataFrame) -> list[str]:
         "- FLOPs: counted by `torch.utils.flop_counter.FlopCounterMode` over one prefill forward of the cell's real first batch, "
         "divided by its rows. FLOPs = 2 x multiply-accumulates (the seed's \"806.5 G\" was MACs); `macs_per_sample` is in cells.parquet.",
         f"- Dtypes: {values('dtype')}; attention implementations: {values('attention')}; torch threads per CPU worker: {values('torch_threads')}.",
-        f"- Generation paths: {values('decoder')}. A compiled path's warm-up (compiles, CUDA-graph recording) is in "
-        "`compile_s` and `first_call_s`, never in latency.",
+        f"- Generation paths: {values('decoder')}. Warm-up is untimed: `first_call_s` is its first batch, `warmup_s` all of it "
+        "(for a compiled path: the compiles, also in `compile_s`, and the CUDA-graph recording); `recompiles` counts "
+        "compiles during the timed batches.",
         f"- Hosts: {values('hostname')}; CPU: {values('cpu_model')}; GPU: {values('gpu_name')} (driver {values('driver_version')}).",
         f"- Accuracy metrics: {values('accuracy_metric')}; 95% intervals are Wilson for proportions and a percentile bootstrap (1000 resamples) "
         f"for VQA accuracy and CIDEr. Caption tokenizer: {values('caption_tokenizer')}.",

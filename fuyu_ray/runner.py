@@ -62,7 +62,7 @@ class CellRunner:
         self.cpu_package_shared = cpu_package_shared
         self.min_energy_window_s = min_energy_window_s
         self.context = {"hostname": socket.gethostname(), "cpu_model": hardware.cpu_model(), **(context or {})}
-        self.decoders: dict[tuple[int, int, int], Any] = {}  # (batch, prompt length, new tokens) -> a compiled decoder, kept warm
+        self.decoders: dict[tuple[int, int, int, int], Any] = {}  # the one compiled decoder kept warm, by its shape
         started = time.perf_counter()
         self.loaded, self.unsupported = self._load()
         self.load_s = time.perf_counter() - started
@@ -109,18 +109,23 @@ class CellRunner:
         if self.variant.device == "cuda" and torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _decoder(self, batches: list[Batch], batch_size: int, max_new_tokens: int):
-        """A decoder per (batch, prompt length, new tokens), kept for later cells: compile once, not per cell.
+    def _decoder(self, batches: list[Batch], point, max_new_tokens: int):
+        """The decoder for this cell's shape, kept warm for later cells of the same shape.
 
-        The prompt length is the cell's longest, so every batch of the cell runs the same graphs.
+        A shape is (batch, the cell's longest prompt, image size, new tokens): every batch of the
+        cell is padded to it, so all of them run the same two graphs. One decoder is kept at a
+        time; its static cache and graph memory (gigabytes for fuyu-8b at batch 16) go when a
+        cell of another shape arrives.
         """
         from fuyu_ray.decoding import StaticGreedyDecoder
 
-        key = (batch_size, max(b.prompt_length for b in batches), max_new_tokens)
-        if key in self.decoders:
-            return self.decoders[key], False
-        self.decoders[key] = StaticGreedyDecoder(self.loaded.model, *key, compiled=True, device=self.variant.device)
-        return self.decoders[key], True
+        key = (point.batch_size, max(b.prompt_length for b in batches), point.image_size, max_new_tokens)
+        if key not in self.decoders:
+            self._free_memory()
+            batch_size, prompt_len, _, new_tokens = key
+            self.decoders[key] = StaticGreedyDecoder(self.loaded.model, batch_size, prompt_len, new_tokens, compiled=True,
+                                                     device=self.variant.device)
+        return self.decoders[key]
 
     # --- one cell -------------------------------------------------------------------------
 
@@ -138,7 +143,7 @@ class CellRunner:
                 "SDPA's flash backend takes no attention mask, and this cell's prompts are padded; install flash-attn"
             )
         ignore_eos = loaded.accuracy_note is not None  # random weights: every cell runs to max_new_tokens
-        decoder, fresh = self._decoder(batches, point.batch_size, settings.max_new_tokens) if loaded.preset.compiled else (None, False)
+        decoder = self._decoder(batches, point, settings.max_new_tokens) if loaded.preset.compiled else None
 
         def run_batch(batch: Batch, token_clock) -> torch.Tensor:
             if decoder is None:
@@ -147,11 +152,13 @@ class CellRunner:
                 return decoder.generate(batch.inputs, settings.max_new_tokens, loaded.eos_token_id, ignore_eos, on_token=token_clock)
 
         clocks = self._clocks()
+        compile_s_before = decoder.compile_s if decoder else 0.0
         with PeakMemory(point.device) as memory:
-            if fresh:  # the warm-up compiles the two graphs (prefill, decode) that every batch of the cell uses
-                first_call_s, warmup_batches = decoder.warm_up(batches[0].inputs)
+            if decoder:  # until its graphs are compiled and (on CUDA) recorded
+                first_call_s, warmup_s, warmup_batches = decoder.warm_up(batches[0].inputs)
             else:
-                first_call_s, warmup_batches = warm_up(run_batch, batches, point.device)
+                first_call_s = warmup_s = warm_up(run_batch, batches[0], point.device)
+                warmup_batches = 1
             compilations_warm = decoder.compilations if decoder else 0
             timings: list[BatchTiming] = []
             first_pass: list[torch.Tensor] = []
@@ -166,7 +173,7 @@ class CellRunner:
             window = energy.run_until_min_window(timed_pass, self.meter, self.min_energy_window_s)
         clocks_end = self._clocks()
 
-        latency = latency_columns(timings, point.batch_size, first_call_s, warmup_batches)
+        latency = latency_columns(timings, point.batch_size, first_call_s, warmup_s, warmup_batches)
         predictions, generations, generated, stopped = decode_outputs(loaded, batches, first_pass, len(data.samples))
         # Random weights answer nothing: skip scoring (and its pycocoevalcap import on bare GPU boxes).
         task_score = score(point.dataset, data.samples, predictions) if loaded.accuracy_note is None else unscored(point.dataset, len(data.samples))
@@ -183,7 +190,7 @@ class CellRunner:
             **flops,
             "peak_gpu_allocated_bytes": memory.allocated_bytes, "peak_gpu_reserved_bytes": memory.reserved_bytes,
             "peak_rss_bytes": memory.rss_bytes,
-            "compile_s": (decoder.compile_s if fresh else 0.0) if decoder else None,
+            "compile_s": decoder.compile_s - compile_s_before if decoder else None,
             "recompiles": decoder.compilations - compilations_warm if decoder else None,
             "decoder": describe_decoder(decoder),
             **hardware.roofline_columns(
@@ -254,10 +261,9 @@ def generate(loaded: LoadedModel, batch: Batch, max_new_tokens: int, ignore_eos:
         return loaded.model.generate(**batch.inputs, **options)
 
 
-def warm_up(run_batch, batches: list[Batch], device: str) -> tuple[float, int]:
-    """One untimed batch. A compiled decoder needs no more: its one graph has a fixed shape."""
-    _, timing = time_batch(lambda clock: run_batch(batches[0], clock), device)
-    return timing.total_s, 1
+def warm_up(run_batch, batch: Batch, device: str) -> float:
+    """One untimed batch; its seconds."""
+    return time_batch(lambda clock: run_batch(batch, clock), device)[1].total_s
 
 
 def decode_outputs(loaded: LoadedModel, batches: list[Batch], outputs: list[torch.Tensor], n_samples: int):
@@ -338,7 +344,7 @@ def workload_columns(data: LoadedSamples, prompts, batches, settings, generated,
     }
 
 
-def latency_columns(timings: list[BatchTiming], batch_size: int, first_call_s, warmup_batches) -> dict[str, Any]:
+def latency_columns(timings: list[BatchTiming], batch_size: int, first_call_s, warmup_s, warmup_batches) -> dict[str, Any]:
     total = spread([t.total_s for t in timings])
     prefill = spread([t.prefill_s for t in timings])
     decode = spread([t.decode_s_per_token for t in timings])
@@ -351,7 +357,7 @@ def latency_columns(timings: list[BatchTiming], batch_size: int, first_call_s, w
         "decode_s_per_token": decode.median, "decode_p90_s_per_token": decode.p90,
         "samples_per_s": len(timings) * batch_size / busy if busy else None,
         "tokens_per_s": tokens / busy if busy else None,
-        "first_call_s": first_call_s, "warmup_batches": warmup_batches,
+        "first_call_s": first_call_s, "warmup_s": warmup_s, "warmup_batches": warmup_batches,
     }
 
 
@@ -406,11 +412,12 @@ def classify(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, PresetUnsupported):
         return "skipped", str(exc)
     chain = _causes(exc)
-    if any(isinstance(e, torch.cuda.OutOfMemoryError) for e in chain):
-        return "oom", _one_line(exc)
     accelerator_error = getattr(torch, "AcceleratorError", ())
+    # First: a broken CUDA context outranks an OOM it may have been raised while handling.
     if any((accelerator_error and isinstance(e, accelerator_error)) or "CUDA error" in str(e) for e in chain):
         return "failed", CUDA_FATAL + _one_line(exc)
+    if any(isinstance(e, torch.cuda.OutOfMemoryError) for e in chain):
+        return "oom", _one_line(exc)
     return "failed", _one_line(exc)
 
 

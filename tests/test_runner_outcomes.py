@@ -35,3 +35,14 @@ def test_an_oom_inside_a_compile_is_still_an_oom():
     assert status == "failed" and error.startswith("cuda-fatal: ")
     status, error = classify(wrapped_by_a_compiler(ValueError("shape mismatch")))
     assert status == "failed" and error.startswith("RuntimeError: backend='inductor'")
+
+
+def test_a_cuda_error_raised_while_handling_an_oom_replaces_the_actor():
+    try:
+        try:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        except torch.cuda.OutOfMemoryError:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    except RuntimeError as broken:
+        status, error = classify(broken)
+    assert status == "failed" and error.startswith("cuda-fatal: ")
