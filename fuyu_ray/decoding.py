@@ -27,21 +27,26 @@ from typing import Callable
 
 import torch
 
+from fuyu_ray.models import kv_cache_shape
+
 # CUDA-graph trees run a new graph once, record it on the next call and replay from the third:
 # a warm-up of three generates puts the recording of both graphs before any timed batch.
 WARM_UP_RUNS = 3
 
 
-def _graphs_compiled() -> int:
+def _compile_counter(group: str, name: str) -> int:
+    """One of torch.compile's process-wide counters: graphs compiled, CUDA graphs skipped."""
     from torch._dynamo.utils import counters
 
-    return int(counters["stats"]["unique_graphs"])
+    return int(counters[group][name])
+
+
+def _graphs_compiled() -> int:
+    return _compile_counter("stats", "unique_graphs")
 
 
 def _cudagraph_skips() -> int:
-    from torch._dynamo.utils import counters
-
-    return int(counters["inductor"]["cudagraph_skips"])
+    return _compile_counter("inductor", "cudagraph_skips")
 
 
 def _own_code_copy(function):
@@ -176,12 +181,10 @@ class StaticGreedyDecoder:
         self._padding_token_id = self.pad_token_id if self.pad_token_id != image_token_id else int(getattr(text_config, "bos_token_id", 1) or 1)
 
         self.cache = StaticCache(config=config, max_cache_len=self.max_cache_len)
-        heads = text_config.num_attention_heads
-        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+        _, kv_heads, head_dim = kv_cache_shape(config)
         # Inference mode, as every later write to the cache is.
         with torch.inference_mode():
-            self.cache.early_initialization(self.max_batch, getattr(text_config, "num_key_value_heads", None) or heads,
-                                            head_dim, next(model.parameters()).dtype, self.device)
+            self.cache.early_initialization(self.max_batch, kv_heads, head_dim, next(model.parameters()).dtype, self.device)
 
         # The decode step's inputs: static buffers, updated in place between steps.
         self._tokens = torch.zeros((self.max_batch, 1), dtype=torch.long, device=self.device)

@@ -86,15 +86,18 @@ def run(job, out: str, log=print, budget_s: float | None = DEFAULT_BUDGET_S) -> 
     import torch
 
     started = time.perf_counter()
+
+    def over_budget() -> bool:
+        return budget_s is not None and time.perf_counter() - started > budget_s
+
     store = ResultStore.at(out)
     store.ensure_dirs()
     notes = [measured_peaks_line(job, log)]
     rows: list[dict] = []
     for variant, cells in ordered_variants(job):
-        spent = budget_s is not None and time.perf_counter() - started > budget_s
-        runner, load_error = (None, None) if spent else _load(variant, job, log)
+        runner, load_error = (None, None) if over_budget() else _load(variant, job, log)
         for cell in cells:
-            if budget_s is not None and time.perf_counter() - started > budget_s:
+            if over_budget():
                 reason = f"the GPU check's time budget of {budget_s:.0f} s was spent before this cell"
                 record, samples = cell_batch(outcome_row(cell.settings(), "skipped", reason)), sample_table([])
             elif runner is None:

@@ -124,12 +124,10 @@ def weight_bytes_per_token(model) -> int:
 
 def kv_bytes_per_token(model) -> int:
     """Bytes of keys and values one token of context holds in the KV cache, over all layers."""
-    text = model.config.get_text_config(decoder=True)
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    element = next(model.parameters()).element_size()
-    return 2 * text.num_hidden_layers * kv_heads * head_dim * element
+    from fuyu_ray.models import kv_cache_shape
+
+    layers, kv_heads, head_dim = kv_cache_shape(model.config)
+    return 2 * layers * kv_heads * head_dim * next(model.parameters()).element_size()
 
 
 def roofline_columns(gpu_name: str | None, loaded, prefill: float | None, decode: float | None,

@@ -85,7 +85,7 @@ def time_batch(run: Callable[[TokenClock], Any], device: str, clock: Callable[[]
     The batch's total is host wall time with the device synchronised on both sides; the
     per-token stamps are CUDA events on CUDA (or `event_factory`'s), the host clock elsewhere.
     """
-    token_clock = TokenClock(clock, event_factory or (cuda_event if device == "cuda" else None))
+    token_clock = TokenClock(clock, event_factory or (cuda_event if device.startswith("cuda") else None))
     synchronize(device)
     started = clock()
     token_clock.start()

@@ -129,6 +129,14 @@ def _random_model(source: str, processor, dtype, attention: str, device: str):
         return FuyuForCausalLM._from_config(config, dtype=dtype, attn_implementation=attention)
 
 
+def kv_cache_shape(config) -> tuple[int, int, int]:
+    """(layers, key/value heads, head dim) of the decoder's KV cache."""
+    text = config.get_text_config(decoder=True)
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return text.num_hidden_layers, getattr(text, "num_key_value_heads", None) or heads, head_dim
+
+
 def _end_of_text_id(model: str, processor) -> int:
     if model.rstrip("/").endswith("fuyu-8b"):
         return FUYU_8B_END_OF_TEXT_ID

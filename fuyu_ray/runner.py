@@ -179,11 +179,13 @@ class CellRunner:
         task_score = score(point.dataset, data.samples, predictions) if loaded.accuracy_note is None else unscored(point.dataset, len(data.samples))
         flops = count_cell_flops(loaded, batches[0])
 
+        workload = workload_columns(data, prompts, batches, settings, generated, ignore_eos, point.image_size)
+
         row = {
             "model_label": loaded.label, "attention": loaded.attention, "dtype": loaded.preset.dtype,
             "tokenizer_note": loaded.tokenizer_note,
             "dataset_description": data.description, "torch_threads": torch.get_num_threads(),
-            **workload_columns(data, prompts, batches, settings, generated, ignore_eos, point.image_size),
+            **workload,
             "eos_fraction": sum(stopped) / len(stopped),
             **latency,
             **energy_columns(window, self.meter, self.idle_power_w, len(timings), point.batch_size),
@@ -195,7 +197,7 @@ class CellRunner:
             "decoder": describe_decoder(decoder),
             **hardware.roofline_columns(
                 self.device_info.get("gpu_name"), loaded, latency["prefill_s"], latency["decode_s_per_token"], flops, point.batch_size,
-                context_tokens=mean_context_tokens(batches, generated),
+                context_tokens=mean_context_tokens(batches, workload["generated_tokens_mean"]),
             ),
             **accuracy_columns(task_score, loaded),
             **self.device_info,
@@ -319,11 +321,10 @@ def count_cell_flops(loaded: LoadedModel, batch: Batch) -> dict[str, Any]:
     }
 
 
-def mean_context_tokens(batches: list[Batch], generated: list[int | None]) -> float:
+def mean_context_tokens(batches: list[Batch], generated_tokens_mean: float | None) -> float:
     """Tokens a decode step attends to, per row, on average: the prompt plus half the generation."""
     prompt = sum(b.prompt_length for b in batches) / len(batches)
-    lengths = [g for g in generated if g is not None]
-    return prompt + (sum(lengths) / len(lengths) / 2 if lengths else 0.0)
+    return prompt + (generated_tokens_mean or 0.0) / 2
 
 
 def workload_columns(data: LoadedSamples, prompts, batches, settings, generated, ignore_eos, image_size) -> dict[str, Any]:
