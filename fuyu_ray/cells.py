@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, replace
 
-from fuyu_ray.spec import AXES, DatasetSource, JobSpec, Point, TaskOverride
+from fuyu_ray.spec import AXES, DatasetSource, JobSpec, Point, TaskOverride, image_dims
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,24 @@ class Cell:
         """Stable across runs and machines: a hash of everything that changes the cell's result."""
         return _short_hash(asdict(self))
 
+    @property
+    def description(self) -> str:
+        """How progress lines and the dashboard's task list name the cell."""
+        p = self.point
+        return f"{p.device} {p.optimization} {p.dataset} batch={p.batch_size} image={p.image_size} seq_len={p.seq_len}"
+
     def settings(self) -> dict:
-        """The flat identity columns of a record."""
+        """The flat identity columns of a record. `image_size` is S for an S x S image and null for
+        a "WxH" one; `image_width` and `image_height` are always set."""
+        width, height = image_dims(self.point.image_size)
         return {
             "cell_id": self.cell_id,
             "model": self.model,
             "weights": self.weights,
             **asdict(self.point),
+            "image_size": self.point.image_size if isinstance(self.point.image_size, int) else None,
+            "image_width": width,
+            "image_height": height,
             "limit": self.limit,
             "dataset_source": self.source.source,
             "dataset_split": self.source.split,

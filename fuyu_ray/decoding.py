@@ -21,6 +21,7 @@ This is what the `compile` preset runs instead of `model.generate`:
 
 from __future__ import annotations
 
+import contextlib
 import time
 import types
 from typing import Callable
@@ -74,8 +75,8 @@ def _prompt_embeddings(model, input_ids, image_patches):
     return embeddings.masked_scatter(placeholders, patches)
 
 
-def _next_token(model, cache, input_ids, position_ids, attention_mask, image_patches=None):
-    """Tokens through the model, extending the static cache: the greedy next ids [B].
+def _last_logits(model, cache, input_ids, position_ids, attention_mask, image_patches=None):
+    """Tokens through the model, extending the static cache: the last position's logits [B, vocab].
 
     The prefill passes the prompt with its image patches; a decode step, one token per row.
     Each CompiledStep compiles its own copy, so the two never share (or evict) graphs.
@@ -93,7 +94,12 @@ def _next_token(model, cache, input_ids, position_ids, attention_mask, image_pat
         logits_to_keep=1,
         return_dict=True,
     ).logits
-    return logits[:, -1, :].argmax(dim=-1)
+    return logits[:, -1, :]
+
+
+def _next_token(model, cache, input_ids, position_ids, attention_mask, image_patches=None):
+    """The greedy next ids [B]: what a decode step needs, without the logits leaving its graph."""
+    return _last_logits(model, cache, input_ids, position_ids, attention_mask, image_patches).argmax(dim=-1)
 
 
 class CompiledStep:
@@ -180,6 +186,10 @@ class StaticGreedyDecoder:
         # Left padding holds this token; it must not be an image placeholder, or it would ask for patches.
         self._padding_token_id = self.pad_token_id if self.pad_token_id != image_token_id else int(getattr(text_config, "bos_token_id", 1) or 1)
 
+        # Made here once: a tensor made from a Python number per batch would be a copy from pageable
+        # host memory, which waits for the queued prefill.
+        self._pad_ids = torch.full((), self.pad_token_id, dtype=torch.long, device=self.device)
+
         self.cache = StaticCache(config=config, max_cache_len=self.max_cache_len)
         _, kv_heads, head_dim = kv_cache_shape(config)
         # Inference mode, as every later write to the cache is.
@@ -193,11 +203,12 @@ class StaticGreedyDecoder:
         if self.compiled:
             for buffer in (self._tokens, self._positions, self._mask):
                 torch._dynamo.mark_static_address(buffer)
-            self._prefill = CompiledStep(_next_token, self.device)
+            self._prefill = CompiledStep(_last_logits, self.device)
             self._decode = CompiledStep(_next_token, self.device)
         else:
-            self._prefill = self._decode = _next_token
+            self._prefill, self._decode = _last_logits, _next_token
         self.last_steps = 0  # tokens generated per row by the last `generate` (the longest row)
+        self.last_prefill_logits: torch.Tensor | None = None  # [max_batch, vocab] of the last prefill
         self._slots_used = 0  # cache slots written since the last reset
 
     # ----------------------------------------------------------------------------------------- accounting
@@ -234,24 +245,27 @@ class StaticGreedyDecoder:
     # ----------------------------------------------------------------------------------------- steps
 
     def reset(self) -> None:
-        """Rewind the cache and empty the step buffers for the next batch; nothing is reallocated."""
+        """Rewind the cache and empty the step buffers for the next batch; nothing is reallocated.
+
+        The cache's write positions go back to slot 0 in the same single foreach launch as the step
+        buffers (not one launch per layer). The old keys and values stay: the prefill overwrites the
+        prompt's slots and the mask hides the rest, so zeroing them (cache.reset(), about a
+        gigabyte at batch 16) would only add memory traffic to every timed prefill.
+        """
         self._slots_used = 0
         with torch.inference_mode():
-            self._rewind_cache()
-            self._tokens.zero_()
-            self._positions.zero_()
-            self._mask.zero_()
+            positions = self._cache_write_positions()
+            if positions is None:  # a cache layout this code does not know: the public, slower way
+                self.cache.reset()
+                positions = []
+            torch._foreach_zero_([*positions, self._tokens, self._positions, self._mask])
 
-    def _rewind_cache(self) -> None:
-        """Write positions back to slot 0. The old keys and values stay: the prefill overwrites the
-        prompt's slots and the mask hides the rest, so zeroing them (cache.reset(), about a
-        gigabyte at batch 16) would only add memory traffic to every timed prefill."""
+    def _cache_write_positions(self) -> list[torch.Tensor] | None:
         layers = getattr(self.cache, "layers", [])
-        if layers and all(isinstance(getattr(layer, "cumulative_length", None), torch.Tensor) for layer in layers):
-            for layer in layers:
-                layer.cumulative_length.zero_()
-        else:  # a cache layout this code does not know: the public, slower way
-            self.cache.reset()
+        positions = [getattr(layer, "cumulative_length", None) for layer in layers]
+        if layers and all(isinstance(position, torch.Tensor) for position in positions):
+            return positions
+        return None
 
     def decode_step(self) -> torch.Tensor:
         """One decode step from the static buffers: next token ids [B], a fresh tensor."""
@@ -289,15 +303,18 @@ class StaticGreedyDecoder:
         eos_token_id: int | None = None,
         ignore_eos: bool = False,
         on_token: Callable[[], object] | None = None,
+        prefill_timer: Callable[[], contextlib.AbstractContextManager] | None = None,
     ) -> torch.Tensor:
         """Greedy tokens for a FuyuProcessor batch: [B, T + generated], the prompt then the new tokens.
 
         Like `model.generate(do_sample=False)`: rows that produced `eos_token_id` continue with the pad
         token, and generation stops once every row has (never, with `ignore_eos`). `on_token()` is
-        called once for every generated position, the prefill's token included.
+        called once for every generated position, the prefill's token included; the prefill's
+        forward runs inside `prefill_timer()` (e.g. `TokenClock.prefill`). The prefill's logits
+        stay in `last_prefill_logits`.
         """
         with torch.inference_mode():
-            return self._generate(inputs, max_new_tokens, eos_token_id, ignore_eos, on_token)
+            return self._generate(inputs, max_new_tokens, eos_token_id, ignore_eos, on_token, prefill_timer)
 
     def _check(self, rows: int, length: int, max_new_tokens: int) -> None:
         if not 1 <= max_new_tokens <= self.max_new_tokens:
@@ -327,7 +344,7 @@ class StaticGreedyDecoder:
             image_patches = torch.cat([image_patches, first_row.repeat(self.max_batch - rows, *[1] * (first_row.dim() - 1))])
         return ids, mask, image_patches
 
-    def _generate(self, inputs, max_new_tokens, eos_token_id, ignore_eos, on_token) -> torch.Tensor:
+    def _generate(self, inputs, max_new_tokens, eos_token_id, ignore_eos, on_token, prefill_timer=None) -> torch.Tensor:
         input_ids = inputs["input_ids"].to(self.device)
         rows, length = input_ids.shape
         attention_mask = inputs.get("attention_mask")
@@ -343,13 +360,14 @@ class StaticGreedyDecoder:
         positions = batch_mask.cumsum(-1) - 1
         positions = positions.masked_fill(batch_mask == 0, 0)
         self._mask[:, : self.prompt_len].copy_(batch_mask)
-        next_ids = self._prefill(self.model, self.cache, batch_ids, positions, self._mask, image_patches)
+        with prefill_timer() if prefill_timer is not None else contextlib.nullcontext():
+            self.last_prefill_logits = self._prefill(self.model, self.cache, batch_ids, positions, self._mask, image_patches)
+        next_ids = self.last_prefill_logits.argmax(dim=-1)
         self._slots_used = self.prompt_len
 
         check_eos = eos_token_id is not None and not ignore_eos
         unfinished = torch.zeros(self.max_batch, dtype=torch.bool, device=self.device)
         unfinished[:rows] = True
-        pad = torch.tensor(self.pad_token_id, dtype=torch.long, device=self.device)
 
         generated = []
         for step in range(max_new_tokens):
@@ -358,7 +376,7 @@ class StaticGreedyDecoder:
                 self._mask[:, self.prompt_len + step - 1] = 1
                 next_ids = self.decode_step()
             if check_eos:
-                next_ids = torch.where(unfinished, next_ids, pad)
+                next_ids = torch.where(unfinished, next_ids, self._pad_ids)
                 unfinished &= next_ids != eos_token_id
             generated.append(next_ids)
             if on_token is not None:
@@ -375,3 +393,22 @@ class StaticGreedyDecoder:
         self.last_steps = len(generated)
         new_tokens = torch.stack(generated, dim=1)[:rows]
         return torch.cat([input_ids, new_tokens.to(input_ids.dtype)], dim=1)
+
+
+def first_token_agreement(model, decoder: StaticGreedyDecoder, inputs: dict, context=contextlib.nullcontext) -> dict[str, float]:
+    """How closely the decoder's prefill agrees with stock `generate` on the same batch and weights.
+
+    Compares the first generated position's logits: the share of rows whose top-1 token is the
+    same, and the largest absolute logit difference over all rows and the vocabulary.
+    """
+    rows = inputs["input_ids"].shape[0]
+    with context():
+        decoder.generate(inputs, max_new_tokens=1, ignore_eos=True)
+    ours = decoder.last_prefill_logits[:rows].float()
+    with torch.inference_mode(), context():
+        stock = model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True,
+                               return_dict_in_generate=True, pad_token_id=decoder.pad_token_id).logits[0].float()
+    return {
+        "first_token_top1_match": (stock.argmax(dim=-1) == ours.argmax(dim=-1)).float().mean().item(),
+        "first_token_max_logit_diff": (stock - ours).abs().max().item(),
+    }

@@ -1,27 +1,24 @@
-"""Execution on Ray: one actor per model variant keeps a warm model; the driver feeds it cells.
+"""Execution on Ray: one actor per model variant keeps a warm model; the scheduler feeds it cells.
 
-A thin layer over the plain CellRunner. Each actor has at most one cell in flight, so a
-crash, an out-of-memory error or a timeout is charged to exactly one cell, and the next
-cell goes to a restarted or replaced actor.
+A thin layer: the actor wraps the plain CellRunner, and `fuyu_ray.scheduler` decides what
+goes where and what a fault costs. This module only says what Ray calls things.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import RayError, RayTaskError
 
 from fuyu_ray import hardware
 from fuyu_ray.cells import Cell, Variant
 from fuyu_ray.presets import PRESETS, resolve_attention
-from fuyu_ray.records import CUDA_FATAL, cell_batch, outcome_row, sample_table
+from fuyu_ray.scheduler import ActorState, CallFailed, ExecutionStats, Scheduler, failed_cell
 
 ACTOR_RESTARTS = 2
-REVIVAL_PINGS = ACTOR_RESTARTS + 3  # a ping can also fail while the old process is still being torn down
 
 
 @ray.remote
@@ -61,45 +58,6 @@ class CellWorker:
         return {"started_at": self.started_at, "load_s": self.load_s}
 
 
-@dataclass
-class Slot:
-    """One live actor and the cell it is running."""
-
-    variant: Variant
-    actor: object
-    name: str
-    cell: Cell | None = None
-    submitted_at: float = 0.0
-    ref: object = None
-    revivals: int = 0  # pings sent since the actor last answered
-    incarnation: float | None = None  # the start time of the process that last answered
-    stale: float | None = None  # an incarnation we killed: its answers do not count
-
-
-@dataclass
-class ExecutionStats:
-    actors: list[dict] = field(default_factory=list)  # started_at, ended_at, load_s per actor
-    busy_cell_s: float = 0.0
-
-    @property
-    def busy_s(self) -> float:
-        return self.busy_cell_s + sum(a["load_s"] for a in self.actors)
-
-    @property
-    def model_loads(self) -> int:
-        return len(self.actors)
-
-    @property
-    def workers(self) -> int:
-        """The most actors alive at once: the parallelism the wall time bought."""
-        events = sorted([(a["started_at"], 1) for a in self.actors] + [(a["ended_at"], -1) for a in self.actors])
-        alive = peak = 0
-        for _, step in events:
-            alive += step
-            peak = max(peak, alive)
-        return peak
-
-
 def node_resources() -> list[dict]:
     """The resources of every live node, read now: nodes come and go during a run."""
     return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
@@ -135,6 +93,102 @@ def actor_demand(variant: Variant, cpus_per_actor: int | None) -> dict:
     return {"CPU": min(cpus_per_actor or largest, largest) or 1}
 
 
+class RayActor:
+    """A CellWorker behind the scheduler's actor protocol."""
+
+    def __init__(self, handle, name: str):
+        self.handle, self.name = handle, name
+
+    def run(self, cell: Cell):
+        # Named after the cell, so the dashboard's task list (and the process title, which
+        # still starts with `ray::CellWorker.run`) reads as the grid.
+        return self.handle.run.options(name=f"CellWorker.run {cell.description} [{cell.cell_id}]").remote(cell)
+
+    def ping(self):
+        return self.handle.ping.remote()
+
+    def kill(self, restart: bool) -> None:
+        try:
+            ray.kill(self.handle, no_restart=not restart)
+        except RayError:
+            pass  # already gone
+
+    def state(self) -> ActorState:
+        # Read from the GCS, which every cluster has; the state API would need the dashboard.
+        from ray._private.state import actors
+
+        try:
+            info = actors(actor_id=self.handle._actor_id.hex())
+        except Exception as exc:  # the GCS unreachable for a moment: not a death
+            return ActorState("waiting", f"state unknown ({type(exc).__name__})")
+        state = info.get("State", "DEAD")
+        if state == "DEAD":
+            return ActorState("dead", death_cause(info.get("DeathCause")))
+        if state == "ALIVE":
+            return ActorState("alive", "alive")
+        restarts = info.get("NumRestarts", 0)
+        detail = {"RESTARTING": f"restarting (restart {restarts} of {ACTOR_RESTARTS}), waiting for resources if the node is full",
+                  "PENDING_CREATION": "waiting for resources to start"}.get(state, state.lower().replace("_", " "))
+        return ActorState("waiting", detail)
+
+    def lifetime(self) -> dict | None:
+        try:
+            return ray.get(self.handle.lifetime.remote(), timeout=10)
+        except RayError:
+            return None
+
+
+def death_cause(cause) -> str:
+    """The first line of Ray's own account of an actor's death."""
+    for context in ("actor_died_error_context", "creation_task_failure_context", "runtime_env_failed_context",
+                    "oom_context", "node_death_info", "actor_unschedulable_context"):
+        try:
+            if cause is not None and cause.HasField(context):
+                part = getattr(cause, context)
+                message = getattr(part, "error_message", "") or getattr(part, "reason_message", "") or str(part)
+                return message.strip().splitlines()[0][:300] if message.strip() else context
+        except ValueError:
+            continue
+    return "no restarts left"
+
+
+class RayPool:
+    """Starts CellWorkers with their resources, and reads their calls for the scheduler."""
+
+    def __init__(self, min_energy_window_s: float, cpus_per_actor: int | None):
+        self.min_energy_window_s, self.cpus_per_actor = min_energy_window_s, cpus_per_actor
+
+    def start(self, variant: Variant, index: int) -> RayActor:
+        demand = actor_demand(variant, self.cpus_per_actor)
+        name = f"{variant.label}-{index}-{int(time.time() * 1000) % 100000}"
+        threads = int(demand["CPU"]) if variant.device == "cpu" else None
+        handle = CellWorker.options(**actor_options(name, demand)).remote(variant, self.min_energy_window_s, threads)
+        return RayActor(handle, name)
+
+    def wait(self, calls: list, timeout: float) -> list:
+        if not calls:
+            time.sleep(timeout)
+            return []
+        ready, _ = ray.wait(calls, num_returns=1, timeout=timeout)
+        return ready
+
+    def result(self, call):
+        try:
+            return ray.get(call)
+        except RayTaskError as exc:  # raised inside the method: the actor itself goes on
+            raise CallFailed(_first_line(exc), actor_lost=False) from None
+        except RayError as exc:  # actor death, lost objects, Ray's own memory monitor
+            raise CallFailed(_first_line(exc), actor_lost=True) from None
+
+    def unplaceable(self, variant: Variant) -> str | None:
+        return missing_resources(variant, actor_demand(variant, self.cpus_per_actor))
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1][:400] if lines else ''}"
+
+
 def execute(
     cells: list[Cell],
     on_record: Callable,
@@ -143,96 +197,20 @@ def execute(
     cpus_per_actor: int | None,
     max_actors_per_variant: int | None,
     cell_timeout_s: float,
+    on_message: Callable[[str], None] = lambda text: None,
 ) -> ExecutionStats:
-    stats = ExecutionStats()
-    queues: dict[Variant, list[Cell]] = {}
+    """Skip what this cluster can never run, then schedule the rest on Ray actors."""
+    runnable = []
     for cell in cells:
-        queues.setdefault(cell.variant, []).append(cell)
-
-    slots: list[Slot] = []
-    for variant, queue in queues.items():
-        demand = actor_demand(variant, cpus_per_actor)
-        reason = resolve_attention(PRESETS[variant.optimization], variant.device)[1] or missing_resources(variant, demand)
+        variant = cell.variant
+        reason = resolve_attention(PRESETS[variant.optimization], variant.device)[1] or missing_resources(
+            variant, actor_demand(variant, cpus_per_actor))
         if reason:
-            for cell in queue:
-                on_record(cell_batch(outcome_row(cell.settings(), "skipped", reason)), sample_table([]))
-            queue.clear()
-            continue
-        for index in range(min(actors_for(demand, max_actors_per_variant), len(queue))):
-            slots.append(_start_actor(variant, index, demand, min_energy_window_s))
-
-    def feed(slot: Slot) -> None:
-        queue = queues[slot.variant]
-        if queue:
-            slot.cell = queue.pop(0)
-            slot.submitted_at = time.monotonic()
-            slot.ref = slot.actor.run.remote(slot.cell)
-            on_start(slot.cell)
+            on_record(*failed_cell(cell, "skipped", reason))
         else:
-            _retire(slot, stats)
-            slots.remove(slot)
-
-    def await_ready(slot: Slot) -> None:
-        """Ping before feeding: a cell's timeout must not run while its actor waits for resources,
-        loads its model, or is being restarted after a crash."""
-        slot.cell, slot.revivals = None, slot.revivals + 1
-        if slot.revivals <= REVIVAL_PINGS:
-            slot.ref = slot.actor.ping.remote()
-            return
-        slots.remove(slot)
-        if any(other.variant == slot.variant for other in slots):
-            return  # the variant's other actors take its remaining cells
-        for cell in queues[slot.variant]:  # none silently dropped
-            on_record(cell_batch(outcome_row(cell.settings(), "failed", f"worker {slot.name} kept dying; no restarts left")), sample_table([]))
-        queues[slot.variant].clear()
-
-    def replace(slot: Slot) -> None:
-        ray.kill(slot.actor)  # stuck, so it cannot report its lifetime
-        replacement = _start_actor(slot.variant, len(stats.actors) + len(slots), actor_demand(slot.variant, cpus_per_actor), min_energy_window_s)
-        slots[slots.index(slot)] = replacement
-        await_ready(replacement)
-
-    for slot in slots:
-        await_ready(slot)
-    while slots:
-        in_flight = {slot.ref: slot for slot in slots}
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-        for ref in ready:
-            slot = in_flight[ref]
-            if slot.cell is None:
-                try:
-                    incarnation = ray.get(ref)
-                except RayError:
-                    await_ready(slot)
-                    continue
-                if incarnation == slot.stale:  # the killed process has not gone yet
-                    slot.ref = slot.actor.ping.remote()
-                    continue
-                slot.incarnation, slot.stale, slot.revivals = incarnation, None, 0
-                feed(slot)
-                continue
-            record, samples, died = _collect(slot)
-            if (record.column("error")[0].as_py() or "").startswith(CUDA_FATAL):
-                ray.kill(slot.actor, no_restart=False)  # a broken CUDA context: restart the process
-                slot.stale, died = slot.incarnation, True
-            if died:
-                await_ready(slot)
-            else:
-                feed(slot)  # the actor's next cell starts before the driver writes this one
-            stats.busy_cell_s += record.column("cell_s")[0].as_py() or 0.0
-            on_record(record, samples)
-        running = [s for s in slots if s.cell is not None and s.ref not in ready]
-        for slot in [s for s in running if time.monotonic() - s.submitted_at > cell_timeout_s]:
-            on_record(*_timed_out(slot, cell_timeout_s))
-            replace(slot)
-    return stats
-
-
-def _start_actor(variant: Variant, index: int, demand: dict, min_energy_window_s: float) -> Slot:
-    name = f"{variant.label}-{index}-{int(time.time() * 1000) % 100000}"
-    threads = int(demand["CPU"]) if variant.device == "cpu" else None
-    actor = CellWorker.options(**actor_options(name, demand)).remote(variant, min_energy_window_s, threads)
-    return Slot(variant=variant, actor=actor, name=name)
+            runnable.append(cell)
+    scheduler = Scheduler(RayPool(min_energy_window_s, cpus_per_actor), on_record, on_start, cell_timeout_s, on_message)
+    return scheduler.run(runnable, lambda variant: actors_for(actor_demand(variant, cpus_per_actor), max_actors_per_variant))
 
 
 def actor_options(name: str, demand: dict, environ=os.environ) -> dict:
@@ -243,28 +221,3 @@ def actor_options(name: str, demand: dict, environ=os.environ) -> dict:
     if overrides:  # actors inherit their node's environment, not the driver's: pass the measured peaks on
         options["runtime_env"] = {"env_vars": overrides}
     return options
-
-
-def _collect(slot: Slot):
-    """The cell's records and whether the actor died; a dead actor is one failed record for its cell."""
-    try:
-        record, samples = ray.get(slot.ref)
-        return record, samples, False
-    except RayError as exc:  # actor death, lost objects, Ray's own memory monitor: one failed record
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:400]}"
-        row = outcome_row(slot.cell.settings(), "failed", f"worker {slot.name} died: {reason}", actor=slot.name)
-        return cell_batch(row), sample_table([]), not isinstance(exc, RayTaskError)
-
-
-def _timed_out(slot: Slot, limit: float):
-    row = outcome_row(slot.cell.settings(), "timeout", f"cell ran past cell_timeout_s={limit:g}; worker {slot.name} replaced", actor=slot.name)
-    return cell_batch(row), sample_table([])
-
-
-def _retire(slot: Slot, stats: ExecutionStats) -> None:
-    try:
-        lifetime = ray.get(slot.actor.lifetime.remote(), timeout=10)
-        stats.actors.append({**lifetime, "ended_at": time.time(), "name": slot.name})
-    except (RayActorError, GetTimeoutError):
-        pass
-    ray.kill(slot.actor)

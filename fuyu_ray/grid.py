@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from fuyu_ray import __version__
 from fuyu_ray.cells import Cell, expand
-from fuyu_ray.progress import describe, make_progress
+from fuyu_ray.progress import make_progress
 from fuyu_ray.records import now_iso
 from fuyu_ray.spec import JobError, JobSpec, load_job
 
@@ -40,6 +40,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_local_datasets(job: JobSpec) -> None:
+    """A split or config that a local dataset folder lacks is bad input, found before anything
+    starts. Folders only the workers can see, and hub ids, are checked where they are read."""
+    from fuyu_ray.data import DatasetNotFound, is_local_folder, resolve_local_folder
+
+    for task in sorted({cell.point.dataset for cell in expand(job).cells}):
+        source = job.dataset_source(task)
+        if is_local_folder(source):
+            try:
+                resolve_local_folder(task, source)
+            except DatasetNotFound as exc:
+                raise JobError(f"{job.source_path}: datasets.{task}: {exc}") from None
+
+
 def check_reachable(address: str, origin: str) -> None:
     """Fail in a second with one line, instead of Ray's long retry loop and traceback."""
     if address in ("auto", "local"):
@@ -53,7 +67,34 @@ def check_reachable(address: str, origin: str) -> None:
         raise JobError(f"{origin} {address!r}: unreachable ({exc.strerror or exc})") from None
 
 
-def connect(address: str | None, origin: str):
+def check_token(address: str, origin: str) -> None:
+    """A head with token authentication turns a driver without the token away, and ray.init then
+    says only "Failed to connect": ask the GCS directly, which names the reason."""
+    if "://" in address or address in ("auto", "local"):
+        return
+    verdict: list[str] = []
+
+    def probe() -> None:
+        try:
+            from ray._raylet import GcsClient
+
+            GcsClient(address=address).internal_kv_get(b"fuyu_ray_probe", None, timeout=5)
+        except Exception as exc:  # anything but a refused token is left to ray.init to report
+            if type(exc).__name__ == "AuthenticationError":
+                verdict.append(str(exc))
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    if verdict:
+        raise JobError(
+            f"{origin} {address!r}: the cluster wants an authentication token and this driver has none; "
+            "export RAY_AUTH_MODE=token, with the head's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
+            "(`ray get-auth-token` on the head prints it)"
+        )
+
+
+def connect(address: str | None, origin: str, facts: dict[str, str] | None = None):
     """ray.init, bounded: against something that listens but is not Ray it would retry for minutes."""
     import ray
 
@@ -66,19 +107,61 @@ def connect(address: str | None, origin: str):
     if address:
         watchdog.start()
     try:
-        return _init_ray(ray, address)
+        return _init_ray(ray, address, facts or {})
     finally:
         watchdog.cancel()
 
 
-def _init_ray(ray, address: str | None):
+def _init_ray(ray, address: str | None, facts: dict[str, str]):
+    from ray.job_config import JobConfig
+
     started = time.perf_counter()
+    # The dashboard's job list shows this metadata beside the driver's command line.
+    job_config = JobConfig(metadata=facts)
     # A fixed namespace lets operators (and the fault tests) find the grid's actors by name.
     if address:
-        context = ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False)
+        context = ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False, job_config=job_config)
     else:
-        context = ray.init(namespace=RAY_NAMESPACE, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+        # "local": a new cluster of our own, never a `ray start` cluster found on this machine, which
+        # may be another user's, or one that has since died and left its address file behind.
+        context = ray.init(address="local", namespace=RAY_NAMESPACE, include_dashboard=True, dashboard_host="127.0.0.1",
+                           log_to_driver=False, job_config=job_config)
+    label_submission(facts)
     return context, time.perf_counter() - started
+
+
+def job_facts(job: JobSpec, cells_total: int, cells_to_run: int, out: str) -> dict[str, str]:
+    """What the dashboard's job list says of a run: Ray wants string values."""
+    return {"job_name": job.name, "job_file": job.source_path, "cells_total": str(cells_total),
+            "cells_to_run": str(cells_to_run), "out": out, "fuyu_ray_version": __version__}
+
+
+def label_submission(facts: dict[str, str]) -> None:
+    """Under `ray job submit` the dashboard lists the submission's record, not the driver's job:
+    add the facts to that record's metadata too, keeping whatever the submitter set."""
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+    from ray.experimental import internal_kv
+
+    try:
+        submission = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}")).get("metadata", {}).get("job_submission_id")
+        if not submission:
+            return
+        key = f"_ray_internal_job_info_{submission}"  # where Ray's job manager keeps a submission's record
+        record = json.loads(internal_kv._internal_kv_get(key, namespace="job") or b"{}")
+        if not record:
+            return
+        record["metadata"] = {**facts, **(record.get("metadata") or {})}
+        internal_kv._internal_kv_put(key, json.dumps(record), overwrite=True, namespace="job")
+    except Exception as exc:  # a label is not worth a run: Ray's internal layout may change
+        print(f"fuyu_ray: could not label the job submission ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+
+
+def dashboard_line(dashboard: str) -> str:
+    """Ray 2.60 dashboards ask for the cluster's token before they show anything."""
+    return (f"Ray dashboard: http://{dashboard} (it asks for a token: paste the output of `ray get-auth-token`,"
+            " or of `cat ~/.ray/auth_token`; actors waiting in PENDING_CREATION are queued variants, not faults)")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -122,9 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         job = load_job(args.job)
+        check_local_datasets(job)
         address = args.address or os.environ.get("RAY_ADDRESS")
         if address:
             check_reachable(address, "--address" if args.address else "RAY_ADDRESS")
+            check_token(address, "--address" if args.address else "RAY_ADDRESS")
         store = open_store(args.out or f"results/{job.name}")
     except JobError as exc:
         print(f"fuyu_ray: {exc}", file=sys.stderr)
@@ -149,6 +234,8 @@ def open_store(out: str):
 
 
 def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> int:
+    import pyarrow as pa
+
     from fuyu_ray.execute import execute
     from fuyu_ray.report import write_report
 
@@ -162,7 +249,7 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
     todo = cells_to_run(grid.cells, done, args.force, not args.no_retry_failed)
     origin = "--address" if args.address else "RAY_ADDRESS"
     try:
-        context, ray_init_s = connect(address, origin)
+        context, ray_init_s = connect(address, origin, job_facts(job, len(grid.cells), len(todo), store.root))
     except (ConnectionError, TimeoutError, RuntimeError) as exc:  # something listens there, but not Ray
         print(f"fuyu_ray: {origin} {address!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -179,25 +266,31 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
     dashboard = getattr(context, "dashboard_url", None)
     print(f"fuyu_ray {job.name}: {len(grid.cells)} cells, {len(todo)} to run, results in {store.root}", flush=True)
     if dashboard:
-        print(f"Ray dashboard: http://{dashboard}", flush=True)
+        print(dashboard_line(dashboard), flush=True)
 
     statuses: dict[str, str] = {cell_id: status for cell_id, status in done.items()}
     by_id = {cell.cell_id: cell for cell in grid.cells}
     wall_started = time.perf_counter()
     interrupted, aborted = False, None
     stats = None
+    store_failure = None
     with make_progress(len(todo)) as progress:
         def on_record(record, samples) -> None:
-            store.write_cell(record, samples)
+            try:
+                store.write_cell(record, samples)
+            except (OSError, pa.ArrowException) as exc:
+                raise StoreFailed(first_line(exc)) from None
             row = record.to_pylist()[0]
             statuses[row["cell_id"]] = row["status"]
-            progress.finished(describe(by_id[row["cell_id"]]), row)
+            progress.finished(by_id[row["cell_id"]].description, row)
 
         try:
             stats = execute(
                 todo, on_record, progress.started, job.min_energy_window_s, job.cpus_per_actor,
-                job.max_actors_per_variant, job.cell_timeout_s,
+                job.max_actors_per_variant, job.cell_timeout_s, on_message=progress.message,
             )
+        except StoreFailed as exc:  # a full or read-only --out: nothing more can be kept, so stop
+            store_failure = str(exc)
         except KeyboardInterrupt:
             interrupted = True
             progress.message("interrupted: finished cells are on disk; rerun the same command to resume")
@@ -215,14 +308,31 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
         "packages": package_versions(), "python": sys.version.split()[0],
         **harness_figures(stats, wall_s),
     }
-    write_report(store, job, grid, run_info)
+    try:
+        write_report(store, job, grid, run_info)
+    except (OSError, pa.ArrowException) as exc:
+        store_failure = store_failure or first_line(exc)
     import ray
 
     ray.shutdown()
+    if store_failure:
+        kept = sum(1 for c in grid.cells if c.cell_id in statuses)
+        print(f"fuyu_ray: --out {store.root!r}: {store_failure}; the {kept} finished cells are kept; "
+              "free space or make it writable, then rerun the same command to finish the rest", file=sys.stderr, flush=True)
+        return 1
     print(f"report: {store.path('summary.md')}", flush=True)
     if interrupted:
         return 130
     return 1 if aborted or any(statuses.get(c.cell_id) in RETRYABLE for c in grid.cells) else 0
+
+
+class StoreFailed(Exception):
+    """Writing to --out failed: the run stops, and the cells already written stay."""
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def harness_figures(stats, wall_s: float) -> dict:

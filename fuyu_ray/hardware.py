@@ -22,8 +22,10 @@ class ChipPeak:
     fp16_tflops: float  # dense fp16/bf16 tensor-core rate
 
 
-# Most specific names first: "H100 NVL" must not match the SXM entry.
+# Keyed by a substring of the NVML name; `chip_peak` tries the longest key first, so "H200 NVL"
+# and "H100 NVL" never fall to their SXM entries, whatever the order here.
 GPU_PEAKS: tuple[tuple[str, ChipPeak], ...] = (
+    ("H200 NVL", ChipPeak(4800, 835)),  # PCIe card, 600 W: the SXM part's bandwidth, a lower tensor rate
     ("H200", ChipPeak(4800, 989)),
     ("H100 NVL", ChipPeak(3900, 835)),
     ("H100 PCIe", ChipPeak(2000, 756)),
@@ -42,7 +44,7 @@ def chip_peak(gpu_name: str | None) -> tuple[ChipPeak | None, str]:
     """The peaks to judge `gpu_name` against, and where they came from (or why there are none)."""
     if not gpu_name:
         return None, "no GPU name"
-    known = next((peak for key, peak in GPU_PEAKS if key in gpu_name), None)
+    known = next((peak for key, peak in sorted(GPU_PEAKS, key=lambda entry: -len(entry[0])) if key in gpu_name), None)
     bandwidth = os.environ.get(BANDWIDTH_ENV)
     tflops = os.environ.get(TFLOPS_ENV)
     if known is None and not (bandwidth and tflops):

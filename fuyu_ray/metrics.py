@@ -39,12 +39,15 @@ _VQA_PUNCTUATION = (
     ">", "<", "@", "`", ",", "?", "!",
 )
 
-_COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)")
-# Copied verbatim from EvalAI. "(?!<=\d)" was meant as a lookbehind but is a
-# lookahead that never fails, so in effect: a "." not followed by a digit.
-# EvalAI passes re.UNICODE (== 32) as sub()'s *count*, capping it at 32
-# deletions; we delete all, which only differs on answers with >32 periods.
+# Commas are already gone by the time this is consulted (the tokenize step
+# deletes them), so in practice it never matches; kept as EvalAI has it.
+_COMMA_BETWEEN_DIGITS = re.compile(r"(?<=\d)(,)+(?=\d)")
+# As in EvalAI. "(?!<=\d)" was meant as a lookbehind but is a lookahead that
+# never fails, so in effect: a "." not followed by a digit.
 _PERIOD_NOT_BEFORE_DIGIT = re.compile(r"(?!<=\d)(\.)(?!\d)")
+# EvalAI passes re.UNICODE (== 32) where sub() expects its *count*, so only
+# the first 32 such periods are deleted; reproduced for identical output.
+_MAX_PERIODS_STRIPPED = 32
 
 _NUMBER_WORDS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3",
@@ -54,45 +57,66 @@ _NUMBER_WORDS = {
 
 _ARTICLES = frozenset({"a", "an", "the"})
 
-# Missing-apostrophe spellings that annotators and models both produce. Words
-# that are also ordinary English ("its", "well", "ill", "were", "shed") are
-# left out on purpose: mapping them would corrupt correct answers.
+# EvalAI's contraction table, entry for entry as MMF and lmms-eval ship it,
+# quirks included. It is consulted after the answer has been lower-cased and
+# after "'s" has been split off into " 's", so some entries can never fire:
+# the capitalised keys ("Im", "Ive", "Id've", "I'dve") and the keys holding
+# "'s" ("let's", "she's", "ow's'at", "'ow'sat"). "somebody'd" really does map
+# to "somebodyd". Ordinary words that look like contractions ("its", "well",
+# "ill", "shed", "were") are not in it.
 _CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
-    "couldnt": "couldn't", "didnt": "didn't", "doesnt": "doesn't",
-    "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't", "havent": "haven't",
+    "couldnt": "couldn't", "couldn'tve": "couldn't've", "couldnt've": "couldn't've",
+    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't",
+    "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've",
     "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's",
-    "im": "i'm", "ive": "i've", "isnt": "isn't", "itd": "it'd",
-    "itll": "it'll", "lets": "let's", "maam": "ma'am", "mightnt": "mightn't",
-    "mightve": "might've", "mustnt": "mustn't", "mustve": "must've",
-    "neednt": "needn't", "oclock": "o'clock", "shant": "shan't",
-    "shes": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
-    "somebodys": "somebody's", "someones": "someone's",
-    "somethings": "something's", "thats": "that's", "theres": "there's",
-    "theyd": "they'd", "theyll": "they'll", "theyre": "they're",
-    "theyve": "they've", "wasnt": "wasn't", "weve": "we've",
-    "werent": "weren't", "whatll": "what'll", "whatre": "what're",
-    "whats": "what's", "whatve": "what've", "whens": "when's",
-    "whered": "where'd", "wheres": "where's", "whod": "who'd",
-    "wholl": "who'll", "whos": "who's", "whove": "who've", "whys": "why's",
+    "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've",
+    "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've",
+    "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
+    "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
+    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
+    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at",
+    "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
+    "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's",
+    "shouldve": "should've", "shouldnt": "shouldn't", "shouldnt've": "shouldn't've",
+    "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
+    "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
+    "somethingd've": "something'd've", "something'dve": "something'd've",
+    "somethingll": "something'll", "thats": "that's", "thered": "there'd",
+    "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're",
+    "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
+    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're",
+    "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've",
+    "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll",
+    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's",
+    "whered": "where'd", "wheres": "where's", "whereve": "where've", "whod": "who'd",
+    "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll", "whos": "who's",
+    "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
     "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't",
-    "yall": "y'all", "youd": "you'd", "youll": "you'll", "youre": "you're",
-    "youve": "you've",
+    "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've", "yall": "y'all",
+    "yall'll": "y'all'll", "y'allll": "y'all'll", "yall'd've": "y'all'd've",
+    "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll",
+    "youre": "you're", "youve": "you've",
 }
 
 
 def _word_tokenize(text: str) -> str:
-    return text.lower().replace(",", "").replace("?", "").replace("'s", " 's")
+    return text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
 
 
 def _clean_whitespace(text: str) -> str:
-    return text.lower().replace("\n", " ").replace("\t", " ").strip()
+    return text.replace("\n", " ").replace("\t", " ").strip()
 
 
 def _process_punctuation(text: str) -> str:
     # Every decision looks at the *input* text, not the partly processed one,
-    # exactly as EvalAI does; a digit-comma-digit anywhere switches every
-    # character to deletion, which is what keeps "1,000" equal to "1000".
+    # exactly as EvalAI does; a digit-comma-digit anywhere would switch every
+    # character to deletion ("1,000" already became "1000" when tokenizing).
     has_digit_comma = _COMMA_BETWEEN_DIGITS.search(text) is not None
     out = text
     for p in _VQA_PUNCTUATION:
@@ -100,19 +124,22 @@ def _process_punctuation(text: str) -> str:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out)
+    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out, count=_MAX_PERIODS_STRIPPED)
 
 
 def _process_digits_and_articles(text: str) -> str:
-    words = [_NUMBER_WORDS.get(w, w) for w in text.split()]
+    # Numbers, then articles, then contractions, all on lower-cased words,
+    # which is why the table's capitalised keys never match.
+    words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
     words = [w for w in words if w not in _ARTICLES]
     return " ".join(_CONTRACTIONS.get(w, w) for w in words)
 
 
 def normalize_vqa_answer(text: str) -> str:
     """EvalAI answer normalisation as MMF's and lmms-eval's ``EvalAIAnswerProcessor`` apply it
-    to TextVQA: their word_tokenize step first (lowercase, delete "," and "?", "'s" -> " 's"),
-    then whitespace, punctuation, and digits/articles/contractions."""
+    to TextVQA: their word_tokenize step first (lowercase, delete "," and "?", "'s" -> " 's",
+    strip), then newlines/tabs to spaces and strip, punctuation and periods, and finally
+    number words, articles and contractions on the lower-cased words."""
     text = _word_tokenize(text)
     text = _clean_whitespace(text)
     text = _process_punctuation(text)

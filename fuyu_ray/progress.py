@@ -8,11 +8,6 @@ import time
 from fuyu_ray.cells import Cell
 
 
-def describe(cell: Cell) -> str:
-    p = cell.point
-    return f"{p.device} {p.optimization} {p.dataset} batch={p.batch_size} image={p.image_size} seq_len={p.seq_len}"
-
-
 def outcome_line(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['status']}: {row.get('error') or ''}"
@@ -68,7 +63,7 @@ class RichProgress(PlainProgress):
 
     def started(self, cell: Cell) -> None:
         self.running[cell.cell_id] = time.monotonic()
-        self.bar.update(self.task, description=describe(cell))
+        self.bar.update(self.task, description=cell.description)
 
     def finished(self, cell_description: str, row: dict) -> None:
         self.done += 1

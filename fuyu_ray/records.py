@@ -19,7 +19,8 @@ _str, _int, _float, _bool = pa.string(), pa.int64(), pa.float64(), pa.bool_()
 CELL_SCHEMA = pa.schema([
     # identity and settings
     ("cell_id", _str), ("model", _str), ("model_label", _str), ("weights", _str),
-    ("device", _str), ("dataset", _str), ("batch_size", _int), ("image_size", _int), ("seq_len", _int),
+    ("device", _str), ("dataset", _str), ("batch_size", _int), ("image_size", _int),
+    ("image_width", _int), ("image_height", _int), ("seq_len", _int),
     ("optimization", _str), ("limit", _int), ("dataset_source", _str), ("dataset_split", _str),
     ("dataset_description", _str), ("attention", _str), ("dtype", _str), ("tokenizer_note", _str),
     # outcome
@@ -32,9 +33,11 @@ CELL_SCHEMA = pa.schema([
     # latency, seconds per batch
     ("latency_s", _float), ("latency_p90_s", _float), ("latency_mean_s", _float), ("latency_std_s", _float),
     ("latency_n", _int), ("prefill_s", _float), ("prefill_p90_s", _float),
+    ("ttft_s", _float), ("ttft_p90_s", _float), ("prefill_compute_s", _float), ("prefill_compute_p90_s", _float),
     ("decode_s_per_token", _float), ("decode_p90_s_per_token", _float),
     ("samples_per_s", _float), ("tokens_per_s", _float), ("first_call_s", _float), ("warmup_s", _float), ("compile_s", _float),
     ("warmup_batches", _int), ("recompiles", _int), ("decoder", _str),
+    ("first_token_top1_match", _float), ("first_token_max_logit_diff", _float),
     # energy
     ("energy_j_per_sample", _float), ("energy_j_per_batch", _float),
     ("energy_above_idle_j_per_sample", _float), ("energy_above_idle_j_per_batch", _float),

@@ -198,6 +198,13 @@ def measurement_notes(cells: pl.DataFrame) -> list[str]:
     return notes
 
 
+SEED_SECTION_NAMES = {"batch": "Batch", "batch_size": "Batch", "seq_len": "Sequence Length"}  # as the seed report names them
+
+
+def section_title(sweep: str) -> str:
+    return f"{SEED_SECTION_NAMES.get(sweep, sweep.replace('_', ' ').title())} Tests"
+
+
 def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str, Any], plots: dict[str, str]) -> str:
     labels = ", ".join(cells.get_column("model_label").drop_nulls().unique().to_list()) if not cells.is_empty() else job.model
     parts = [
@@ -214,7 +221,7 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
                   + ". Brackets hold the 95% interval; n is the number of scored samples.", ""]
     for sweep in job.sweeps:
         rows = section_rows(cells, grid, sweep)
-        parts += [f"## {sweep.replace('_', ' ').title()} tests", "", f"Fixed: {fixed_settings(job, sweep)}", ""]
+        parts += [f"## {section_title(sweep)}", "", f"Fixed: {fixed_settings(job, sweep)}", ""]
         parts += [sweep_table(job, sweep, rows), ""]
         cut = [f"{DATASET_TITLES[r['dataset']]} at seq_len {r['seq_len']}: {r['truncated_prompts']}/{r['n_samples']}"
                for r in rows if r.get("truncated_prompts")]

@@ -26,6 +26,7 @@ from fuyu_ray.models import LoadedModel, PresetUnsupported, load_model
 from fuyu_ray.records import CUDA_FATAL, cell_batch, now_iso, outcome_row, sample_table
 from fuyu_ray.prompts import Prompt, TaskSettings, build_prompt
 from fuyu_ray.scoring import score, unscored
+from fuyu_ray.spec import image_dims
 
 PATCH = 30  # Fuyu's image patch side in pixels
 
@@ -43,14 +44,24 @@ class Batch:
     prompt_length: int
 
 
+class CellDeadline(Exception):
+    """The cell ran past the deadline it was given; its record is a timeout with this reason."""
+
+
 def padded_side(image_size: int) -> int:
     return math.ceil(image_size / PATCH) * PATCH
 
 
-def image_token_count(image_size: int) -> int:
-    """rows * (cols + 1): each row of patches ends with a |NEWLINE| token."""
-    side = math.ceil(image_size / PATCH)
-    return side * (side + 1)
+def padded_dims(image_size: int | str) -> tuple[int, int]:
+    """(width, height) of the canvas the processor pads the image to: whole patches."""
+    width, height = image_dims(image_size)
+    return padded_side(width), padded_side(height)
+
+
+def image_token_count(image_size: int | str) -> int:
+    """rows * (cols + 1), rows = ceil(H / 30), cols = ceil(W / 30): each row of patches ends with a |NEWLINE| token."""
+    width, height = padded_dims(image_size)
+    return (height // PATCH) * (width // PATCH + 1)
 
 
 class CellRunner:
@@ -84,13 +95,16 @@ class CellRunner:
                                         "give cpus_per_actor a whole node to measure CPU energy")
         return energy.meter_for(self.variant.device)
 
-    def run(self, cell: Cell) -> CellResult:
+    def run(self, cell: Cell, deadline: float | None = None) -> CellResult:
+        """One cell's record. With a `deadline` (a `time.perf_counter()` value), a cell still running
+        past it stops at the next point where that is safe (after the warm-up, after any timed
+        batch, before counting FLOPs) with a timeout record saying where."""
         started_at, started = now_iso(), time.perf_counter()
         base = {**cell.settings(), **self.context, "variant_hash": self.variant.variant_hash, "load_s": self.load_s}
         if self.unsupported is not None:
             return CellResult(cell_batch(outcome_row(base, "skipped", self.unsupported, started_at=started_at)), sample_table([]))
         try:
-            row, samples = self._measure(cell)
+            row, samples = self._measure(cell, deadline)
             row.update(base, status="ok", error=None, started_at=started_at, finished_at=now_iso())
         except Exception as exc:  # a cell's failure is its record, and the actor goes on to the next cell
             row, samples = outcome_row(base, *classify(exc), started_at=started_at), []
@@ -129,9 +143,17 @@ class CellRunner:
 
     # --- one cell -------------------------------------------------------------------------
 
-    def _measure(self, cell: Cell) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _measure(self, cell: Cell, deadline: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         loaded = self.loaded
         point = cell.point
+        started = time.perf_counter()
+
+        def check_deadline(where: str) -> None:
+            now = time.perf_counter()
+            if deadline is not None and now > deadline:
+                raise CellDeadline(f"stopped {where}: past its deadline by {now - deadline:.1f} s "
+                                   f"({now - started:.1f} s into the cell)")
+
         settings = TaskSettings.for_task(point.dataset, cell.task_override)
         data = load_samples(point.dataset, cell.source, cell.limit)
         if not data.samples:
@@ -149,7 +171,8 @@ class CellRunner:
             if decoder is None:
                 return generate(loaded, batch, settings.max_new_tokens, ignore_eos, token_clock)
             with attention_context(loaded):
-                return decoder.generate(batch.inputs, settings.max_new_tokens, loaded.eos_token_id, ignore_eos, on_token=token_clock)
+                return decoder.generate(batch.inputs, settings.max_new_tokens, loaded.eos_token_id, ignore_eos,
+                                        on_token=token_clock, prefill_timer=token_clock.prefill)
 
         clocks = self._clocks()
         compile_s_before = decoder.compile_s if decoder else 0.0
@@ -159,6 +182,7 @@ class CellRunner:
             else:
                 first_call_s = warmup_s = warm_up(run_batch, batches[0], point.device)
                 warmup_batches = 1
+            check_deadline("after the warm-up")
             compilations_warm = decoder.compilations if decoder else 0
             timings: list[BatchTiming] = []
             first_pass: list[torch.Tensor] = []
@@ -169,6 +193,7 @@ class CellRunner:
                     timings.append(timing)
                     if len(first_pass) < len(batches):
                         first_pass.append(output)
+                    check_deadline(f"after timed batch {len(timings)}")
 
             window = energy.run_until_min_window(timed_pass, self.meter, self.min_energy_window_s)
         clocks_end = self._clocks()
@@ -177,7 +202,9 @@ class CellRunner:
         predictions, generations, generated, stopped = decode_outputs(loaded, batches, first_pass, len(data.samples))
         # Random weights answer nothing: skip scoring (and its pycocoevalcap import on bare GPU boxes).
         task_score = score(point.dataset, data.samples, predictions) if loaded.accuracy_note is None else unscored(point.dataset, len(data.samples))
+        check_deadline("before counting FLOPs")
         flops = count_cell_flops(loaded, batches[0])
+        agreement = first_token_columns(loaded, decoder, batches[0])
 
         workload = workload_columns(data, prompts, batches, settings, generated, ignore_eos, point.image_size)
 
@@ -195,8 +222,9 @@ class CellRunner:
             "compile_s": decoder.compile_s - compile_s_before if decoder else None,
             "recompiles": decoder.compilations - compilations_warm if decoder else None,
             "decoder": describe_decoder(decoder),
+            **agreement,
             **hardware.roofline_columns(
-                self.device_info.get("gpu_name"), loaded, latency["prefill_s"], latency["decode_s_per_token"], flops, point.batch_size,
+                self.device_info.get("gpu_name"), loaded, latency["prefill_compute_s"], latency["decode_s_per_token"], flops, point.batch_size,
                 context_tokens=mean_context_tokens(batches, workload["generated_tokens_mean"]),
             ),
             **accuracy_columns(task_score, loaded),
@@ -212,9 +240,23 @@ def describe_decoder(decoder) -> str:
     return "transformers generate" if decoder is None else decoder.describe()
 
 
-def prepare_batches(loaded: LoadedModel, samples: list[Sample], prompts: list[Prompt], image_size: int, batch_size: int) -> list[Batch]:
-    """Processor work happens here, outside any timed window: latency is generate's time alone."""
-    side = padded_side(image_size)
+def first_token_columns(loaded: LoadedModel, decoder, batch: Batch) -> dict[str, Any]:
+    """A compiled path's first-token agreement with stock `generate` on the cell's first batch
+    (same weights, same inputs); nothing for the stock paths themselves."""
+    if decoder is None:
+        return {}
+    from fuyu_ray.decoding import first_token_agreement
+
+    return first_token_agreement(loaded.model, decoder, batch.inputs, context=lambda: attention_context(loaded))
+
+
+def prepare_batches(loaded: LoadedModel, samples: list[Sample], prompts: list[Prompt], image_size: int | str, batch_size: int) -> list[Batch]:
+    """Processor work happens here, outside any timed window: latency is generate's time alone.
+
+    Each image is resized to the cell's image_size (S x S, or W x H); the processor pads it to
+    whole patches and cuts rows * (cols + 1) image tokens."""
+    width, height = image_dims(image_size)
+    padded_width, padded_height = padded_dims(image_size)
     count = math.ceil(len(samples) / batch_size) * batch_size
     order = [i % len(samples) for i in range(count)]
     dtype = next(loaded.model.parameters()).dtype
@@ -222,12 +264,12 @@ def prepare_batches(loaded: LoadedModel, samples: list[Sample], prompts: list[Pr
     for start in range(0, count, batch_size):
         indices = order[start : start + batch_size]
         inputs = loaded.processor(
-            images=[samples[i].image.resize((image_size, image_size)) for i in indices],
+            images=[samples[i].image.resize((width, height)) for i in indices],
             text=[prompts[i].text for i in indices],
             return_tensors="pt",
             # The processor pads to this canvas before cutting patches; the 1080x1920 default
             # gives the same tokens for a smaller image and costs far more time.
-            size={"height": side, "width": side},
+            size={"height": padded_height, "width": padded_width},
         )
         inputs = {k: v.to(loaded.variant.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         inputs["image_patches"] = inputs["image_patches"].to(dtype)
@@ -259,8 +301,15 @@ def generate(loaded: LoadedModel, batch: Batch, max_new_tokens: int, ignore_eos:
     }
     if ignore_eos:
         options["min_new_tokens"] = max_new_tokens
-    with torch.inference_mode(), attention_context(loaded):
-        return loaded.model.generate(**batch.inputs, **options)
+    # The first forward of `generate` is the prefill: hooks mark it, apart from generate's host set-up.
+    pre_hook = loaded.model.register_forward_pre_hook(lambda module, args: token_clock.prefill_started())
+    hook = loaded.model.register_forward_hook(lambda module, args, output: token_clock.prefill_finished())
+    try:
+        with torch.inference_mode(), attention_context(loaded):
+            return loaded.model.generate(**batch.inputs, **options)
+    finally:
+        pre_hook.remove()
+        hook.remove()
 
 
 def warm_up(run_batch, batch: Batch, device: str) -> float:
@@ -348,6 +397,7 @@ def workload_columns(data: LoadedSamples, prompts, batches, settings, generated,
 def latency_columns(timings: list[BatchTiming], batch_size: int, first_call_s, warmup_s, warmup_batches) -> dict[str, Any]:
     total = spread([t.total_s for t in timings])
     prefill = spread([t.prefill_s for t in timings])
+    compute = spread([t.prefill_compute_s for t in timings])
     decode = spread([t.decode_s_per_token for t in timings])
     busy = sum(t.total_s for t in timings)
     tokens = sum(t.steps for t in timings) * batch_size
@@ -355,6 +405,8 @@ def latency_columns(timings: list[BatchTiming], batch_size: int, first_call_s, w
         "latency_s": total.median, "latency_p90_s": total.p90, "latency_mean_s": total.mean,
         "latency_std_s": total.std, "latency_n": total.n,
         "prefill_s": prefill.median, "prefill_p90_s": prefill.p90,
+        "ttft_s": prefill.median, "ttft_p90_s": prefill.p90,
+        "prefill_compute_s": compute.median, "prefill_compute_p90_s": compute.p90,
         "decode_s_per_token": decode.median, "decode_p90_s_per_token": decode.p90,
         "samples_per_s": len(timings) * batch_size / busy if busy else None,
         "tokens_per_s": tokens / busy if busy else None,
@@ -412,6 +464,8 @@ def classify(exc: Exception) -> tuple[str, str]:
     """
     if isinstance(exc, PresetUnsupported):
         return "skipped", str(exc)
+    if isinstance(exc, CellDeadline):
+        return "timeout", str(exc)
     chain = _causes(exc)
     accelerator_error = getattr(torch, "AcceleratorError", ())
     # First: a broken CUDA context outranks an OOM it may have been raised while handling.

@@ -34,9 +34,18 @@ def unscored(task: str, n: int) -> TaskScore:
     return TaskScore(None, METRIC_NAMES[task], None, None, n, [None] * n)
 
 
+NO_REFERENCES = "this split has no reference answers (a test split often has none): timed, not scored"
+
+
+def has_reference(sample: Sample) -> bool:
+    return bool(sample.references) or sample.answer_index is not None
+
+
 def score(task: str, samples: Sequence[Sample], predictions: Sequence[str]) -> TaskScore:
     if not samples:
         return TaskScore(None, METRIC_NAMES[task], None, None, 0, [], note="no samples could be scored")
+    if not any(has_reference(s) for s in samples):
+        return TaskScore(None, METRIC_NAMES[task], None, None, 0, [None] * len(samples), note=NO_REFERENCES)
     if task == "textvqa":
         return _score_textvqa(samples, predictions)
     if task == "scienceqa":

@@ -6,6 +6,7 @@ so bad input is one line naming the file and the key, and nothing else happens.
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,8 @@ DEVICES = ("cpu", "cuda")
 TASKS = ("textvqa", "scienceqa", "coco")
 WEIGHTS = ("pretrained", "random")
 AXES = ("device", "dataset", "batch_size", "image_size", "seq_len", "optimization")
-POSITIVE_INT_AXES = ("batch_size", "image_size", "seq_len")
+POSITIVE_INT_AXES = ("batch_size", "seq_len")
+_WIDTH_BY_HEIGHT = re.compile(r"(\d+)\s*[xX]\s*(\d+)")
 
 
 class JobError(ValueError):
@@ -48,7 +50,7 @@ class Point:
     device: str
     dataset: str
     batch_size: int
-    image_size: int
+    image_size: int | str  # S (an S x S image) or "WxH"
     seq_len: int
     optimization: str
 
@@ -191,9 +193,34 @@ def check_axis_value(axis: str, value: Any, key: str, fail) -> Any:
     elif axis == "optimization":
         if value not in PRESET_NAMES:
             raise fail(key, f"unknown optimization {value!r} (known: {', '.join(PRESET_NAMES)})")
+    elif axis == "image_size":
+        try:
+            return image_size_value(value)
+        except ValueError as exc:
+            raise fail(key, str(exc)) from None
     elif axis in POSITIVE_INT_AXES:
         _positive_int(value, key, fail)
     return value
+
+
+def image_size_value(value: Any) -> int | str:
+    """An image_size as cells carry it: S for a square (also written "SxS"), else "WxH" (width x height)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _WIDTH_BY_HEIGHT.fullmatch(value.strip()) if isinstance(value, str) else None
+    width, height = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"must be a positive integer S (S x S pixels) or 'WxH' such as '1920x1080', got {value!r}")
+    return width if width == height else f"{width}x{height}"
+
+
+def image_dims(image_size: int | str) -> tuple[int, int]:
+    """(width, height) in pixels of an image_size value."""
+    value = image_size_value(image_size)
+    if isinstance(value, int):
+        return value, value
+    width, height = value.split("x")
+    return int(width), int(height)
 
 
 def _parse_point(raw: Any, key: str, fail) -> Point:
@@ -205,8 +232,7 @@ def _parse_point(raw: Any, key: str, fail) -> Point:
     for axis in AXES:
         if axis not in raw:
             raise fail(f"{key}.{axis}", "missing")
-        check_axis_value(axis, raw[axis], f"{key}.{axis}", fail)
-    return Point(**{axis: raw[axis] for axis in AXES})
+    return Point(**{axis: check_axis_value(axis, raw[axis], f"{key}.{axis}", fail) for axis in AXES})
 
 
 def _parse_sweeps(raw: Any, fail) -> dict[str, dict[str, list[Any]]]:

@@ -7,6 +7,7 @@ is never read back and is replaced by the next write.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -81,7 +82,14 @@ class ResultStore:
     def write_cell(self, record: pa.RecordBatch, samples: pa.Table) -> None:
         cell_id = record.column("cell_id")[0].as_py()
         self.write_table(f"samples/{cell_id}.parquet", samples)
-        self.write_table(f"cells/{cell_id}.parquet", pa.Table.from_batches([record]))
+        try:
+            self.write_table(f"cells/{cell_id}.parquet", pa.Table.from_batches([record]))
+        except BaseException:
+            # Samples without their cell are half a result: the rerun that recomputes the cell writes both.
+            with contextlib.suppress(OSError):
+                if self.filesystem.get_file_info(self.path(f"cells/{cell_id}.parquet")).type == pafs.FileType.NotFound:
+                    self.filesystem.delete_file(self.path(f"samples/{cell_id}.parquet"))
+            raise
 
     # --- reading back -----------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
     .venv/bin/python tests/bench_measurement.py
 
-1. A stand-in that spins 50 ms per batch, timed over 50 batches: median within 1% of 50 ms.
+1. A stand-in that spins 50 ms per batch (20 ms to the first token, then 3 x 10 ms), timed over 50 batches:
+   median total, prefill and decode per token each within 1%, and prefill + decode within 1 ms of the total.
 2. The default job end to end: busy / (wall x workers) from run.json, target >= 0.85.
 """
 
@@ -36,10 +37,18 @@ def timing_accuracy() -> bool:
     timings = [time_batch(spinning_model, "cpu")[1] for _ in range(50)]
     latency = spread([t.total_s for t in timings])
     prefill = spread([t.prefill_s for t in timings])
+    decode = spread([t.decode_s_per_token for t in timings])
     error = abs(latency.median - 0.050) / 0.050
+    prefill_error = abs(prefill.median - 0.020) / 0.020
+    decode_error = abs(decode.median - 0.010) / 0.010
+    # prefill + 3 decode steps must add up to the batch: nothing lost between the stamps and the total
+    worst_gap = max(abs(t.prefill_s + 3 * t.decode_s_per_token - t.total_s) for t in timings)
+    steps = {t.steps for t in timings}
     print(f"50 ms stand-in: median {latency.median * 1000:.3f} ms (p90 {latency.p90 * 1000:.3f}, n={latency.n}), "
-          f"error {error:.3%}; prefill median {prefill.median * 1000:.3f} ms (20 expected)")
-    return error < 0.01
+          f"error {error:.3%}; prefill median {prefill.median * 1000:.3f} ms (20 expected, error {prefill_error:.3%}); "
+          f"decode median {decode.median * 1000:.3f} ms/token (10 expected, error {decode_error:.3%}); "
+          f"largest gap between prefill + decode and the total {worst_gap * 1000:.3f} ms; steps {sorted(steps)}")
+    return error < 0.01 and prefill_error < 0.01 and decode_error < 0.01 and worst_gap < 0.001 and steps == {4}
 
 
 def harness_overhead() -> bool:

@@ -17,6 +17,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from fuyu_ray.store import TEMP_MARK
+
 from conftest import ROOT, run_grid, write_job
 
 pytestmark = pytest.mark.slow
@@ -57,6 +59,15 @@ def wait_for(condition, timeout: float = 60.0, every: float = 0.2):
             return value
         time.sleep(every)
     raise AssertionError("condition not met in time")
+
+
+def nodes_on_disk(out) -> set[str]:
+    """The node ids of the cells written so far (whole files only: a temporary is renamed when complete)."""
+    found = set()
+    for path in (out / "cells").glob("*.parquet") if (out / "cells").exists() else []:
+        if not path.name.startswith(TEMP_MARK):
+            found.update(pl.read_parquet(path).get_column("node_id").drop_nulls().to_list())
+    return found
 
 
 def grid_actors() -> list[dict]:
@@ -115,12 +126,19 @@ def test_a_node_that_leaves_loses_nothing(cluster, tmp_path):
     job = standin_job(tmp_path, "standin:sleep=1", [1, 2, 3, 4, 5, 6, 7, 8], "max_actors_per_variant: auto\n")
     out = tmp_path / "out"
     driver = start_driver(job, out, head.address)
-    wait_for(lambda: len(list((out / "cells").glob("*.parquet"))) >= 2 if (out / "cells").exists() else False)
+    # Remove the node only once it has finished a cell of its own: it is then running its next one.
+    wait_for(lambda: extra_node.node_id in nodes_on_disk(out))
     head.remove_node(extra_node)
     driver.communicate(timeout=180)
     table = cells(out)
     assert table.height == 8  # every cell has exactly one record
     assert set(table.get_column("status")) <= {"ok", "failed"}
+    on_removed = table.filter(pl.col("node_id") == extra_node.node_id)
+    assert on_removed.height >= 1 and set(on_removed.get_column("status")) == {"ok"}  # what it finished is kept
+    removed_actors = set(on_removed.get_column("actor"))
+    failed = table.filter(pl.col("status") == "failed")
+    # Only the cell in flight on the node that left is lost (recorded as failed, to be retried), none elsewhere.
+    assert set(failed.get_column("actor")) <= removed_actors, failed.select("actor", "error").rows()
     rerun = run_grid("--job", job, "--out", str(out), "--address", head.address)
     assert rerun.returncode == 0
     assert cells(out).get_column("status").to_list() == ["ok"] * 8

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -447,25 +446,67 @@ def test_rapl_tree_without_packages_is_unavailable(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- selection
 
 
-@pytest.mark.skipif(
-    os.path.isdir("/sys/class/powercap"), reason="this machine has a powercap tree"
-)
-def test_meter_for_cpu_without_powercap_is_unavailable_naming_path() -> None:
+def exactly_a_reading_or_a_reason(meter: EnergyMeter, reason_names: tuple[str, ...]) -> None:
+    """A meter either reads (and has no reason), or has a reason that says what failed (and never reads)."""
+    if meter.unavailable_reason is None:
+        assert meter.available
+        first = meter.read_joules()
+        assert isinstance(first, float) and first >= 0.0
+        assert meter.read_joules() >= first  # a cumulative counter
+    else:
+        assert not meter.available
+        assert any(name in meter.unavailable_reason for name in reason_names), meter.unavailable_reason
+        with pytest.raises(EnergyUnavailable) as raised:
+            meter.read_joules()
+        assert str(raised.value) == meter.unavailable_reason
+
+
+def test_meter_for_cpu_reads_the_powercap_tree_or_says_why_not_naming_it() -> None:
     meter = meter_for("cpu")
 
     assert isinstance(meter, RaplEnergyMeter)
-    assert meter.unavailable_reason is not None
-    assert "/sys/class/powercap" in meter.unavailable_reason
+    assert meter.method == "rapl-powercap"
+    assert meter.root == Path("/sys/class/powercap")
+    exactly_a_reading_or_a_reason(meter, ("/sys/class/powercap",))
+
+
+@pytest.mark.parametrize("tree", ["missing", "no packages", "packages"])
+def test_rapl_meter_on_a_fake_powercap_tree_reads_or_names_the_tree(tmp_path: Path, tree: str) -> None:
+    root = tmp_path / "powercap"
+    if tree == "no packages":
+        write_zone(root, "intel-rapl:0:0", "core", 1, MAX_RANGE_UJ)
+    elif tree == "packages":
+        write_zone(root, "intel-rapl:0", "package-0", 1_000, MAX_RANGE_UJ)
+
+    meter = RaplEnergyMeter(root=str(root))
+
+    assert meter.available == (tree == "packages")
+    exactly_a_reading_or_a_reason(meter, (str(root),))
 
 
 def test_meter_for_cuda_returns_nvml_meter_even_when_unavailable() -> None:
     meter = meter_for("cuda:0")
     try:
         assert isinstance(meter, NvmlEnergyMeter)
-        # Either a real GPU is readable, or a reason says why not: never silent.
-        assert meter.available or meter.unavailable_reason
+        assert meter.method == "nvml-total-energy"
+        # Either a real GPU is readable, or a reason says why not: never silent, never a made-up reading.
+        exactly_a_reading_or_a_reason(meter, ("NVML", "energy counter", "MIG"))
     finally:
         meter.close()
+
+
+def test_an_unavailable_nvml_meter_gives_its_reason_not_a_reading() -> None:
+    meter = NvmlEnergyMeter(nvml=FakeNvml(FakeClock(), init_error=RuntimeError("driver not loaded")))
+    exactly_a_reading_or_a_reason(meter, ("driver not loaded",))
+    assert meter.unavailable_reason.startswith("NVML not available")
+
+
+def test_an_available_nvml_meter_reads_and_has_no_reason() -> None:
+    clock = FakeClock()
+    meter = NvmlEnergyMeter(nvml=FakeNvml(clock))
+    clock.advance(1.0)
+    exactly_a_reading_or_a_reason(meter, ())
+    assert meter.read_joules() == pytest.approx(FAKE_WATTS * 1.0)
 
 
 def test_meter_for_unknown_device_is_no_meter() -> None:

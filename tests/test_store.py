@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 
 from fuyu_ray.records import cell_batch, outcome_row, sample_table
 from fuyu_ray.store import TEMP_MARK, ResultStore
@@ -40,11 +41,28 @@ def test_failed_write_leaves_no_file(tmp_path):
             handle.write(b"partial")
         raise RuntimeError("disk gone")
 
-    try:
+    with pytest.raises(RuntimeError, match="disk gone"):
         store._write_atomically(store.path("cells/z.parquet"), explode)
-    except RuntimeError:
-        pass
-    assert list((tmp_path / "cells").iterdir()) == []
+    assert list((tmp_path / "cells").iterdir()) == []  # neither the target nor the half-written temporary
+    assert store.done_cells() == {}
+
+
+def test_a_failed_write_keeps_the_previous_file_whole(tmp_path):
+    store = ResultStore.at(str(tmp_path))
+    store.ensure_dirs()
+    store.write_cell(record("k"), sample_table([]))
+    before = (tmp_path / "cells" / "k.parquet").read_bytes()
+
+    def explode(target):
+        with open(target, "wb") as handle:
+            handle.write(b"partial")
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError, match="disk gone"):
+        store._write_atomically(store.path("cells/k.parquet"), explode)
+    assert [p.name for p in (tmp_path / "cells").iterdir()] == ["k.parquet"]
+    assert (tmp_path / "cells" / "k.parquet").read_bytes() == before
+    assert store.done_cells() == {"k": "ok"}
 
 
 def test_file_uri(tmp_path):
