@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import random
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,8 @@ def open_dataset(task: str, source: DatasetSource):
     default = DEFAULT_SOURCES[task]
     split = source.split or default.split
     path = Path(source.source)
+    if source.source.startswith((".", "/", "~")) and not path.exists():
+        raise FileNotFoundError(f"dataset folder {source.source} does not exist on this worker ({socket.gethostname()})")
     if is_saved_dataset(path):
         loaded = datasets.load_from_disk(str(path))
         dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded

@@ -9,25 +9,21 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import urlparse
 
 from fuyu_ray import __version__
-from fuyu_ray.cells import Cell, expand
+from fuyu_ray.cells import expand
+from fuyu_ray.connect import check_reachable, check_token, connect, dashboard_line, job_facts
 from fuyu_ray.progress import make_progress
 from fuyu_ray.records import now_iso
 from fuyu_ray.spec import JobError, JobSpec, load_job
+from fuyu_ray.store import RETRYABLE, cells_to_run
 
 DEFAULT_JOB = "jobs/smoke.yaml"
-RETRYABLE = ("failed", "oom", "timeout")
-RAY_NAMESPACE = "fuyu_ray"
-CONNECT_TIMEOUT_S = float(os.environ.get("FUYU_RAY_CONNECT_TIMEOUT_S", "60"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
     parser.add_argument("--force", action="store_true", help="recompute cells already on disk")
     parser.add_argument("--no-retry-failed", action="store_true", help="keep failed, oom and timeout cells as they are")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the cells and check on the workers that the model and datasets resolve; load and write nothing")
     return parser.parse_args(argv)
 
 
@@ -52,116 +50,6 @@ def check_local_datasets(job: JobSpec) -> None:
                 resolve_local_folder(task, source)
             except DatasetNotFound as exc:
                 raise JobError(f"{job.source_path}: datasets.{task}: {exc}") from None
-
-
-def check_reachable(address: str, origin: str) -> None:
-    """Fail in a second with one line, instead of Ray's long retry loop and traceback."""
-    if address in ("auto", "local"):
-        return
-    parsed = urlparse(address if "://" in address else f"tcp://{address}")
-    if not parsed.hostname or not parsed.port:
-        raise JobError(f"{origin} {address!r}: expected host:port or ray://host:port")
-    try:
-        socket.create_connection((parsed.hostname, parsed.port), timeout=3).close()
-    except OSError as exc:
-        raise JobError(f"{origin} {address!r}: unreachable ({exc.strerror or exc})") from None
-
-
-def check_token(address: str, origin: str) -> None:
-    """A head with token authentication turns a driver without the token away, and ray.init then
-    says only "Failed to connect": ask the GCS directly, which names the reason."""
-    if "://" in address or address in ("auto", "local"):
-        return
-    verdict: list[str] = []
-
-    def probe() -> None:
-        try:
-            from ray._raylet import GcsClient
-
-            GcsClient(address=address).internal_kv_get(b"fuyu_ray_probe", None, timeout=5)
-        except Exception as exc:  # anything but a refused token is left to ray.init to report
-            if type(exc).__name__ == "AuthenticationError":
-                verdict.append(str(exc))
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout=10)
-    if verdict:
-        raise JobError(
-            f"{origin} {address!r}: the cluster wants an authentication token and this driver has none; "
-            "export RAY_AUTH_MODE=token, with the head's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
-            "(`ray get-auth-token` on the head prints it)"
-        )
-
-
-def connect(address: str | None, origin: str, facts: dict[str, str] | None = None):
-    """ray.init, bounded: against something that listens but is not Ray it would retry for minutes."""
-    import ray
-
-    def give_up() -> None:
-        print(f"fuyu_ray: {origin} {address!r}: no Ray cluster answered within {CONNECT_TIMEOUT_S} s", file=sys.stderr, flush=True)
-        os._exit(2)  # from a timer thread, the one way to leave a blocked ray.init; nothing is written yet
-
-    watchdog = threading.Timer(CONNECT_TIMEOUT_S, give_up)
-    watchdog.daemon = True
-    if address:
-        watchdog.start()
-    try:
-        return _init_ray(ray, address, facts or {})
-    finally:
-        watchdog.cancel()
-
-
-def _init_ray(ray, address: str | None, facts: dict[str, str]):
-    from ray.job_config import JobConfig
-
-    started = time.perf_counter()
-    # The dashboard's job list shows this metadata beside the driver's command line.
-    job_config = JobConfig(metadata=facts)
-    # A fixed namespace lets operators (and the fault tests) find the grid's actors by name.
-    if address:
-        context = ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False, job_config=job_config)
-    else:
-        # "local": a new cluster of our own, never a `ray start` cluster found on this machine, which
-        # may be another user's, or one that has since died and left its address file behind.
-        context = ray.init(address="local", namespace=RAY_NAMESPACE, include_dashboard=True, dashboard_host="127.0.0.1",
-                           log_to_driver=False, job_config=job_config)
-    label_submission(facts)
-    return context, time.perf_counter() - started
-
-
-def job_facts(job: JobSpec, cells_total: int, cells_to_run: int, out: str) -> dict[str, str]:
-    """What the dashboard's job list says of a run: Ray wants string values."""
-    return {"job_name": job.name, "job_file": job.source_path, "cells_total": str(cells_total),
-            "cells_to_run": str(cells_to_run), "out": out, "fuyu_ray_version": __version__}
-
-
-def label_submission(facts: dict[str, str]) -> None:
-    """Under `ray job submit` the dashboard lists the submission's record, not the driver's job:
-    add the facts to that record's metadata too, keeping whatever the submitter set."""
-    import json
-
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
-    from ray.experimental import internal_kv
-
-    try:
-        submission = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}")).get("metadata", {}).get("job_submission_id")
-        if not submission:
-            return
-        key = f"_ray_internal_job_info_{submission}"  # where Ray's job manager keeps a submission's record
-        record = json.loads(internal_kv._internal_kv_get(key, namespace="job") or b"{}")
-        if not record:
-            return
-        record["metadata"] = {**facts, **(record.get("metadata") or {})}
-        internal_kv._internal_kv_put(key, json.dumps(record), overwrite=True, namespace="job")
-    except Exception as exc:  # a label is not worth a run: Ray's internal layout may change
-        print(f"fuyu_ray: could not label the job submission ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
-
-
-def dashboard_line(dashboard: str) -> str:
-    """Ray 2.60 dashboards ask for the cluster's token before they show anything."""
-    return (f"Ray dashboard: http://{dashboard} (it asks for a token: paste the output of `ray get-auth-token`,"
-            " or of `cat ~/.ray/auth_token`; actors waiting in PENDING_CREATION are queued variants, not faults)")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -182,15 +70,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() or None
-
-
-def cells_to_run(cells: tuple[Cell, ...], done: dict[str, str], force: bool, retry_failed: bool) -> list[Cell]:
-    """Skipped cells are always looked at again: a GPU node may have joined since, and a skip is cheap."""
-    def wanted(cell: Cell) -> bool:
-        status = done.get(cell.cell_id)
-        return force or status in (None, "skipped") or (retry_failed and status in RETRYABLE)
-
-    return [cell for cell in cells if wanted(cell)]
 
 
 def stop_on_sigterm() -> None:
@@ -253,6 +132,16 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
     except (ConnectionError, TimeoutError, RuntimeError) as exc:  # something listens there, but not Ray
         print(f"fuyu_ray: {origin} {address!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        import ray
+
+        from fuyu_ray.dryrun import dry_run
+
+        todo_ids = {cell.cell_id for cell in todo}
+        try:
+            return dry_run(job, grid, done, todo_ids, store.root)
+        finally:
+            ray.shutdown()
     try:
         store.ensure_dirs()  # only now: bad input, a bad address included, writes nothing
     except OSError as exc:
@@ -321,9 +210,15 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
               "free space or make it writable, then rerun the same command to finish the rest", file=sys.stderr, flush=True)
         return 1
     print(f"report: {store.path('summary.md')}", flush=True)
+    return exit_status([statuses.get(c.cell_id) for c in grid.cells], interrupted, aborted)
+
+
+def exit_status(cell_statuses: list[str | None], interrupted: bool, aborted: str | None) -> int:
+    """130 interrupted; 1 when the run aborted or a cell failed, ran out of memory or timed out;
+    0 when every cell is ok or skipped. (2, bad input, is decided before anything runs.)"""
     if interrupted:
         return 130
-    return 1 if aborted or any(statuses.get(c.cell_id) in RETRYABLE for c in grid.cells) else 0
+    return 1 if aborted or any(status in RETRYABLE for status in cell_statuses) else 0
 
 
 class StoreFailed(Exception):

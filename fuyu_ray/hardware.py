@@ -138,7 +138,8 @@ def roofline_columns(gpu_name: str | None, loaded, prefill: float | None, decode
 
     Decode's limit is reading, once per token, the weights and the KV cache of the real context
     (`context_tokens` per row, averaged over the decode steps): a cache that reads padded slots
-    pays for them. Prefill's limit is its counted FLOPs at the peak matrix rate.
+    pays for them. Prefill's limit is its counted FLOPs at the peak matrix rate, against `prefill`:
+    the seconds of the first forward alone (`prefill_compute_s`), not the time to first token.
     """
     if loaded.variant.device != "cuda":
         return {"roofline_note": "roofline is for GPU cells"}

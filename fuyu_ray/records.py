@@ -15,6 +15,7 @@ STATUSES = ("ok", "skipped", "failed", "oom", "timeout")
 CUDA_FATAL = "cuda-fatal: "  # marks an error that leaves the worker's CUDA context broken: the driver restarts it
 
 _str, _int, _float, _bool = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+_floats = pa.list_(_float)
 
 CELL_SCHEMA = pa.schema([
     # identity and settings
@@ -37,12 +38,15 @@ CELL_SCHEMA = pa.schema([
     ("decode_s_per_token", _float), ("decode_p90_s_per_token", _float),
     ("samples_per_s", _float), ("tokens_per_s", _float), ("first_call_s", _float), ("warmup_s", _float), ("compile_s", _float),
     ("warmup_batches", _int), ("recompiles", _int), ("decoder", _str),
+    # every timed batch, in order (repeats of the energy window included): compare bootstraps over these
+    ("latency_batches_s", _floats), ("prefill_batches_s", _floats), ("decode_batches_s_per_token", _floats),
     ("first_token_top1_match", _float), ("first_token_max_logit_diff", _float),
     # energy
     ("energy_j_per_sample", _float), ("energy_j_per_batch", _float),
     ("energy_above_idle_j_per_sample", _float), ("energy_above_idle_j_per_batch", _float),
     ("idle_power_w", _float), ("energy_window_s", _float), ("energy_repeats", _int),
     ("energy_method", _str), ("energy_note", _str),
+    ("energy_repeats_j", _floats),  # joules of each pass over the cell's batches inside the energy window
     # FLOPs
     ("flops_per_sample", _float), ("flops_analytic_per_sample", _float), ("macs_per_sample", _float), ("decode_flops_per_token", _float),
     ("prefill_tokens", _int), ("flops_note", _str),

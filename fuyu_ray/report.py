@@ -205,6 +205,15 @@ def section_title(sweep: str) -> str:
     return f"{SEED_SECTION_NAMES.get(sweep, sweep.replace('_', ' ').title())} Tests"
 
 
+def grouped_problems(problems: pl.DataFrame, shown_ids: int = 4) -> list[tuple]:
+    """One row per distinct error: a model that cannot load fails every cell of its variant alike."""
+    groups = problems.group_by("status", "error", maintain_order=True).agg(pl.col("cell_id"))
+    return [
+        (status, error, len(ids), ", ".join(ids[:shown_ids]) + (f" and {len(ids) - shown_ids} more" if len(ids) > shown_ids else ""))
+        for status, error, ids in groups.rows()
+    ]
+
+
 def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str, Any], plots: dict[str, str]) -> str:
     labels = ", ".join(cells.get_column("model_label").drop_nulls().unique().to_list()) if not cells.is_empty() else job.model
     parts = [
@@ -237,8 +246,7 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
     skipped = cells.filter(pl.col("status") == "skipped") if not cells.is_empty() else cells
     if not problems.is_empty():
         parts += ["## Failed, out-of-memory and timed-out cells", "", "They are retried on the next run unless --no-retry-failed.", ""]
-        parts += [markdown_table(["cell_id", "status", "device", "optimization", "dataset", "error"],
-                                 problems.select("cell_id", "status", "device", "optimization", "dataset", "error").rows()), ""]
+        parts += [markdown_table(["status", "error", "cells", "cell ids"], grouped_problems(problems)), ""]
     if not skipped.is_empty():
         parts += ["## Skipped cells", ""]
         parts += [markdown_table(["device", "optimization", "reason", "cells"],

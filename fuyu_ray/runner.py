@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 import socket
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -75,19 +77,27 @@ class CellRunner:
         self.context = {"hostname": socket.gethostname(), "cpu_model": hardware.cpu_model(), **(context or {})}
         self.decoders: dict[tuple[int, int, int, int], Any] = {}  # the one compiled decoder kept warm, by its shape
         started = time.perf_counter()
-        self.loaded, self.unsupported = self._load()
+        self.loaded, self.load_outcome = self._load()
         self.load_s = time.perf_counter() - started
         self.meter = self._meter()
         # Three windows on a GPU, which is still settling from loading the model; one second elsewhere.
         idle_windows = 3 if variant.device == "cuda" else 1
-        self.idle_power_w, _ = energy.measure_idle_power(self.meter, windows=idle_windows) if self.unsupported is None else (None, None)
+        self.idle_power_w, _ = energy.measure_idle_power(self.meter, windows=idle_windows) if self.load_outcome is None else (None, None)
         self.device_info = self.meter.device_info() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
 
-    def _load(self) -> tuple[LoadedModel | None, str | None]:
+    def _load(self) -> tuple[LoadedModel | None, tuple[str, str] | None]:
+        """The model, or the (status, error) that every cell of the variant gets instead.
+
+        A load that raises fails the same way every time within a run (weights not in the cache,
+        a bad path, a config that does not parse, a preset the model rejects), so it is recorded,
+        not retried: the actor stays up and answers each cell at once. Only a crash of the process
+        (a segfault, the OOM killer) restarts it. A rerun tries the load again.
+        """
         try:
             return load_model(self.variant), None
-        except PresetUnsupported as exc:
-            return None, str(exc)
+        except Exception as exc:
+            status, error = classify(exc)
+            return None, (status, error if status == "skipped" else load_error_line(self.variant.model, error))
 
     def _meter(self) -> energy.EnergyMeter:
         if self.variant.device == "cpu" and self.cpu_package_shared:
@@ -101,8 +111,8 @@ class CellRunner:
         batch, before counting FLOPs) with a timeout record saying where."""
         started_at, started = now_iso(), time.perf_counter()
         base = {**cell.settings(), **self.context, "variant_hash": self.variant.variant_hash, "load_s": self.load_s}
-        if self.unsupported is not None:
-            return CellResult(cell_batch(outcome_row(base, "skipped", self.unsupported, started_at=started_at)), sample_table([]))
+        if self.load_outcome is not None:
+            return CellResult(cell_batch(outcome_row(base, *self.load_outcome, started_at=started_at)), sample_table([]))
         try:
             row, samples = self._measure(cell, deadline)
             row.update(base, status="ok", error=None, started_at=started_at, finished_at=now_iso())
@@ -186,14 +196,19 @@ class CellRunner:
             compilations_warm = decoder.compilations if decoder else 0
             timings: list[BatchTiming] = []
             first_pass: list[torch.Tensor] = []
+            repeat_joules: list[float] = []  # each pass's own energy, so that compare can bootstrap over passes
 
             def timed_pass() -> None:
+                before = read_joules(self.meter)
                 for batch in batches:
                     output, timing = time_batch(lambda clock: run_batch(batch, clock), point.device)
                     timings.append(timing)
                     if len(first_pass) < len(batches):
                         first_pass.append(output)
                     check_deadline(f"after timed batch {len(timings)}")
+                after = read_joules(self.meter)
+                if before is not None and after is not None:
+                    repeat_joules.append(after - before)
 
             window = energy.run_until_min_window(timed_pass, self.meter, self.min_energy_window_s)
         clocks_end = self._clocks()
@@ -216,6 +231,7 @@ class CellRunner:
             "eos_fraction": sum(stopped) / len(stopped),
             **latency,
             **energy_columns(window, self.meter, self.idle_power_w, len(timings), point.batch_size),
+            "energy_repeats_j": repeat_joules if window.joules is not None and repeat_joules else None,
             **flops,
             "peak_gpu_allocated_bytes": memory.allocated_bytes, "peak_gpu_reserved_bytes": memory.reserved_bytes,
             "peak_rss_bytes": memory.rss_bytes,
@@ -411,6 +427,9 @@ def latency_columns(timings: list[BatchTiming], batch_size: int, first_call_s, w
         "samples_per_s": len(timings) * batch_size / busy if busy else None,
         "tokens_per_s": tokens / busy if busy else None,
         "first_call_s": first_call_s, "warmup_s": warmup_s, "warmup_batches": warmup_batches,
+        # The raw figures behind the medians, one per timed batch, for compare's intervals.
+        "latency_batches_s": [t.total_s for t in timings], "prefill_batches_s": [t.prefill_s for t in timings],
+        "decode_batches_s_per_token": [t.decode_s_per_token for t in timings],
     }
 
 
@@ -427,6 +446,16 @@ def energy_columns(window: energy.WindowResult, meter: energy.EnergyMeter, idle_
         above = (window.joules - idle_w * window.seconds) / n_batches
         columns.update(energy_above_idle_j_per_batch=above, energy_above_idle_j_per_sample=above / batch_size)
     return columns
+
+
+def read_joules(meter: energy.EnergyMeter) -> float | None:
+    """The meter's counter now, or None where it cannot be read."""
+    if not meter.available:
+        return None
+    try:
+        return meter.read_joules()
+    except energy.EnergyUnavailable:
+        return None
 
 
 def accuracy_columns(task_score, loaded: LoadedModel) -> dict[str, Any]:
@@ -454,6 +483,19 @@ def sample_rows(cell: Cell, samples, prompts, generations, predictions, task_sco
             samples, prompts, generations, predictions, task_score.per_sample, lenient, generated
         )
     ]
+
+
+def load_error_line(model: str, cause: str) -> str:
+    """What went wrong loading the model, and what fixes it, in one line."""
+    path = Path(model)
+    if path.is_dir():
+        fix = "check that the folder holds a transformers checkpoint (config.json, processor files, weights)"
+    elif model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1]:
+        fix = "no such folder on this worker: check the path, or stage it on every node"
+    else:
+        fix = (f"download it into HF_HOME first (`hf download {model}` on a machine with network, then run with "
+               "HF_HUB_OFFLINE=1; see the README, 'Before the seed job')")
+    return f"model {model!r} could not be loaded: {cause}; {fix}"
 
 
 def classify(exc: Exception) -> tuple[str, str]:

@@ -6,6 +6,7 @@ so bad input is one line naming the file and the key, and nothing else happens.
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from dataclasses import dataclass, field
@@ -119,8 +120,9 @@ def parse_job(raw: Any, origin: str) -> JobSpec:
 
     base = _parse_point(raw["base"], "base", fail)
     sweeps = _parse_sweeps(raw["sweeps"], fail)
-    datasets = _parse_datasets(raw.get("datasets") or {}, fail)
-    tasks = _parse_tasks(raw.get("tasks") or {}, fail)
+    # Absent or empty means none; any other non-mapping, `datasets: []` or `tasks: 0` included, is a mistake.
+    datasets = _parse_datasets(_mapping(raw.get("datasets"), "datasets", fail), fail)
+    tasks = _parse_tasks(_mapping(raw.get("tasks"), "tasks", fail), fail)
 
     cpus = raw.get("cpus_per_actor")
     return JobSpec(
@@ -176,9 +178,18 @@ def _actor_cap(value: Any, fail) -> int | None:
     return value
 
 
+def _mapping(value: Any, key: str, fail) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise fail(key, f"must be a mapping, got {value!r}")
+    return value
+
+
 def _positive_number(value: Any, key: str, fail) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise fail(key, f"must be a positive number, got {value!r}")
+    # NaN compares false with everything, and infinity would switch a limit off: both are refused.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise fail(key, f"must be a positive finite number, got {value!r}")
     return float(value)
 
 

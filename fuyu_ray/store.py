@@ -12,14 +12,17 @@ import json
 import os
 import uuid
 from dataclasses import dataclass
+from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from fuyu_ray.cells import Cell
 from fuyu_ray.records import CELL_SCHEMA, SAMPLE_SCHEMA
 
 TEMP_MARK = ".tmp-"
+RETRYABLE = ("failed", "oom", "timeout")  # statuses a rerun computes again, unless told not to
 
 
 def open_location(out: str) -> tuple[pafs.FileSystem, str]:
@@ -135,3 +138,12 @@ class ResultStore:
         # Older files may lack newer columns; give them nulls rather than failing the report.
         columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema]
         return pa.Table.from_arrays(columns, schema=schema)
+
+
+def cells_to_run(cells: Sequence[Cell], done: dict[str, str], force: bool, retry_failed: bool) -> list[Cell]:
+    """Skipped cells are always looked at again: a GPU node may have joined since, and a skip is cheap."""
+    def wanted(cell: Cell) -> bool:
+        status = done.get(cell.cell_id)
+        return force or status in (None, "skipped") or (retry_failed and status in RETRYABLE)
+
+    return [cell for cell in cells if wanted(cell)]

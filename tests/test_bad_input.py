@@ -87,3 +87,19 @@ def test_an_address_where_something_but_not_ray_listens_is_one_final_line(tmp_pa
     assert result.stderr.strip().splitlines()[-1] == f"fuyu_ray: --address '{address}': no Ray cluster answered within 5.0 s"
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("statuses, interrupted, aborted, expected", [
+    (["ok", "skipped", "ok"], False, None, 0),
+    (["ok", "failed"], False, None, 1),
+    (["ok", "oom"], False, None, 1),
+    (["timeout", "skipped"], False, None, 1),
+    (["ok", "ok"], False, "OSError: lost", 1),
+    (["ok", None], True, None, 130),
+    (["failed"], True, None, 130),
+    ([], False, None, 0),
+], ids=["ok-skipped", "failed", "oom", "timeout", "aborted", "interrupted", "interrupted-beats-failed", "empty"])
+def test_the_exit_status_table(statuses, interrupted, aborted, expected):
+    from fuyu_ray.grid import exit_status
+
+    assert exit_status(statuses, interrupted, aborted) == expected

@@ -194,6 +194,8 @@ def test_code_and_hugging_face_cache_are_mounted():
         assert "~/hf_home" in mounts
         # Anchored, so they only keep these out of the ~/fuyu_ray copy.
         assert {"/.venv", "/hf_home"} <= set(config["rsync_exclude"])
+        # One token for every node: Ray 2.60 turns away a node or a submitter without it.
+        assert mounts["~/.ray/auth_token"] == "~/.ray/auth_token"
 
 
 def test_setup_pins_the_projects_versions(config):
@@ -230,7 +232,8 @@ def fake_ray(tmp_path):
         "import json, os, sys\n"
         f"with open({str(log)!r}, 'a') as f:\n"
         "    f.write(json.dumps({'argv': sys.argv[1:], 'HF_HOME': os.environ.get('HF_HOME'),\n"
-        "                        'HF_HUB_OFFLINE': os.environ.get('HF_HUB_OFFLINE')}) + '\\n')\n"
+        "                        'HF_HUB_OFFLINE': os.environ.get('HF_HUB_OFFLINE'),\n"
+        "                        'RAY_AUTH_MODE': os.environ.get('RAY_AUTH_MODE')}) + '\\n')\n"
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     home = tmp_path / "home"
@@ -259,6 +262,7 @@ def test_ray_start_gets_the_offline_cache(config, key, fake_ray):
     hf_mount = next(remote for remote in config["file_mounts"] if remote.rstrip("/").endswith("hf_home"))
     assert start["HF_HOME"] == hf_mount.replace("~", str(home), 1)
     assert start["HF_HUB_OFFLINE"] == "1"
+    assert start["RAY_AUTH_MODE"] == "token", "every node must ask for the cluster's token"
     if key == "head_start_ray_commands":
         assert "--head" in start["argv"]
         assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in start["argv"]

@@ -212,3 +212,79 @@ def test_the_cache_is_allocated_before_the_first_prefill(parts, batches):
     layer = decoder.cache.layers[0]
     assert layer.is_initialized and layer.keys.shape[0] == MAX_BATCH and layer.keys.shape[2] == decoder.max_cache_len
     assert layer.keys.dtype == next(model.parameters()).dtype
+
+
+def test_reset_rewinds_every_layer_and_the_step_buffers_in_one_launch(parts, batches):
+    """One foreach call for the cache's write positions and the step buffers, not one zero_ per layer."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.called = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.called.append(str(func.overloadpacket.__name__))
+            return func(*args, **(kwargs or {}))
+
+    model, _ = parts
+    decoder = decoder_for(model, batches, compiled=False)
+    decoder.generate(batches["a"], NEW_TOKENS, ignore_eos=True)
+    assert all(int(layer.cumulative_length) > 0 for layer in decoder.cache.layers)
+    with Ops() as ops:
+        decoder.reset()
+    assert ops.called == ["_foreach_zero_"]
+    assert all(int(layer.cumulative_length) == 0 for layer in decoder.cache.layers)
+    assert not decoder._mask.any() and not decoder._tokens.any() and not decoder._positions.any()
+
+
+def test_generate_makes_no_tensor_from_host_numbers(parts, batches, monkeypatch):
+    """A tensor made from a Python number is a copy from pageable host memory, which on a GPU waits
+    for the queued prefill: the pad id is made once, with the decoder."""
+    import sys
+
+    model, _ = parts
+    decoder = decoder_for(model, batches, compiled=False)
+    made_here = []
+    for name in ("tensor", "as_tensor", "scalar_tensor"):
+        original = getattr(torch, name)
+
+        def recording(*args, _original=original, _name=name, **kwargs):
+            if sys._getframe(1).f_code.co_filename.endswith("decoding.py"):
+                made_here.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(torch, name, recording)
+    full = full_length_reference(model, batches["a"])
+    eos = int(full[1, batches["a"]["input_ids"].shape[1] + 3])
+    decoder.generate(batches["a"], NEW_TOKENS, eos_token_id=eos)  # the eos path, which pads finished rows
+    assert made_here == []
+
+
+def test_the_prefill_timer_brackets_the_first_forward_only(parts, batches):
+    model, _ = parts
+    decoder = decoder_for(model, batches, compiled=False)
+    events = []
+
+    class Timer:
+        def __enter__(self):
+            events.append("prefill start")
+
+        def __exit__(self, *exc):
+            events.append("prefill end")
+
+    decoder.generate(batches["a"], 3, ignore_eos=True, on_token=lambda: events.append("token"), prefill_timer=Timer)
+    assert events == ["prefill start", "prefill end", "token", "token", "token"]
+    assert decoder.last_prefill_logits.shape == (MAX_BATCH, model.config.text_config.vocab_size)
+
+
+def test_compiled_first_token_agrees_with_stock_generate(parts, batches, compiled):
+    from fuyu_ray.decoding import first_token_agreement
+
+    model, _ = parts
+    decoder, _ = compiled
+    for name in ("a", "one"):
+        agreement = first_token_agreement(model, decoder, batches[name])
+        assert agreement["first_token_top1_match"] == 1.0
+        assert 0.0 <= agreement["first_token_max_logit_diff"] < 1e-3, agreement
+    assert decoder.recompiles == 0

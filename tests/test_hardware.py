@@ -14,7 +14,8 @@ from fuyu_ray.presets import PRESETS
 
 
 def test_peaks_are_found_by_nvml_name_most_specific_first():
-    assert chip_peak("NVIDIA H200")[0].bandwidth_gbps == 4800
+    assert chip_peak("NVIDIA H200")[0] == ChipPeak(4800, 989)
+    assert chip_peak("NVIDIA H200 NVL")[0] == ChipPeak(4800, 835)  # not the SXM part's 989
     assert chip_peak("NVIDIA H100 NVL")[0].bandwidth_gbps == 3900
     assert chip_peak("NVIDIA H100 80GB HBM3")[0].bandwidth_gbps == 3350
     assert chip_peak("NVIDIA A100-SXM4-80GB")[0].bandwidth_gbps == 2039
@@ -103,3 +104,14 @@ def test_decode_limit_includes_the_kv_cache_of_the_real_context(monkeypatch):
 def test_cpu_cells_have_no_roofline():
     loaded = SimpleNamespace(variant=Variant("m", "random", "cpu", "fp32"))
     assert roofline_columns(None, loaded, None, None, {}, 1) == {"roofline_note": "roofline is for GPU cells"}
+
+
+def test_the_longest_matching_name_wins_whatever_the_table_order(monkeypatch):
+    from fuyu_ray import hardware
+
+    monkeypatch.setattr(hardware, "GPU_PEAKS", tuple(reversed(hardware.GPU_PEAKS)))  # generic names first
+    assert chip_peak("NVIDIA H200 NVL")[0].fp16_tflops == 835
+    assert chip_peak("NVIDIA H100 NVL")[0].bandwidth_gbps == 3900
+    assert chip_peak("NVIDIA A100-SXM4-80GB")[0].bandwidth_gbps == 2039
+    assert chip_peak("NVIDIA A10G")[0].bandwidth_gbps == 600
+    assert chip_peak("NVIDIA L40S")[0].fp16_tflops == 362

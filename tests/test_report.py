@@ -59,7 +59,7 @@ def test_each_optimization_is_a_percentage_of_the_first_one():
         ok_row(cells["fp16"], latency_s=1.0, flops=4e9, energy=2.0),
     ])
     summary = summarize(job, grid, frame, RUN_INFO, {})
-    header, *rows = section_table(summary, "Optimization tests")
+    header, *rows = section_table(summary, "Optimization Tests")
     assert header[0] == "Optimization" and header[-3:] == ["% latency", "% FLOPs", "% energy"]
     assert [row[0] for row in rows] == ["fp32", "fp16", "bf16"]
     assert [row[-3:] for row in rows] == [
@@ -83,7 +83,7 @@ def test_the_baseline_is_taken_within_each_setting_of_the_other_axes():
         ok_row(by_id[i], latency[(by_id[i].point.optimization, by_id[i].point.batch_size)], 1e9, 1.0)
         for i in grid.sections["opt_by_batch"]
     ])
-    header, *rows = section_table(summarize(job, grid, frame, RUN_INFO, {}), "Opt By Batch tests")
+    header, *rows = section_table(summarize(job, grid, frame, RUN_INFO, {}), "Opt By Batch Tests")
     assert header[:2] == ["Batch size", "Optimization"]
     percent = {(row[1], row[0]): row[header.index("% latency")] for row in rows}
     assert percent == {("fp32", "1"): "100.0", ("fp16", "1"): "50.0", ("fp32", "8"): "100.0", ("fp16", "8"): "75.0"}
@@ -98,13 +98,13 @@ def test_a_cell_that_did_not_finish_shows_its_status_and_is_listed():
         outcome_row(cells["compile"].settings(), "skipped", "no compiler here"),
     ])
     summary = summarize(job, grid, frame, RUN_INFO, {})
-    header, *rows = section_table(summary, "Optimization tests")
+    header, *rows = section_table(summary, "Optimization Tests")
     assert [row[0] for row in rows] == ["fp32", "fp16", "compile"]
     assert rows[1][1] == "oom" and rows[1][-3:] == ["n/a", "n/a", "n/a"]
     assert rows[2][1] == "skipped"
     assert "## Failed, out-of-memory and timed-out cells" in summary
     problems = section_table(summary, "Failed, out-of-memory and timed-out cells")
-    assert [row[:2] for row in problems[1:]] == [[cells["fp16"].cell_id, "oom"]]
+    assert problems[1:] == [["oom", "OutOfMemoryError: CUDA out of memory", "1", cells["fp16"].cell_id]]
     skipped = section_table(summary, "Skipped cells")
     assert skipped[1] == ["cpu", "compile", "no compiler here", "1"]
 
@@ -115,8 +115,8 @@ def test_a_cell_in_two_sweeps_is_a_row_of_both():
     assert len(grid.cells) == 2
     frame = cells_frame([ok_row(by_batch[1], 1.0, 1e9, None), ok_row(by_batch[2], 3.0, 1e9, None)])
     summary = summarize(job, grid, frame, RUN_INFO, {})
-    assert [row[0] for row in section_table(summary, "Batch tests")[1:]] == ["1", "2"]
-    again = section_table(summary, "Again tests")  # one value only pins the axis: no axis column
+    assert [row[0] for row in section_table(summary, "Batch Tests")[1:]] == ["1", "2"]
+    again = section_table(summary, "Again Tests")  # one value only pins the axis: no axis column
     assert [row[0] for row in again[1:]] == ["3.000 (p90 4.500, n=4)"]
     assert "Fixed: Device: cpu, Dataset: scienceqa, Batch size: 2," in summary
     assert summary.splitlines()[0] == "# report: tiny (built-in, trained on synthetic data)"
@@ -129,8 +129,18 @@ def test_a_dataset_sweep_puts_datasets_side_by_side():
     for cell in grid.cells:
         rows.append(ok_row(cell, latency_s=cell.point.image_size / 1000, flops=1e9, energy=None,
                            accuracy=0.5 if cell.point.dataset == "scienceqa" else 0.25))
-    header, *table = section_table(summarize(job, grid, cells_frame(rows), RUN_INFO, {}), "Image Size tests")
+    header, *table = section_table(summarize(job, grid, cells_frame(rows), RUN_INFO, {}), "Image Size Tests")
     assert header == ["Image size", "ScienceQA", "ScienceQA latency", "TextVQA", "TextVQA latency"]
     assert [row[0] for row in table] == ["224", "336"]
     assert table[0][1].startswith("50.0 ") and table[0][3].startswith("25.0 ")
     assert table[1][2].startswith("0.336 ")
+
+
+def test_one_error_shared_by_many_cells_is_one_row_of_the_failures_section():
+    """A model that cannot load fails every cell of its variant with the same line."""
+    job, grid = job_and_grid({"batch": {"batch_size": [1, 2, 3, 4, 5, 6]}})
+    error = "model 'adept/fuyu-8b' could not be loaded: OSError: not in the cache"
+    frame = cells_frame([outcome_row(cell.settings(), "failed", error) for cell in grid.cells])
+    problems = section_table(summarize(job, grid, frame, RUN_INFO, {}), "Failed, out-of-memory and timed-out cells")
+    assert len(problems) == 2 and problems[1][:3] == ["failed", error, "6"]
+    assert problems[1][3].endswith("and 2 more")

@@ -1,0 +1,75 @@
+"""`python -m fuyu_ray.grid --dry-run`: what a job will do, told before it runs.
+
+It lists the cells: which would run, which a rerun reuses from --out, which would be skipped and
+why. On a worker of each kind the job needs, it checks that the model and datasets resolve
+there. It loads no model and writes nothing. Exit 0 when everything resolves, 2 otherwise, with
+one line per problem.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import ray
+
+from fuyu_ray.cells import Grid, Variant
+from fuyu_ray.execute import BENCH_NODE, actor_demand, missing_resources, node_resources
+from fuyu_ray.presets import PRESETS, resolve_attention
+from fuyu_ray.sources import SourceCheck, check_sources
+from fuyu_ray.spec import JobSpec
+
+CHECK_TIMEOUT_S = 300.0  # a worker of a kind may first have to start, on a cold node
+
+
+def skip_reason(variant: Variant, cpus_per_actor: int | None) -> str | None:
+    """Why the cluster would skip this variant's cells, as the run itself would decide."""
+    return resolve_attention(PRESETS[variant.optimization], variant.device)[1] or missing_resources(
+        variant, actor_demand(variant, cpus_per_actor))
+
+
+def checker_options(device: str) -> dict:
+    """A sliver of a worker of this kind: the check must land where the cells would, not run beside them."""
+    if device == "cuda":
+        marked = any(resources.get(BENCH_NODE) for resources in node_resources())
+        return {"num_cpus": 0, "num_gpus": 0.01, "resources": {BENCH_NODE: 0.001} if marked else {}}
+    return {"num_cpus": 0.01}
+
+
+def check_on_workers(job: JobSpec, grid: Grid, devices: set[str]) -> dict[str, list[SourceCheck]]:
+    tasks = {cell.point.dataset for cell in grid.cells}
+    datasets = {task: job.dataset_source(task) for task in tasks}
+    remote = ray.remote(check_sources)
+    pending = {device: remote.options(**checker_options(device)).remote(job.model, job.weights, datasets)
+               for device in sorted(devices)}
+    return {device: ray.get(ref, timeout=CHECK_TIMEOUT_S) for device, ref in pending.items()}
+
+
+def dry_run(job: JobSpec, grid: Grid, done: dict[str, str], todo_ids: set[str], out: str) -> int:
+    """Print the plan; the caller has connected to Ray."""
+    reasons = {variant: skip_reason(variant, job.cpus_per_actor) for variant in grid.by_variant()}
+    counts = {"run": 0, "reuse": 0, "skip": 0}
+    print(f"dry run of {job.name} ({job.source_path}): {len(grid.cells)} cells; results would go to {out}")
+    for cell in grid.cells:
+        reason = reasons[cell.variant]
+        if reason:
+            verdict = f"skip: {reason}"
+            counts["skip"] += 1
+        elif cell.cell_id in todo_ids:
+            verdict = "run" + (f" again (was {done[cell.cell_id]})" if cell.cell_id in done else "")
+            counts["run"] += 1
+        else:
+            verdict = f"reuse ({done[cell.cell_id]} in --out)"
+            counts["reuse"] += 1
+        print(f"  {cell.cell_id} {cell.description}: {verdict}")
+    print(f"{counts['run']} would run, {counts['reuse']} reused from --out, {counts['skip']} skipped")
+
+    devices = {variant.device for variant, reason in reasons.items() if not reason}
+    problems = []
+    for device, checks in check_on_workers(job, grid, devices).items():
+        for check in checks:
+            print(f"  on a {device} worker: {check.line}")
+            if check.problem:
+                problems.append(f"on a {device} worker: {check.line}")
+    for problem in problems:
+        print(f"fuyu_ray: {problem}", file=sys.stderr)
+    return 2 if problems else 0

@@ -1,0 +1,380 @@
+"""python -m fuyu_ray.compare: a known slowdown is found, identical settings show no change, a known
+accuracy loss is found and sized, cells match across hardware, and bad input is one line and exit 2.
+
+Result folders are real: cells measured in-process by the stand-in (real sleeps, real jitter) or the
+trained tiny model, written through ResultStore.write_cell with a cells.parquet and samples.parquet
+beside them, as the grid leaves them (the report's plots and summary are not needed).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fuyu_ray import compare as cmp
+from fuyu_ray.cells import Cell
+from fuyu_ray.energy import EnergyMeter
+from fuyu_ray.records import cell_batch, outcome_row, sample_table
+from fuyu_ray.runner import CellResult, CellRunner
+from fuyu_ray.spec import DatasetSource, Point, TaskOverride
+from fuyu_ray.standin import StandInRunner, parse_behaviour
+from fuyu_ray.store import ResultStore
+
+from conftest import ROOT, run_grid, write_job
+
+# The stand-in's model name carries its sleep, so runs at two speeds match on everything else.
+WITHOUT_MODEL = "device,dataset,batch_size,image_size,seq_len,optimization"
+
+
+def standin_cell(sleep: float, batches: int = 20, device: str = "cpu", batch_size: int = 1) -> Cell:
+    return Cell(f"standin:sleep={sleep},batches={batches}", "random", 1,
+                Point(device, "textvqa", batch_size, 224, 200, "fp32"), DatasetSource(), TaskOverride())
+
+
+def write_folder(out: Path, results: list[CellResult]) -> Path:
+    """What the grid leaves in --out: cells/ and samples/ per cell, cells.parquet and samples.parquet."""
+    store = ResultStore.at(str(out))
+    store.ensure_dirs()
+    for result in results:
+        store.write_cell(result.record, result.samples)
+    store.write_table("cells.parquet", pa.Table.from_batches([r.record for r in results]))
+    store.write_table("samples.parquet", pa.concat_tables([r.samples for r in results]))
+    return out
+
+
+def standin_run(out: Path, *cells: Cell) -> Path:
+    runners: dict = {}
+    results = []
+    for cell in cells:
+        runner = runners.setdefault(cell.variant, StandInRunner(cell.variant))
+        results.append(runner.run(cell))
+    assert all(r.record.column("status")[0].as_py() == "ok" for r in results)
+    return write_folder(out, results)
+
+
+def run_compare(capsys, *args: str) -> tuple[int, str, str]:
+    code = cmp.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def rows(out: Path) -> list[dict]:
+    return pq.read_table(out / "compare.parquet").to_pylist()
+
+
+# --- the stand-in records what compare needs -----------------------------------------------------
+
+def test_standin_records_every_timed_batch_with_real_jitter():
+    assert parse_behaviour("standin:sleep=0.05,batches=20").batches == 20
+    assert parse_behaviour("standin:sleep=0.05").batches == 1
+    with pytest.raises(ValueError):
+        parse_behaviour("standin:batches=0")
+    cell = standin_cell(0.01, batches=12)
+    row = StandInRunner(cell.variant).run(cell).record.to_pylist()[0]
+    assert row["status"] == "ok", row["error"]
+    latencies = row["latency_batches_s"]
+    assert len(latencies) == row["latency_n"] == 12
+    assert all(value >= 0.01 for value in latencies)
+    assert len(set(latencies)) > 1  # real sleeps: no two alike to the nanosecond
+    assert row["latency_s"] == pytest.approx(statistics.median(latencies))
+
+
+def test_setting_keys_are_the_cells_settings():
+    settings = set(standin_cell(0.01).settings())
+    assert set(cmp.SETTING_KEYS) == settings - {"cell_id", "image_width", "image_height"}
+
+
+# --- acceptance: a known slowdown, and no change where there is none ------------------------------
+
+@pytest.fixture(scope="module")
+def speed_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("speed")
+    return {
+        "base": standin_run(root / "base", standin_cell(0.05)),
+        "slower": standin_run(root / "slower", standin_cell(0.06)),
+        "again": standin_run(root / "again", standin_cell(0.05)),
+    }
+
+
+def test_a_20_percent_slowdown_is_found(speed_runs, capsys):
+    code, out, err = run_compare(capsys, speed_runs["base"], speed_runs["slower"], "--match", WITHOUT_MODEL)
+    assert code == 0, err
+    [row] = rows(speed_runs["slower"] / "compare")
+    print(f"slowdown: ratio {row['latency_ratio']:.4f} [{row['latency_ci_low']:.4f}, {row['latency_ci_high']:.4f}]")
+    assert row["latency_ratio"] == pytest.approx(1.20, abs=0.03)
+    assert 1.0 < row["latency_ci_low"] <= row["latency_ratio"] <= row["latency_ci_high"] < 1.25
+    assert row["latency_n_base"] == row["latency_n_new"] == 20
+    assert row["speed_verdict"] == row["latency_verdict"] == "slower"
+    assert row["accuracy_verdict"] == "n/a" and row["regression"] is True
+    assert "**slower**" in out and "+20." in out
+    assert (speed_runs["slower"] / "compare" / "compare.png").stat().st_size > 1000
+    assert (speed_runs["slower"] / "compare" / "compare.md").read_text() in out
+
+    code, _, _ = run_compare(capsys, speed_runs["base"], speed_runs["slower"], "--match", WITHOUT_MODEL,
+                             "--fail-on-regression", "--out", speed_runs["slower"] / "gate")
+    assert code == 1
+    # The other way round it is a speed-up, and not a regression.
+    code, _, _ = run_compare(capsys, speed_runs["slower"], speed_runs["base"], "--match", WITHOUT_MODEL,
+                             "--fail-on-regression", "--out", speed_runs["base"] / "reverse")
+    assert code == 0
+    assert rows(speed_runs["base"] / "reverse")[0]["speed_verdict"] == "faster"
+
+
+def test_a_slowdown_under_the_threshold_is_no_clear_change(speed_runs, capsys):
+    code, _, _ = run_compare(capsys, speed_runs["base"], speed_runs["slower"], "--match", WITHOUT_MODEL,
+                             "--threshold", "25", "--out", speed_runs["slower"] / "t25")
+    assert code == 0
+    row = rows(speed_runs["slower"] / "t25")[0]
+    assert row["latency_ci_low"] > 1 and row["speed_verdict"] == "no clear change"
+
+
+def test_two_runs_of_the_same_settings_show_no_change(speed_runs, capsys):
+    code, out, err = run_compare(capsys, speed_runs["base"], speed_runs["again"], "--fail-on-regression")
+    assert code == 0, err  # same settings, same cell: matched on all of them
+    [row] = rows(speed_runs["again"] / "compare")
+    assert row["speed_verdict"] == "no clear change"
+    assert abs(row["latency_ratio"] - 1) < 0.05
+
+
+# --- acceptance: a known accuracy loss, found and sized -------------------------------------------
+
+class ClockMeter(EnergyMeter):
+    """A counter that gains 10 J every second of wall time, so each pass's energy is its length."""
+
+    method = "test-clock"
+
+    def read_joules(self) -> float:
+        return 10.0 * time.perf_counter()
+
+
+class MeteredRunner(CellRunner):
+    def _meter(self):
+        return ClockMeter()
+
+
+@pytest.fixture(scope="module")
+def tiny_scienceqa(tmp_path_factory):
+    """A real run of the trained tiny model on ScienceQA (48 samples), and one small cell whose energy
+    window is repeated (0.5 s minimum), both through the real CellRunner."""
+    cell = Cell("tiny", "pretrained", 48, Point("cpu", "scienceqa", 16, 224, 200, "fp32"), DatasetSource(), TaskOverride())
+    runner = MeteredRunner(cell.variant, min_energy_window_s=0.0)
+    result = runner.run(cell)
+    runner.min_energy_window_s = 0.5
+    small = Cell("tiny", "pretrained", 1, Point("cpu", "scienceqa", 1, 224, 200, "fp32"), DatasetSource(), TaskOverride())
+    repeated = runner.run(small)
+    return tmp_path_factory.mktemp("tiny"), result, repeated
+
+
+def test_the_runner_keeps_every_batch_and_every_energy_repeat(tiny_scienceqa):
+    _, result, repeated = tiny_scienceqa
+    row = result.record.to_pylist()[0]
+    assert row["status"] == "ok", row["error"]
+    for column in ("latency_batches_s", "prefill_batches_s", "decode_batches_s_per_token"):
+        assert len(row[column]) == row["n_batches"] == row["latency_n"] == 3, column
+    assert sorted(row["latency_batches_s"])[1] == pytest.approx(row["latency_s"])
+    small = repeated.record.to_pylist()[0]
+    assert small["energy_repeats"] >= 2
+    assert len(small["energy_repeats_j"]) == small["energy_repeats"]
+    window_j = small["energy_j_per_batch"] * small["latency_n"]
+    assert sum(small["energy_repeats_j"]) == pytest.approx(window_j, rel=0.05)
+
+
+def corrupt(result: CellResult, fraction: float, seed: int = 0) -> tuple[CellResult, float]:
+    """The same cell with a wrong letter on `fraction` of its samples, drawn among those it got right."""
+    samples = result.samples.to_pylist()
+    right = [i for i, s in enumerate(samples) if s["score"] == 1.0]
+    chosen = random.Random(seed).sample(right, round(fraction * len(samples)))
+    letters = "ABCDEFGH"
+    for i in chosen:
+        sample = samples[i]
+        sample["prediction"] = next(l for l in letters[: len(sample["choices"])] if l != letters[sample["answer_index"]])
+        sample["generation"] = sample["prediction"]
+        sample["score"] = 0.0
+    row = result.record.to_pylist()[0]
+    row["accuracy"] = sum(s["score"] for s in samples) / len(samples)
+    return CellResult(cell_batch(row), sample_table(samples)), -len(chosen) / len(samples)
+
+
+def test_a_quarter_of_answers_corrupted_is_found_and_sized(tiny_scienceqa, capsys):
+    root, result, _ = tiny_scienceqa
+    base = write_folder(root / "fp32", [result])
+    corrupted, expected = corrupt(result, 0.25)
+    assert expected == -0.25
+    new = write_folder(root / "fp32-corrupted", [corrupted])
+    code, out, err = run_compare(capsys, base, new, "--fail-on-regression")
+    assert code == 1, err
+    [row] = rows(new / "compare")
+    print(f"accuracy: {row['accuracy_base']:.4f} -> {row['accuracy_new']:.4f}, difference {row['accuracy_difference']:+.4f} "
+          f"[{row['accuracy_ci_low']:+.4f}, {row['accuracy_ci_high']:+.4f}], McNemar p={row['accuracy_p_value']:.2g}, "
+          f"{row['accuracy_test']}")
+    assert row["accuracy_verdict"] == "worse"
+    assert row["accuracy_difference"] == pytest.approx(expected)
+    assert row["accuracy_ci_low"] <= expected <= row["accuracy_ci_high"] < 0
+    assert row["accuracy_test"].startswith("exact McNemar (12 lost, 0 gained)")
+    assert row["accuracy_p_value"] == pytest.approx(2 * 0.5 ** 12)
+    assert row["accuracy_n_base"] == 48
+    assert "McNemar p=" in out and "**worse**" in out
+    # The same samples against themselves: no change at all.
+    code, _, _ = run_compare(capsys, base, base, "--out", root / "self")
+    assert code == 0 and rows(root / "self")[0]["accuracy_verdict"] == "no clear change"
+    assert rows(root / "self")[0]["accuracy_difference"] == 0.0
+
+
+def test_vqa_and_cider_scores_use_the_paired_bootstrap():
+    rng = random.Random(1)
+    base = {str(i): rng.choice([0.0, 0.3, 0.6, 0.9, 1.0]) for i in range(80)}
+    worse = dict(base)
+    for key in rng.sample(sorted(k for k, v in base.items() if v > 0), 20):
+        worse[key] = 0.0
+    change = cmp.accuracy_change("textvqa", base, worse, 5.0)
+    expected = (sum(worse.values()) - sum(base.values())) / len(base)
+    assert change.test == "paired bootstrap" and change.p_value is None
+    assert change.estimate == pytest.approx(expected)
+    assert change.low <= expected <= change.high < 0
+    assert change.verdict == "worse"
+    assert cmp.accuracy_change("coco", base, dict(base), 5.0).verdict == "no clear change"
+    # Samples scored on one side only are left out, and said so.
+    partial = cmp.accuracy_change("textvqa", base, {k: v for k, v in base.items() if int(k) < 60}, 5.0)
+    assert partial.n_base == 60 and "20 samples scored in one run only" in partial.note
+
+
+def test_energy_ratio_bootstraps_over_repeats():
+    def cell(joules: list[float] | None, per_sample: float | None = None) -> dict:
+        return {"n_batches": 2, "batch_size": 4, "energy_repeats_j": joules, "energy_j_per_sample": per_sample}
+
+    more = cmp.energy_change(cell([80.0, 81.0, 79.0, 80.5]), cell([96.0, 97.0, 95.5, 96.5]), 5.0)
+    assert more.estimate == pytest.approx(1.2, abs=0.01) and more.low > 1 and more.verdict == "worse"
+    assert more.base == pytest.approx(80.125 / 8)
+    single = cmp.energy_change(cell([80.0]), cell([96.0]), 5.0)
+    assert single.estimate == pytest.approx(1.2) and single.low is None and single.verdict == "no clear change"
+    assert "no interval" in single.note or "without interval" in single.note
+    none = cmp.energy_change({"energy_note": "no counter"}, {"energy_note": "no counter"}, 5.0)
+    assert none.verdict == "n/a" and "no counter" in none.note
+
+
+# --- matching ------------------------------------------------------------------------------------
+
+def test_cells_match_across_hardware_with_match(tmp_path, capsys):
+    cpu = standin_run(tmp_path / "cpu", standin_cell(0.02, batches=10, device="cpu"))
+    gpu = standin_run(tmp_path / "gpu", standin_cell(0.02, batches=10, device="cuda"))
+    code, _, err = run_compare(capsys, cpu, gpu)
+    assert code == 2 and err.startswith("fuyu_ray: no common cells") and err.count("\n") == 1
+    assert not (gpu / "compare").exists()
+    code, out, err = run_compare(capsys, cpu, gpu, "--match", "model,dataset,batch_size,image_size,seq_len,optimization")
+    assert code == 0, err
+    [row] = rows(gpu / "compare")
+    assert row["side"] == "both" and (row["base_device"], row["new_device"]) == ("cpu", "cuda")
+    assert row["latency_verdict"] == "no clear change"
+    assert "device: cpu -> cuda" in out
+
+
+def test_cells_on_one_side_are_listed(tmp_path, capsys):
+    base = standin_run(tmp_path / "base", standin_cell(0.01, 5, batch_size=1), standin_cell(0.01, 5, batch_size=2))
+    new = standin_run(tmp_path / "new", standin_cell(0.01, 5, batch_size=1), standin_cell(0.01, 5, batch_size=4))
+    code, out, err = run_compare(capsys, base, new)
+    assert code == 0, err
+    sides = {(r["side"], r["base_batch_size"] or r["new_batch_size"]) for r in rows(new / "compare")}
+    assert sides == {("both", "1"), ("base only", "2"), ("new only", "4")}
+    assert "## Only in BASE" in out and "## Only in NEW" in out
+
+
+def test_an_ambiguous_match_is_bad_input(tmp_path, capsys):
+    base = standin_run(tmp_path / "base", standin_cell(0.01, 2, batch_size=1), standin_cell(0.01, 2, batch_size=2))
+    code, _, err = run_compare(capsys, base, base, "--match", "dataset")
+    assert code == 2 and "more than one cell of BASE" in err and err.count("\n") == 1
+
+
+def test_a_cell_broken_in_new_is_listed_and_a_regression(tmp_path, capsys):
+    cell = standin_cell(0.01, 5)
+    base = standin_run(tmp_path / "base", cell)
+    failed = CellResult(cell_batch(outcome_row({**cell.settings(), "model_label": "x"}, "oom", "CUDA out of memory")),
+                        sample_table([]))
+    new = write_folder(tmp_path / "new", [failed])
+    code, out, _ = run_compare(capsys, base, new, "--fail-on-regression")
+    assert code == 1
+    assert "## Not compared" in out and "NEW oom: CUDA out of memory" in out
+    assert rows(new / "compare")[0]["regression"] is True
+
+
+def test_measurement_quality_warns_when_present_and_not_clean(tmp_path, capsys):
+    base = standin_run(tmp_path / "base", standin_cell(0.01, 5))
+    new = standin_run(tmp_path / "new", standin_cell(0.01, 5))
+    code, out, _ = run_compare(capsys, base, new)  # no such column on either side: no warning
+    assert code == 0 and "## Warnings" not in out and rows(new / "compare")[0]["warnings"] is None
+    table = pq.read_table(new / "cells.parquet")
+    pq.write_table(table.append_column("measurement_quality", pa.array(["throttled: SM clock fell 30%"])), new / "cells.parquet")
+    code, out, _ = run_compare(capsys, base, new)
+    assert code == 0
+    assert rows(new / "compare")[0]["warnings"] == "NEW measurement_quality: throttled: SM clock fell 30%"
+    assert "## Warnings" in out and "(see warnings)" in out
+    pq.write_table(table.append_column("measurement_quality", pa.array(["clean"])), new / "cells.parquet")
+    run_compare(capsys, base, new)
+    assert rows(new / "compare")[0]["warnings"] is None
+
+
+def test_uris_and_folders_without_aggregates(tmp_path, capsys):
+    base = standin_run(tmp_path / "base", standin_cell(0.01, 5))
+    new = standin_run(tmp_path / "new", standin_cell(0.01, 5))
+    (new / "cells.parquet").unlink()  # a run stopped before its report: the cells/ files are read
+    (new / "samples.parquet").unlink()
+    code, _, err = run_compare(capsys, f"file://{base}", f"file://{new}", "--out", f"file://{tmp_path}/out")
+    assert code == 0, err
+    assert rows(tmp_path / "out")[0]["side"] == "both"
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["{missing}", "{run}"], "BASE {missing}: no such folder"),
+    (["{run}", "{empty}"], "NEW {empty}: no cells here"),
+    (["{run}", "{run}", "--match", "dataset,gpu"], "--match: unknown key 'gpu'"),
+    (["{run}", "{run}", "--match", ","], "--match needs at least one key"),
+    (["{run}", "{run}", "--threshold", "-1"], "--threshold must be a percentage >= 0"),
+    (["{run}", "{run}", "--threshold", "five"], "argument --threshold: invalid float value"),
+    (["{run}"], "the following arguments are required: NEW"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    run = standin_run(tmp_path / "run", standin_cell(0.01, 2))
+    (tmp_path / "empty").mkdir()
+    paths = {"run": run, "missing": tmp_path / "missing", "empty": tmp_path / "empty"}
+    before = sorted(p for p in tmp_path.rglob("*"))
+    code, out, err = run_compare(capsys, *[a.format(**paths) for a in args])
+    assert code == 2
+    assert err.startswith("fuyu_ray: ") and err.count("\n") == 1, err
+    assert message.format(**paths) in err
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fuyu_ray.compare", str(tmp_path / "nope"), str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == f"fuyu_ray: BASE {tmp_path / 'nope'}: no such folder\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- end to end ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_grid_run_against_a_slower_one(tmp_path):
+    """BASE from the real driver (Ray, actor, report); NEW the same cell 20% slower, compared from the command line."""
+    job = write_job(tmp_path, "compare-base", "standin:sleep=0.05,batches=20", "  batch: {batch_size: [1]}\n",
+                    "weights: random\nlimit: 1\n")
+    result = run_grid("--job", str(job), "--out", str(tmp_path / "base"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    standin_run(tmp_path / "new", standin_cell(0.06))
+    compared = subprocess.run([sys.executable, "-m", "fuyu_ray.compare", str(tmp_path / "base"), str(tmp_path / "new"),
+                               "--match", WITHOUT_MODEL, "--fail-on-regression"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert compared.returncode == 1, compared.stderr
+    [row] = rows(tmp_path / "new" / "compare")
+    assert row["latency_n_base"] == 20 and row["latency_verdict"] == "slower"
+    assert row["latency_ratio"] == pytest.approx(1.2, abs=0.03)
