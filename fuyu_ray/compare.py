@@ -433,7 +433,19 @@ def compare(base: Run, new: Run, keys: tuple[str, ...], threshold_pct: float) ->
             row.regression_by_status = statuses[0] == "ok" and statuses[1] in PROBLEMS
         rows.append(row)
     rows += [Row("new only", dict(zip(keys, k)), None, c) for k, c in new_cells.items() if k not in base_cells]
+    rows.sort(key=lambda r: (("both", "base only", "new only").index(r.side), settings_order(r.base or r.new)))
     return Comparison(base, new, keys, threshold_pct, rows)
+
+
+def settings_order(cell: dict[str, Any]) -> tuple:
+    """A sort key over every setting: numbers as numbers, missing values last."""
+    def part(value: Any) -> tuple:
+        if isinstance(value, (int, float)):
+            return (0, value, "")
+        return (1, 0, "") if value is None else (0, math.inf, str(value))
+    return tuple(part(cell.get(k)) for k in ("dataset", "device", "model", "weights", "optimization", "batch_size",
+                                               "image_width", "image_height", "seq_len", "limit", "dataset_source",
+                                               "dataset_split"))
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -557,43 +569,58 @@ def tally(comparison: Comparison) -> str:
     return ", ".join(parts)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+COLUMN_TITLES = {"latency": "latency NEW/BASE", "prefill": "prefill", "decode": "decode",
+                 "energy": "energy/sample", "accuracy": "accuracy NEW-BASE"}
+
+
 def markdown(comparison: Comparison, plot_name: str | None) -> str:
     names = dict(zip(map(id, comparison.rows), labels(comparison)))
     matched = comparison.matched
     compared = [r for r in matched if r.changes]
     sides = {s: [r for r in comparison.rows if r.side == s] for s in ("base only", "new only")}
+    differences = {differing_settings(r, comparison.keys) for r in matched}
     lines = [
         "# Comparing two runs", "",
-        f"- BASE: `{comparison.base.location}` ({len(comparison.base.cells)} cells)",
-        f"- NEW: `{comparison.new.location}` ({len(comparison.new.cells)} cells)",
-        f"- matched on: {', '.join(comparison.keys)}; {len(matched)} cells in both, "
+        f"- BASE: `{comparison.base.location}` ({_count(len(comparison.base.cells), 'cell')})",
+        f"- NEW: `{comparison.new.location}` ({_count(len(comparison.new.cells), 'cell')})",
+        f"- matched on: {', '.join(comparison.keys)}; {len(matched)} in both, "
         f"{len(sides['base only'])} only in BASE, {len(sides['new only'])} only in NEW",
+    ]
+    if len(differences) == 1 and "" not in differences:  # the same difference everywhere: say it once
+        lines.append(f"- NEW differs from BASE in {differences.pop()}")
+    lines += [
         f"- a change counts when its {LEVEL:.0%} interval excludes no change (for option letters the exact "
         f"McNemar test agrees, p < {ALPHA:.2g}) and it is at least {comparison.threshold_pct:g}% of BASE's figure",
         f"- verdicts: {tally(comparison)}",
         "",
     ]
     if compared:
-        differs = any(differing_settings(r, comparison.keys) for r in compared)
-        header = ["cell"] + (["differs"] if differs else []) + [
-            "latency NEW/BASE", "prefill", "decode", "energy/sample", "accuracy NEW-BASE", "verdict"]
+        shown = [m for m in METRICS if any(r.changes[m].estimate is not None for r in compared)]
+        per_row = len({differing_settings(r, comparison.keys) for r in compared} - {""}) > 1
+        header = ["cell"] + (["differs"] if per_row else []) + [COLUMN_TITLES[m] for m in shown] + ["verdict"]
         table = []
         for row in compared:
             dataset = row.base.get("dataset")
-            cells = [names[id(row)]] + ([differing_settings(row, comparison.keys)] if differs else [])
-            cells += [format_change(row.changes[m], dataset) for m in METRICS]
-            verdict = ", ".join(v for v in (row.speed, row.accuracy) if v not in (NOT_AVAILABLE,))
+            cells = [names[id(row)]] + ([differing_settings(row, comparison.keys)] if per_row else [])
+            cells += [format_change(row.changes[m], dataset) for m in shown]
+            verdict = ", ".join(v for v in (row.speed, row.accuracy) if v != NOT_AVAILABLE) or NOT_AVAILABLE
             cells.append(verdict + (" (see warnings)" if row.warnings else ""))
             table.append(cells)
-        lines += ["## Changes", "", "Ratios as % change with their 95% interval; accuracy in points of %, "
+        lines += ["## Changes", "", f"Ratios as % change, with their {LEVEL:.0%} interval; accuracy in points of %, "
                   "CIDEr-D as is.", ""] + markdown_table(header, table) + [""]
-        figures = [[names[id(r)]] + [format_figures(r.changes[m], r.base.get("dataset")) for m in METRICS] for r in compared]
+        figures = [[names[id(r)]] + [format_figures(r.changes[m], r.base.get("dataset")) for m in shown] for r in compared]
         lines += ["## Figures, BASE -> NEW", "",
-                  "Medians over timed batches (latency, prefill per batch, decode per token), mean energy per sample "
-                  "over the energy window's repeats, accuracy over the samples both runs scored.", ""]
-        lines += markdown_table(["cell", "latency", "prefill", "decode", "energy/sample", "accuracy"], figures) + [""]
+                  "Medians over the timed batches (latency and prefill per batch, decode per token), mean energy per "
+                  "sample over the energy window's repeats, accuracy over the samples both runs scored.", ""]
+        lines += markdown_table(["cell"] + [COLUMN_TITLES[m].split(" ")[0] for m in shown], figures) + [""]
+        missing = [m for m in METRICS if m not in shown]
         notes = [f"- {names[id(r)]}, {m}: {c.note}" for r in compared for m, c in r.changes.items()
                  if c.note and c.estimate is not None]
+        notes += [f"- not compared: {m} ({next(r.changes[m].note for r in compared)})" for m in missing]
         if notes:
             lines += ["## Notes", ""] + notes + [""]
         if plot_name:
@@ -628,7 +655,7 @@ def plot(comparison: Comparison) -> bytes | None:
     import matplotlib.pyplot as plt
 
     colours = {SPEED[1]: "C3", GOODNESS[1]: "C3", SPEED[0]: "C2", GOODNESS[0]: "C2"}
-    height = 1.2 + 0.35 * len(compared)
+    height = 2.0 + 0.35 * len(compared)
     figure, panels = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, height), sharey=True, squeeze=False)
     positions = list(range(len(compared)))[::-1]
     for panel, metric in zip(panels[0], metrics):
@@ -688,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(
         prog="python -m fuyu_ray.compare",
         description="Compare two runs of python -m fuyu_ray.grid cell by cell, and tell a real change from noise: "
-                    "latency, prefill, decode and energy per sample as NEW/BASE ratios with 95%% bootstrap "
+                    "latency, prefill, decode and energy per sample as NEW/BASE ratios with 95% bootstrap "
                     "intervals, accuracy paired on sample_id (exact McNemar test for option letters, paired "
                     "bootstrap otherwise). Writes compare.md, compare.png and compare.parquet.",
     )
@@ -696,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("new", metavar="NEW", help="result folder (or URI) of the run being judged")
     parser.add_argument("--match", metavar="KEYS",
                         help="comma-separated settings that pair cells (default: all of them: %s); leave out device, "
-                             "model or weights to compare across hardware or model versions" % ",".join(SETTING_KEYS))
+                             "model or weights to compare across hardware or model versions" % ", ".join(SETTING_KEYS))
     parser.add_argument("--out", metavar="DIR", help="folder or URI for the outputs (default: NEW/compare)")
     parser.add_argument("--threshold", metavar="PCT", type=float, default=DEFAULT_THRESHOLD_PCT,
                         help="smallest change that counts, in %% of BASE's figure (default %(default)g)")

@@ -25,7 +25,7 @@ ACTOR_RESTARTS = 2
 class CellWorker:
     """A Ray actor around one CellRunner; heavy imports happen here, counted as model load."""
 
-    def __init__(self, variant: Variant, min_energy_window_s: float, threads: int | None):
+    def __init__(self, variant: Variant, runner_options: dict, threads: int | None):
         self.started_at = time.time()
         import torch
 
@@ -39,7 +39,7 @@ class CellWorker:
         runner_class = StandInRunner if is_standin(variant.model) else CellRunner
         self.runner = runner_class(
             variant,
-            min_energy_window_s=min_energy_window_s,
+            **runner_options,
             context={"node_id": context.get_node_id(), "actor": context.get_actor_name() or variant.label},
             # RAPL counts the whole package: only an actor holding every core may call it its own.
             cpu_package_shared=bool(threads) and threads < node.get("Resources", {}).get("CPU", threads),
@@ -155,14 +155,14 @@ def death_cause(cause) -> str:
 class RayPool:
     """Starts CellWorkers with their resources, and reads their calls for the scheduler."""
 
-    def __init__(self, min_energy_window_s: float, cpus_per_actor: int | None):
-        self.min_energy_window_s, self.cpus_per_actor = min_energy_window_s, cpus_per_actor
+    def __init__(self, runner_options: dict, cpus_per_actor: int | None):
+        self.runner_options, self.cpus_per_actor = runner_options, cpus_per_actor
 
     def start(self, variant: Variant, index: int) -> RayActor:
         demand = actor_demand(variant, self.cpus_per_actor)
         name = f"{variant.label}-{index}-{int(time.time() * 1000) % 100000}"
         threads = int(demand["CPU"]) if variant.device == "cpu" else None
-        handle = CellWorker.options(**actor_options(name, demand)).remote(variant, self.min_energy_window_s, threads)
+        handle = CellWorker.options(**actor_options(name, demand)).remote(variant, self.runner_options, threads)
         return RayActor(handle, name)
 
     def wait(self, calls: list, timeout: float) -> list:
@@ -193,7 +193,7 @@ def execute(
     cells: list[Cell],
     on_record: Callable,
     on_start: Callable[[Cell], None],
-    min_energy_window_s: float,
+    runner_options: dict,
     cpus_per_actor: int | None,
     max_actors_per_variant: int | None,
     cell_timeout_s: float,
@@ -209,7 +209,7 @@ def execute(
             on_record(*failed_cell(cell, "skipped", reason))
         else:
             runnable.append(cell)
-    scheduler = Scheduler(RayPool(min_energy_window_s, cpus_per_actor), on_record, on_start, cell_timeout_s, on_message)
+    scheduler = Scheduler(RayPool(runner_options, cpus_per_actor), on_record, on_start, cell_timeout_s, on_message)
     return scheduler.run(runnable, lambda variant: actors_for(actor_demand(variant, cpus_per_actor), max_actors_per_variant))
 
 

@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
     parser.add_argument("--force", action="store_true", help="recompute cells already on disk")
     parser.add_argument("--no-retry-failed", action="store_true", help="keep failed, oom and timeout cells as they are")
+    parser.add_argument("--remeasure-disturbed", action="store_true",
+                        help="run again the cells on disk whose measurement was disturbed (see measurement_quality)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list the cells and check on the workers that the model and datasets resolve; load and write nothing")
     return parser.parse_args(argv)
@@ -126,6 +128,9 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
         print(f"fuyu_ray: --out {store.root!r}: {exc}", file=sys.stderr)
         return 2
     todo = cells_to_run(grid.cells, done, args.force, not args.no_retry_failed)
+    if args.remeasure_disturbed:
+        disturbed = store.disturbed_cells() - {cell.cell_id for cell in todo}
+        todo += [cell for cell in grid.cells if cell.cell_id in disturbed]
     origin = "--address" if args.address else "RAY_ADDRESS"
     try:
         context, ray_init_s = connect(address, origin, job_facts(job, len(grid.cells), len(todo), store.root))
@@ -175,7 +180,7 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
 
         try:
             stats = execute(
-                todo, on_record, progress.started, job.min_energy_window_s, job.cpus_per_actor,
+                todo, on_record, progress.started, job.runner_options(), job.cpus_per_actor,
                 job.max_actors_per_variant, job.cell_timeout_s, on_message=progress.message,
             )
         except StoreFailed as exc:  # a full or read-only --out: nothing more can be kept, so stop

@@ -38,9 +38,9 @@ CELL_SCHEMA = pa.schema([
     ("decode_s_per_token", _float), ("decode_p90_s_per_token", _float),
     ("samples_per_s", _float), ("tokens_per_s", _float), ("first_call_s", _float), ("warmup_s", _float), ("compile_s", _float),
     ("warmup_batches", _int), ("recompiles", _int), ("decoder", _str),
+    ("first_token_top1_match", _float), ("first_token_max_logit_diff", _float),
     # every timed batch, in order (repeats of the energy window included): compare bootstraps over these
     ("latency_batches_s", _floats), ("prefill_batches_s", _floats), ("decode_batches_s_per_token", _floats),
-    ("first_token_top1_match", _float), ("first_token_max_logit_diff", _float),
     # energy
     ("energy_j_per_sample", _float), ("energy_j_per_batch", _float),
     ("energy_above_idle_j_per_sample", _float), ("energy_above_idle_j_per_batch", _float),
@@ -63,6 +63,11 @@ CELL_SCHEMA = pa.schema([
     ("gpu_name", _str), ("gpu_uuid", _str), ("driver_version", _str), ("cpu_model", _str),
     ("sm_clock_start_mhz", _int), ("sm_clock_end_mhz", _int), ("gpu_temp_start_c", _int), ("gpu_temp_end_c", _int),
     ("torch_threads", _int), ("started_at", _str), ("finished_at", _str), ("load_s", _float), ("cell_s", _float),
+    # measurement quality: what else used the machine in the timed window, how steady it was
+    ("measurement_quality", _str), ("measurement_attempts", _int), ("latency_cv", _float),
+    ("other_cpu_s", _float), ("other_cpu_share", _float), ("load_average", _float),
+    ("cpu_mhz_start", _float), ("cpu_mhz_end", _float), ("gpu_foreign_processes", _int), ("gpu_throttle_reasons", _str),
+    ("sm_clock_min_mhz", _int), ("sm_clock_max_mhz", _int),
 ])
 
 SAMPLE_SCHEMA = pa.schema([

@@ -22,6 +22,19 @@ AXIS_TITLES = {
 }
 DATASET_TITLES = {"coco": "COCO", "scienceqa": "ScienceQA", "textvqa": "TextVQA"}
 PROBLEM_STATUSES = ("failed", "oom", "timeout")
+# A report stays readable, and summary.md under ~200 KB, however large the grid: every list and
+# table below is capped, and the cells it leaves out are rows of cells.parquet.
+FULL_TABLE_ROWS = 48  # a sweep with at most this many settings gets a row each, as the seed's sections do
+PIVOT_ROWS, PIVOT_COLUMNS = 24, 10  # a larger sweep's pivot shows at most this many values per axis, evenly spaced
+EXTREMES = 5  # best and worst cells listed per metric in a larger sweep
+LISTED = 12  # distinct values named in a note before "and N more"
+TABLE_ROWS = 20  # rows of the failures, skipped-cells, roofline and per-node tables
+SECTIONS_BYTES = 150_000  # sweep sections past this are named, with where their cells are
+METRICS = (  # column, title, which way is better
+    ("latency_s", "Latency s/batch", "lower"),
+    ("energy_j_per_sample", "Energy J/sample", "lower"),
+    ("accuracy", "Accuracy", "higher"),
+)
 ACCURACY_LEGEND = {
     "textvqa": "VQA accuracy in % (EvalAI normalisation, min(1, matches/3) over 10 leave-one-out subsets)",
     "scienceqa": "exact option letter in % (strict; the lenient figure is `accuracy_lenient` in cells.parquet)",
@@ -30,15 +43,21 @@ ACCURACY_LEGEND = {
 
 
 def write_report(store: ResultStore, job: JobSpec, grid: Grid, run_info: dict[str, Any]) -> pl.DataFrame:
-    ids = {cell.cell_id for cell in grid.cells}
-    cells = pl.from_arrow(store.read_cells(ids))
-    samples = pl.from_arrow(store.read_samples(ids))
+    ids = list(dict.fromkeys(cell_id for section in grid.sections.values() for cell_id in section))  # grid.cells' order, no hashing
+    cells = in_order(pl.from_arrow(store.read_cells(ids)), ids)
     store.write_table("cells.parquet", cells.to_arrow())
-    store.write_table("samples.parquet", samples.to_arrow())
+    store.write_samples(ids, "samples.parquet")  # streamed from the cell files: never all in memory
     plots = write_plots(store, job, grid, cells)
     store.write_bytes("summary.md", summarize(job, grid, cells, run_info, plots).encode())
     store.write_json("run.json", run_info)
     return cells
+
+
+def in_order(cells: pl.DataFrame, ids: list[str]) -> pl.DataFrame:
+    """The cells in the job's order, whatever order their files were listed in."""
+    rank = {cell_id: index for index, cell_id in enumerate(ids)}
+    order = pl.col("cell_id").replace_strict(rank, default=len(rank), return_dtype=pl.Int64)
+    return cells.sort(order, maintain_order=True)
 
 
 # --- formatting -----------------------------------------------------------------------------
@@ -62,10 +81,18 @@ def fmt_number(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+DISTURBED_MARK = " †"  # the figure was taken while something disturbed it: see "Disturbed measurements"
+
+
+def disturbed(row: dict) -> bool:
+    return (row.get("measurement_quality") or "").startswith("disturbed")
+
+
 def fmt_latency(row: dict) -> str:
     if row["status"] != "ok":
         return row["status"]
-    return f"{fmt_seconds(row['latency_s'])} (p90 {fmt_seconds(row['latency_p90_s'])}, n={row['latency_n']})"
+    mark = DISTURBED_MARK if disturbed(row) else ""
+    return f"{fmt_seconds(row['latency_s'])} (p90 {fmt_seconds(row['latency_p90_s'])}, n={row['latency_n']}){mark}"
 
 
 def fmt_accuracy(row: dict) -> str:
@@ -103,8 +130,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 # --- sections -------------------------------------------------------------------------------
 
 def section_rows(cells: pl.DataFrame, grid: Grid, sweep: str) -> list[dict]:
-    by_id = {row["cell_id"]: row for row in cells.to_dicts()}
-    return [by_id[cell_id] for cell_id in grid.sections[sweep] if cell_id in by_id]
+    ids = grid.sections[sweep]
+    by_id = {row["cell_id"]: row for row in cells.filter(pl.col("cell_id").is_in(ids)).to_dicts()} if not cells.is_empty() else {}
+    return [by_id[cell_id] for cell_id in ids if cell_id in by_id]
 
 
 def varied_axes(job: JobSpec, sweep: str) -> list[str]:
@@ -173,7 +201,7 @@ def measurement_notes(cells: pl.DataFrame) -> list[str]:
     if ok.is_empty():
         return ["No cell finished, so nothing was measured."]
     def values(column: str) -> str:
-        return ", ".join(str(v) for v in ok.get_column(column).drop_nulls().unique().sort().to_list()) or "none"
+        return listed(ok.get_column(column).drop_nulls().unique().sort().to_list()) or "none"
 
     notes = [
         f"- Latency: wall time of `generate` for one batch (prefill + decode), after {values('warmup_batches')} untimed warm-up batch(es) per cell; "
@@ -205,17 +233,217 @@ def section_title(sweep: str) -> str:
     return f"{SEED_SECTION_NAMES.get(sweep, sweep.replace('_', ' ').title())} Tests"
 
 
+def disturbed_section(cells: pl.DataFrame) -> list[str]:
+    """The cells whose figures carry a mark, and why: what else used the machine, or how unsteady they were."""
+    if cells.is_empty() or "measurement_quality" not in cells.columns:
+        return []
+    marked = cells.filter(pl.col("measurement_quality").str.starts_with("disturbed"))
+    if marked.is_empty():
+        return []
+    rows = [(r["cell_id"], r["device"], r["optimization"], r["dataset"], r["batch_size"],
+             r["measurement_quality"].removeprefix("disturbed: ")) for r in marked.iter_rows(named=True)]
+    return ["## Disturbed measurements", "",
+            f"{marked.height} of {cells.filter(pl.col('status') == 'ok').height} measured cells carry a {DISTURBED_MARK.strip()}: "
+            "their figures were taken while other processes, throttling or unsteady timings disturbed them "
+            "(thresholds in the README, 'Was a measurement disturbed?'). "
+            "`python -m fuyu_ray.grid --remeasure-disturbed` measures them again.", "",
+            *capped_table(["cell_id", "device", "optimization", "dataset", "batch", "reasons"], rows, "disturbed cells")]
+
+
+def sweep_section(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str, plots: dict[str, str]) -> list[str]:
+    lines = [f"## {section_title(sweep)}", "", f"Fixed: {fixed_settings(job, sweep)}", ""]
+    if is_large(job, grid, sweep):
+        lines += large_sweep_lines(job, grid, cells, sweep)
+    else:
+        rows = section_rows(cells, grid, sweep)
+        lines += [sweep_table(job, sweep, rows), ""]
+        cut = [f"{DATASET_TITLES[r['dataset']]} at seq_len {r['seq_len']}: {r['truncated_prompts']}/{r['n_samples']}"
+               for r in rows if r.get("truncated_prompts")]
+        if cut:
+            lines += ["Prompts cut to seq_len: " + listed(cut).replace(", ", "; ") + ".", ""]
+    if sweep in plots:
+        lines += [f"![{sweep}]({plots[sweep]})", ""]
+    return lines
+
+
+def is_large(job: JobSpec, grid: Grid, sweep: str) -> bool:
+    """More settings than a table with a row each can show readably (datasets side by side count once)."""
+    rows = len(grid.sections[sweep])
+    if "dataset" in varied_axes(job, sweep):
+        rows = -(-rows // len(job.sweeps[sweep]["dataset"]))
+    return rows > FULL_TABLE_ROWS
+
+
+def notes(cells: pl.DataFrame, column: str) -> list[str]:
+    """The distinct notes of a column, capped: "a; b and 3 more" reads as one list."""
+    if cells.is_empty():
+        return []
+    values = cells.get_column(column).drop_nulls().unique(maintain_order=True).to_list()
+    return [*values[:LISTED], *([f"and {len(values) - LISTED:,} more"] if len(values) > LISTED else [])]
+
+
+def thinned(values: list, limit: int) -> list:
+    """At most `limit` values: every k-th from the first, and the last."""
+    step = thinning_step(len(values), limit)
+    return [*values[:-1:step], values[-1]] if values else []
+
+
+def thinning_step(count: int, limit: int) -> int:
+    return max(1, -(-(count - 1) // (limit - 1)))
+
+
+def ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def axis_key(axis: str) -> str:
+    return f"_axis_{axis}"
+
+
+def sweep_frame(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str) -> tuple[pl.DataFrame, dict[str, list[str]]]:
+    """The sweep's cells on disk in the sweep's order, with each varied axis's value as the job writes it
+    (_axis_<axis>; a "WxH" image, whose record has no image_size, as "WxH"), and each axis's values in the job's order."""
+    varied = varied_axes(job, sweep)
+    values = {a: list(dict.fromkeys(str(v) for v in job.sweeps[sweep][a])) for a in varied}
+    order = pl.DataFrame({"cell_id": list(grid.sections[sweep])}, schema={"cell_id": pl.String})
+    if cells.is_empty():
+        return cells.with_columns(pl.lit(None, pl.String).alias(axis_key(a)) for a in varied), values
+    frame = order.join(cells, on="cell_id", how="inner", maintain_order="left")
+
+    def written(axis: str) -> pl.Expr:
+        if axis == "image_size":
+            return (pl.when(pl.col("image_size").is_null())
+                    .then(pl.format("{}x{}", pl.col("image_width"), pl.col("image_height")))
+                    .otherwise(pl.col("image_size").cast(pl.String)))
+        return pl.col(axis).cast(pl.String)
+
+    return frame.with_columns(written(a).alias(axis_key(a)) for a in varied), values
+
+
+def main_axes(varied: list[str], values: dict[str, list[str]]) -> list[str]:
+    """The crossed axes, datasets apart, most values first (ties in AXES order): the first two span the pivots."""
+    axes = [a for a in varied if a != "dataset"]
+    return sorted(axes, key=lambda a: -len(values[a]))
+
+
+def large_sweep_lines(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str) -> list[str]:
+    """A sweep too large for a row per cell: per metric, a pivot over its two main axes (the median over
+    the others) and its best and worst cells. Every cell stays a row of cells.parquet."""
+    varied = varied_axes(job, sweep)
+    frame, values = sweep_frame(job, grid, cells, sweep)
+    axes = main_axes(varied, values)
+    total = len(grid.sections[sweep])
+    shape = " x ".join(f"{AXIS_TITLES[a].lower()} {len(values[a])}" for a in varied)
+    others = [a for a in axes[2:]]
+    if len(axes) >= 2:
+        how = (f"a table over {AXIS_TITLES[axes[0]].lower()} and {AXIS_TITLES[axes[1]].lower()}"
+               + (f" (the median over {', '.join(AXIS_TITLES[a].lower() for a in others)})" if others else ""))
+    else:
+        step = ordinal(thinning_step(len(values[axes[0]]), FULL_TABLE_ROWS))
+        how = (f"a table of {len(thinned(values[axes[0]], FULL_TABLE_ROWS))} of its {len(values[axes[0]])} {AXIS_TITLES[axes[0]].lower()} "
+               f"values (every {step} and the last)")
+    lines = [
+        f"{total:,} cells ({shape} values): too many for a row each, so below are {how} and, per metric, "
+        f"the {EXTREMES} best and {EXTREMES} worst cells. Every cell is a row of cells.parquet (its samples are in "
+        "samples.parquet), and the plot shows every value.", "",
+    ]
+    counts = frame.group_by("status").len().sort("len", descending=True).rows() if not frame.is_empty() else []
+    missing = total - frame.height
+    lines += ["Cells: " + ", ".join([f"{n:,} {status}" for status, n in counts] + ([f"{missing:,} not run yet"] if missing else [])) + ".", ""]
+    ok = frame.filter(pl.col("status") == "ok") if not frame.is_empty() else frame
+    datasets = values.get("dataset", [None])
+    if len(axes) < 2:
+        shown = set(thinned(values[axes[0]], FULL_TABLE_ROWS))
+        rows = frame.filter(pl.col(axis_key(axes[0])).is_in(shown)).drop([axis_key(a) for a in varied]).to_dicts() if not frame.is_empty() else []
+        lines += [sweep_table(job, sweep, rows), ""]
+    for column, title, better in METRICS:
+        for dataset in datasets:
+            subset = ok.filter(pl.col("dataset") == dataset) if dataset is not None and not ok.is_empty() else ok
+            data = subset.filter(pl.col(column).is_not_null()) if not subset.is_empty() else subset
+            lines += [f"### {title}" + (f", {DATASET_TITLES.get(dataset, dataset)}" if dataset is not None else ""), ""]
+            if data.is_empty():
+                why = notes(frame, "energy_note" if column.startswith("energy") else "accuracy_note") if column != "latency_s" else []
+                lines += [f"No cell recorded it{' (' + '; '.join(why) + ')' if why else ''}.", ""]
+                continue
+            if len(axes) >= 2:
+                lines += pivot_lines(data, column, axes[0], axes[1], values)
+            lines += extremes_lines(data, column, title, better, [a for a in varied if a != "dataset"])
+    truncated = frame.filter(pl.col("truncated_prompts") > 0).height if not frame.is_empty() else 0
+    if truncated:
+        lines += [f"Prompts cut to seq_len in {truncated:,} cells (`truncated_prompts` in cells.parquet).", ""]
+    return lines
+
+
+def metric_text(column: str, row: dict) -> str:
+    return {"latency_s": fmt_latency, "energy_j_per_sample": fmt_energy, "accuracy": fmt_accuracy}[column](row)
+
+
+def pivot_value(column: str, dataset: str | None, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if column == "latency_s":
+        return fmt_seconds(value)
+    if column == "accuracy":
+        return f"{value * (1 if dataset == 'coco' else 100):.1f}"
+    return f"{value:.3f}"
+
+
+def pivot_lines(data: pl.DataFrame, column: str, rows_axis: str, columns_axis: str, values: dict[str, list[str]]) -> list[str]:
+    """The median of `column` per (rows_axis, columns_axis) setting, on at most PIVOT_ROWS x PIVOT_COLUMNS values."""
+    medians = data.group_by(axis_key(rows_axis), axis_key(columns_axis)).agg(pl.col(column).median())
+    lookup = {(r, c): v for r, c, v in medians.rows()}
+    dataset = data.get_column("dataset")[0]
+    shown_rows, shown_columns = thinned(values[rows_axis], PIVOT_ROWS), thinned(values[columns_axis], PIVOT_COLUMNS)
+    header = [f"{AXIS_TITLES[rows_axis]} ↓ {AXIS_TITLES[columns_axis]} →", *shown_columns]
+    table = [[r, *(pivot_value(column, dataset, lookup.get((r, c))) for c in shown_columns)] for r in shown_rows]
+    lines = [markdown_table(header, table), ""]
+    left_out = [f"{len(shown)} of {len(values[a])} {AXIS_TITLES[a].lower()} values (every {ordinal(thinning_step(len(values[a]), limit))} and the last)"
+                for a, shown, limit in ((rows_axis, shown_rows, PIVOT_ROWS), (columns_axis, shown_columns, PIVOT_COLUMNS))
+                if len(shown) < len(values[a])]
+    if left_out:
+        lines += [f"Shown: {' and '.join(left_out)}; the plot has them all.", ""]
+    return lines
+
+
+def extremes_lines(data: pl.DataFrame, column: str, title: str, better: str, axes: list[str]) -> list[str]:
+    ranked = data.sort(column, descending=better == "higher", maintain_order=True)
+    n = ranked.height
+    picks = list(range(n)) if n <= 2 * EXTREMES else [*range(EXTREMES), *range(n - EXTREMES, n)]
+    rows = ranked[picks].to_dicts()
+    header = ["Rank", *[AXIS_TITLES[a] for a in axes], title, "cell_id"]
+    table = [[f"{i + 1:,} of {n:,}", *[row[axis_key(a)] for a in axes], metric_text(column, row), row["cell_id"]] for i, row in zip(picks, rows)]
+    return [f"Best and worst ({better} is better):", "", markdown_table(header, table), ""]
+
+
 def grouped_problems(problems: pl.DataFrame, shown_ids: int = 4) -> list[tuple]:
     """One row per distinct error: a model that cannot load fails every cell of its variant alike."""
     groups = problems.group_by("status", "error", maintain_order=True).agg(pl.col("cell_id"))
     return [
-        (status, error, len(ids), ", ".join(ids[:shown_ids]) + (f" and {len(ids) - shown_ids} more" if len(ids) > shown_ids else ""))
+        (status, shortened(error), len(ids), ", ".join(ids[:shown_ids]) + (f" and {len(ids) - shown_ids} more" if len(ids) > shown_ids else ""))
         for status, error, ids in groups.rows()
     ]
 
 
+def listed(values: list, limit: int = LISTED) -> str:
+    """Values for a note: all of them, or the first `limit` and how many more."""
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit:,} more" if len(values) > limit else "")
+
+
+def shortened(text: str | None, limit: int = 400) -> str | None:
+    return text if text is None or len(text) <= limit else text[:limit] + " …"
+
+
+def capped_table(header: list[str], rows: list, what: str, limit: int = TABLE_ROWS) -> list[str]:
+    """A table of at most `limit` rows; a line after it says how many were left out and where they are."""
+    lines = [markdown_table(header, rows[:limit]), ""]
+    if len(rows) > limit:
+        lines += [f"{len(rows) - limit:,} more {what} are left out here; every cell is a row of cells.parquet.", ""]
+    return lines
+
+
 def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str, Any], plots: dict[str, str]) -> str:
-    labels = ", ".join(cells.get_column("model_label").drop_nulls().unique().to_list()) if not cells.is_empty() else job.model
+    labels = listed(cells.get_column("model_label").drop_nulls().unique(maintain_order=True).to_list()) if not cells.is_empty() else job.model
     parts = [
         f"# {job.name}: {labels or job.model}",
         "",
@@ -228,29 +456,30 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
         parts += ["Data: " + "; ".join(f"{DATASET_TITLES[d]} from {desc}" for d, desc in sources), ""]
         parts += ["Accuracy columns: " + "; ".join(f"{DATASET_TITLES[d]} = {ACCURACY_LEGEND[d]}" for d, _ in sources)
                   + ". Brackets hold the 95% interval; n is the number of scored samples.", ""]
+    budget = SECTIONS_BYTES
     for sweep in job.sweeps:
-        rows = section_rows(cells, grid, sweep)
-        parts += [f"## {section_title(sweep)}", "", f"Fixed: {fixed_settings(job, sweep)}", ""]
-        parts += [sweep_table(job, sweep, rows), ""]
-        cut = [f"{DATASET_TITLES[r['dataset']]} at seq_len {r['seq_len']}: {r['truncated_prompts']}/{r['n_samples']}"
-               for r in rows if r.get("truncated_prompts")]
-        if cut:
-            parts += ["Prompts cut to seq_len: " + "; ".join(cut) + ".", ""]
-        if sweep in plots:
-            parts += [f"![{sweep}]({plots[sweep]})", ""]
+        section = sweep_section(job, grid, cells, sweep, plots)
+        size = sum(len(line.encode()) + 1 for line in section)
+        if size > budget:
+            section = [f"## {section_title(sweep)}", "", f"Left out to keep this file short: its {len(grid.sections[sweep]):,} cells "
+                       "are rows of cells.parquet.", ""]
+        else:
+            budget -= size
+        parts += section
     if "pareto" in plots:
         parts += ["## Latency against accuracy", "", f"![pareto]({plots['pareto']})", ""]
     parts += roofline_section(cells) + per_node_section(cells)
-    parts += ["¹ n/a energy: " + "; ".join(cells.get_column("energy_note").drop_nulls().unique().to_list() or ["-"]), ""]
+    parts += ["¹ n/a energy: " + ("; ".join(notes(cells, "energy_note")) or "-"), ""]
     problems = cells.filter(pl.col("status").is_in(PROBLEM_STATUSES)) if not cells.is_empty() else cells
     skipped = cells.filter(pl.col("status") == "skipped") if not cells.is_empty() else cells
     if not problems.is_empty():
         parts += ["## Failed, out-of-memory and timed-out cells", "", "They are retried on the next run unless --no-retry-failed.", ""]
-        parts += [markdown_table(["status", "error", "cells", "cell ids"], grouped_problems(problems)), ""]
+        parts += capped_table(["status", "error", "cells", "cell ids"], grouped_problems(problems), "distinct errors")
+    parts += disturbed_section(cells)
     if not skipped.is_empty():
         parts += ["## Skipped cells", ""]
-        parts += [markdown_table(["device", "optimization", "reason", "cells"],
-                                 skipped.group_by("device", "optimization", "error").len().sort("device", "optimization").rows()), ""]
+        reasons = skipped.group_by("device", "optimization", "error").len().sort("device", "optimization").rows()
+        parts += capped_table(["device", "optimization", "reason", "cells"], [(d, o, shortened(e), n) for d, o, e, n in reasons], "reasons")
     parts += ["## How this was measured", "", *measurement_notes(cells), ""]
     parts += ["## Prompts", "", *prompt_lines(cells), ""]
     parts += ["## Harness", "", harness_line(run_info), ""]
@@ -273,7 +502,7 @@ def roofline_section(cells: pl.DataFrame) -> list[str]:
         "## Roofline", "",
         "Decode: time to read the weights once at peak bandwidth / measured seconds per token. "
         "Prefill: its FLOPs at peak matrix rate / measured prefill time. 1.00 is the chip's limit.", "",
-        markdown_table(["Optimization", "Batch", "Image", "Decode / limit", "Prefill / limit", "Peaks"], table), "",
+        *capped_table(["Optimization", "Batch", "Image", "Decode / limit", "Prefill / limit", "Peaks"], table, "settings", FULL_TABLE_ROWS),
     ]
 
 
@@ -288,7 +517,7 @@ def per_node_section(cells: pl.DataFrame) -> list[str]:
         .sort("node_id")
     )
     table = [[n[:12], h, g or "-", c, ok, fmt_seconds(lat)] for n, h, g, c, ok, lat in rows.rows()]
-    return ["## Per node", "", markdown_table(["Node", "Host", "GPU", "Cells", "ok", "Median latency s"], table), ""]
+    return ["## Per node", "", *capped_table(["Node", "Host", "GPU", "Cells", "ok", "Median latency s"], table, "nodes", FULL_TABLE_ROWS)]
 
 
 def prompt_lines(cells: pl.DataFrame) -> list[str]:
@@ -333,6 +562,11 @@ def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFram
     plots: dict[str, str] = {}
     ok = cells.filter(pl.col("status") == "ok") if not cells.is_empty() else cells
     for sweep in job.sweeps:
+        if is_large(job, grid, sweep):
+            name = large_sweep_plot(store, job, grid, ok, sweep)
+            if name:
+                plots[sweep] = name
+            continue
         rows = [r for r in section_rows(ok, grid, sweep)]
         if not rows:
             continue
@@ -378,11 +612,69 @@ def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFram
     return plots
 
 
-def _save(store: ResultStore, figure, name: str) -> str:
+def large_sweep_plot(store: ResultStore, job: JobSpec, grid: Grid, ok: pl.DataFrame, sweep: str) -> str | None:
+    """Every value of a large sweep: heatmaps over its two main axes (the median over the others),
+    one per metric and dataset; for a single axis, lines against it."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    varied = varied_axes(job, sweep)
+    frame, values = sweep_frame(job, grid, ok, sweep)
+    axes = main_axes(varied, values)
+    panels = [(column, title, dataset) for column, title, _ in METRICS for dataset in values.get("dataset", [None])
+              if not frame.is_empty() and not frame.filter(
+                  pl.col(column).is_not_null() & (pl.col("dataset") == dataset if dataset is not None else pl.lit(True))).is_empty()]
+    if not panels:
+        return None
+    columns = min(3, len(panels))
+    figure, grid_axes = plt.subplots(-(-len(panels) // columns), columns, figsize=(5.5 * columns, 4.5 * -(-len(panels) // columns)),
+                                     squeeze=False, layout="constrained")
+    for panel, (column, title, dataset) in zip(grid_axes.flat, panels):
+        data = frame.filter(pl.col(column).is_not_null() & (pl.col("dataset") == dataset if dataset is not None else pl.lit(True)))
+        scale = 100 if column == "accuracy" and data.get_column("dataset")[0] != "coco" else 1  # as the tables show it
+        label = title + (f", {DATASET_TITLES.get(dataset, dataset)}" if dataset is not None else "")
+        if len(axes) >= 2:
+            rows_axis, columns_axis = axes[0], axes[1]
+            medians = data.group_by(axis_key(rows_axis), axis_key(columns_axis)).agg(pl.col(column).median())
+            row_index = {v: i for i, v in enumerate(values[rows_axis])}
+            column_index = {v: i for i, v in enumerate(values[columns_axis])}
+            matrix = np.full((len(row_index), len(column_index)), np.nan)
+            for r, c, v in medians.rows():
+                matrix[row_index[r], column_index[c]] = v * scale
+            image = panel.imshow(matrix, aspect="auto", origin="lower", interpolation="nearest", cmap="viridis")
+            figure.colorbar(image, ax=panel)
+            for axis_values, set_ticks in ((values[columns_axis], panel.set_xticks), (values[rows_axis], panel.set_yticks)):
+                shown = thinned(list(range(len(axis_values))), 12)
+                set_ticks(shown, [axis_values[i] for i in shown], fontsize=7)
+            panel.set_xlabel(AXIS_TITLES[columns_axis])
+            panel.set_ylabel(AXIS_TITLES[rows_axis])
+            others = [AXIS_TITLES[a].lower() for a in axes[2:]]
+            panel.set_title(label + (f"\n(median over {', '.join(others)})" if others else ""), fontsize=9)
+        else:
+            axis = axes[0]
+            position = {v: i for i, v in enumerate(values[axis])}
+            numeric = all(v.lstrip("-").isdigit() for v in values[axis])
+            points = sorted((position[v], y) for v, y in data.select(axis_key(axis), column).rows())
+            xs = [int(values[axis][i]) if numeric else i for i, _ in points]
+            panel.plot(xs, [y * scale for _, y in points], marker="o" if len(points) <= 50 else None, linewidth=1)
+            if not numeric:
+                shown = thinned(list(range(len(values[axis]))), 12)
+                panel.set_xticks(shown, [values[axis][i] for i in shown], fontsize=7)
+            panel.set_xlabel(AXIS_TITLES[axis])
+            panel.set_ylabel(label)
+            panel.set_title(label, fontsize=9)
+    for panel in list(grid_axes.flat)[len(panels):]:
+        panel.set_visible(False)
+    figure.suptitle(f"{sweep}: {len(grid.sections[sweep]):,} cells")
+    return _save(store, figure, f"{sweep}.png", tight=False)
+
+
+def _save(store: ResultStore, figure, name: str, tight: bool = True) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    figure.tight_layout()
+    if tight:  # the other figures are laid out by matplotlib's constrained layout as they are drawn
+        figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
     store.write_bytes(f"plots/{name}", buffer.getvalue())

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fuyu_ray.interference import QualityThresholds
 from fuyu_ray.presets import PRESET_NAMES
 
 DEVICES = ("cpu", "cuda")
@@ -70,15 +71,22 @@ class JobSpec:
     cell_timeout_s: float = 1800.0
     max_actors_per_variant: int | None = 1  # None: as many as the cluster has room for
     min_energy_window_s: float = 1.0
+    quality: QualityThresholds = field(default_factory=QualityThresholds)
+    remeasure_disturbed: int = 0  # measure a disturbed cell again up to this many times, keeping the cleanest
     source_path: str = ""
 
     def dataset_source(self, task: str) -> DatasetSource:
         return self.datasets.get(task, DatasetSource())
 
+    def runner_options(self) -> dict[str, Any]:
+        """What every worker's CellRunner is built with."""
+        return {"min_energy_window_s": self.min_energy_window_s, "quality": self.quality,
+                "remeasure_disturbed": self.remeasure_disturbed}
+
 
 TOP_KEYS = {
     "name", "model", "weights", "limit", "datasets", "tasks", "base", "sweeps",
-    "cpus_per_actor", "cell_timeout_s", "max_actors_per_variant", "min_energy_window_s",
+    "cpus_per_actor", "cell_timeout_s", "max_actors_per_variant", "min_energy_window_s", "quality", "remeasure_disturbed",
 }
 REQUIRED_TOP_KEYS = ("name", "model", "base", "sweeps")
 
@@ -138,6 +146,8 @@ def parse_job(raw: Any, origin: str) -> JobSpec:
         cell_timeout_s=_positive_number(raw.get("cell_timeout_s", 1800.0), "cell_timeout_s", fail),
         max_actors_per_variant=_actor_cap(raw.get("max_actors_per_variant", 1), fail),
         min_energy_window_s=_positive_number(raw.get("min_energy_window_s", 1.0), "min_energy_window_s", fail),
+        quality=_quality(raw.get("quality"), fail),
+        remeasure_disturbed=_count(raw.get("remeasure_disturbed", 0), "remeasure_disturbed", fail),
         source_path=origin,
     )
 
@@ -175,6 +185,19 @@ def _actor_cap(value: Any, fail) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise fail("max_actors_per_variant", f"must be a positive integer or 'auto', got {value!r}")
+    return value
+
+
+def _quality(value: Any, fail) -> QualityThresholds:
+    try:
+        return QualityThresholds.from_mapping(_mapping(value, "quality", fail))
+    except ValueError as exc:
+        raise fail("quality", str(exc)) from None
+
+
+def _count(value: Any, key: str, fail) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise fail(key, f"must be a whole number >= 0, got {value!r}")
     return value
 
 

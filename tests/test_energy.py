@@ -148,7 +148,8 @@ def test_run_until_min_window_stops_at_max_repeats_and_notes_short_window() -> N
     assert result.note is not None and "max_repeats=3" in result.note
 
 
-def test_run_until_min_window_runs_once_on_unavailable_meter() -> None:
+def test_run_until_min_window_extends_the_window_without_a_meter_too() -> None:
+    """Timings and interference need the window even where no counter gives joules."""
     clock = FakeClock()
     calls: list[int] = []
 
@@ -158,8 +159,8 @@ def test_run_until_min_window_runs_once_on_unavailable_meter() -> None:
 
     result = run_until_min_window(run_once, NoEnergyMeter("no counter here"), clock=clock)
 
-    assert calls == [1]
-    assert result == WindowResult(joules=None, seconds=pytest.approx(0.3), repeats=1, note="no counter here")
+    assert calls == [1, 1, 1, 1]
+    assert result == WindowResult(joules=None, seconds=pytest.approx(1.2), repeats=4, note="no counter here")
 
 
 def test_idle_power_reports_fake_wattage() -> None:

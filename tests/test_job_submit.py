@@ -56,7 +56,7 @@ def head():
 
 def submit(url: str, env: dict, job: Path | None, out: Path, *extra: str) -> subprocess.CompletedProcess:
     job_args = ["--job", str(job)] if job else []  # none: the default job, from the shipped working dir
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while True:
         result = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(ROOT), *extra, "--",
@@ -64,7 +64,7 @@ def submit(url: str, env: dict, job: Path | None, out: Path, *extra: str) -> sub
             env=env, capture_output=True, text=True, timeout=900,
         )
         # A new head answers `ray job list` before its job agent takes submissions.
-        if "No available agent to submit job" not in result.stderr or time.monotonic() > deadline:
+        if "No available agent to submit job" not in result.stdout + result.stderr or time.monotonic() > deadline:
             return result
         time.sleep(2)
 

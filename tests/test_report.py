@@ -144,3 +144,126 @@ def test_one_error_shared_by_many_cells_is_one_row_of_the_failures_section():
     problems = section_table(summarize(job, grid, frame, RUN_INFO, {}), "Failed, out-of-memory and timed-out cells")
     assert len(problems) == 2 and problems[1][:3] == ["failed", error, "6"]
     assert problems[1][3].endswith("and 2 more")
+
+
+def test_disturbed_figures_are_marked_and_listed_with_their_reasons():
+    job, grid = job_and_grid({"batch": {"batch_size": [1, 2]}})
+    first, second = grid.cells
+    reason = "disturbed: other processes used 46% of the worker's cores"
+    frame = cells_frame([
+        {**ok_row(first, latency_s=1.0, flops=1e9, energy=None), "measurement_quality": reason},
+        {**ok_row(second, latency_s=1.0, flops=1e9, energy=None), "measurement_quality": "clean"},
+    ])
+    summary = summarize(job, grid, frame, RUN_INFO, {})
+    rows = section_table(summary, "Batch Tests")[1:]
+    assert [("†" in " ".join(row)) for row in rows] == [True, False]
+    listed = section_table(summary, "Disturbed measurements")
+    assert listed[1][0] == first.cell_id and listed[1][-1] == "other processes used 46% of the worker's cores"
+    assert len(listed) == 2
+
+
+# --- sweeps too large for a row per cell ------------------------------------------------------
+
+def table_in(text: str) -> list[list[str]]:
+    """The cells of the first markdown table in `text`, header first."""
+    lines = text.split("\n| ", 1)[1].split("\n\n", 1)[0].splitlines()
+    table = ["| " + lines[0], *lines[1:]]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table if not line.startswith("|---")]
+
+
+def grid_rows(grid, sweep: str, failed_every: int = 0) -> list[dict]:
+    """A made-up latency that grows with batch size, image size and seq_len; energy and accuracy too."""
+    by_id = {cell.cell_id: cell for cell in grid.cells}
+    rows = []
+    for index, cell_id in enumerate(grid.sections[sweep]):
+        cell = by_id[cell_id]
+        if failed_every and index % failed_every == 1:
+            rows.append(outcome_row(cell.settings(), "failed", f"RuntimeError: simulated at batch {cell.point.batch_size}"))
+            continue
+        width, height = (int(v) for v in str(cell.point.image_size).split("x")) if "x" in str(cell.point.image_size) else (cell.point.image_size,) * 2
+        latency = 0.001 * cell.point.batch_size * width * height / 224**2 * (1 + cell.point.seq_len / 100)
+        rows.append(ok_row(cell, latency_s=latency, flops=1e9, energy=latency * 3, accuracy=1 / (1 + latency)))
+    return rows
+
+
+def test_a_crossed_sweep_too_large_for_a_row_per_cell_gets_pivots_and_extremes_per_metric():
+    job, grid = job_and_grid({"grid": {"batch_size": list(range(1, 31)), "seq_len": [16, 32, 64], "image_size": [224, 336, 448, 560]}})
+    summary = summarize(job, grid, cells_frame(grid_rows(grid, "grid", failed_every=50)), RUN_INFO, {"grid": "plots/grid.png"})
+    section = summary.split("## Grid Tests\n", 1)[1].split("\n## ", 1)[0]
+    assert "360 cells (batch size 30 x image size 4 x seq len 3 values)" in section
+    assert "Cells: 352 ok, 8 failed." in section
+    assert "Every cell is a row of cells.parquet" in section and "![grid](plots/grid.png)" in section
+    for title in ("Latency s/batch", "Energy J/sample", "Accuracy"):
+        assert f"### {title}\n" in section
+    pivot = table_in(section.split("### Latency s/batch\n", 1)[1].split("Best and worst")[0])  # the pivot's rows
+    assert pivot[0] == ["Batch size ↓ Image size →", "224", "336", "448", "560"]
+    assert [row[0] for row in pivot[1:]] == [str(b) for b in range(1, 30, 2)] + ["30"]  # every 2nd batch size and the last
+    # The median over seq_len at batch 1, 224 px, of the ok cells (seq_len 32 failed): 0.001 * (1.16 + 1.64) / 2.
+    assert pivot[1][1] == "0.0014"
+    assert "(the median over seq len)" in section and "Shown: 16 of 30 batch size values (every 2nd and the last)" in section
+    extremes = table_in(section.split("### Latency s/batch\n", 1)[1].split("### Energy")[0].split("Best and worst", 1)[1])
+    assert extremes[0] == ["Rank", "Batch size", "Image size", "Seq len", "Latency s/batch", "cell_id"]
+    assert extremes[1][:4] == ["1 of 352", "1", "224", "16"] and extremes[-1][:4] == ["352 of 352", "30", "560", "64"]
+    accuracy = section.split("### Accuracy\n", 1)[1]
+    assert "(higher is better)" in accuracy and table_in(accuracy.split("Best and worst", 1)[1])[1][1:4] == ["1", "224", "16"]
+    assert summary.count("\n| ") < 200  # no row per cell anywhere
+
+
+def test_a_large_sweep_over_datasets_ranks_each_dataset_apart():
+    job, grid = job_and_grid({"grid": {"batch_size": list(range(1, 21)), "seq_len": [16, 32, 64], "dataset": ["scienceqa", "textvqa"]}})
+    summary = summarize(job, grid, cells_frame(grid_rows(grid, "grid")), RUN_INFO, {})
+    for title in ("Latency s/batch, ScienceQA", "Latency s/batch, TextVQA", "Accuracy, ScienceQA", "Accuracy, TextVQA"):
+        assert f"### {title}\n" in summary
+    assert "Batch size ↓ Seq len →" in summary
+
+
+def test_a_single_axis_too_long_for_a_row_each_shows_every_kth_value_and_the_extremes():
+    job, grid = job_and_grid({"batch": {"batch_size": list(range(1, 201))}})
+    summary = summarize(job, grid, cells_frame(grid_rows(grid, "batch")), RUN_INFO, {})
+    table = table_in(summary.split("## Batch Tests\n", 1)[1].split("### ")[0])
+    assert [row[0] for row in table[1:]] == [str(b) for b in range(1, 200, 5)] + ["200"]
+    assert table[0][1] == "Latency s/batch (median, p90, n)"
+    assert "41 of its 200 batch size values (every 5th and the last)" in summary
+    assert "### Latency s/batch\n" in summary and "1 of 200" in summary and "200 of 200" in summary
+
+
+def test_a_wxh_image_size_is_a_pivot_value_as_the_job_writes_it():
+    job, grid = job_and_grid({"grid": {"batch_size": list(range(1, 26)), "image_size": ["1920x1080", 224]}})
+    summary = summarize(job, grid, cells_frame(grid_rows(grid, "grid")), RUN_INFO, {})
+    assert "| Batch size ↓ Image size → | 1920x1080 | 224 |" in summary
+
+
+def test_summary_stays_small_for_any_grid_and_says_where_the_rest_is():
+    sweeps = {f"grid{i}": {"batch_size": list(range(1, 51)), "seq_len": list(range(16, 216, 4)), "image_size": [224 + i]} for i in range(8)}
+    job, grid = job_and_grid(sweeps)
+    assert len(grid.cells) == 20_000
+    rows = []
+    for sweep in sweeps:
+        rows += grid_rows(grid, sweep, failed_every=7)
+    for row in rows:  # every failure with its own message, and long
+        if row["status"] == "failed":
+            row["error"] += " " + row["cell_id"] + " x" * 400
+    summary = summarize(job, grid, cells_frame(rows), RUN_INFO, {})
+    assert len(summary.encode()) < 200_000
+    assert "Left out to keep this file short: its 2,500 cells are rows of cells.parquet." in summary
+    assert "more distinct errors are left out here; every cell is a row of cells.parquet." in summary
+
+
+def test_large_sweep_plots_are_heatmaps_without_layout_warnings(tmp_path):
+    import warnings
+
+    from fuyu_ray.report import write_plots
+    from fuyu_ray.store import ResultStore
+
+    job, grid = job_and_grid({
+        "grid": {"batch_size": list(range(1, 41)), "seq_len": list(range(16, 216, 8)), "optimization": ["fp32", "bf16"]},
+        "long": {"batch_size": list(range(1, 301))},
+    })
+    store = ResultStore.at(str(tmp_path))
+    store.ensure_dirs()
+    rows = {row["cell_id"]: row for sweep in grid.sections for row in grid_rows(grid, sweep)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots = write_plots(store, job, grid, cells_frame(list(rows.values())))
+    assert plots["grid"] == "plots/grid.png" and plots["long"] == "plots/long.png"
+    assert (tmp_path / "plots" / "grid.png").stat().st_size > 10_000

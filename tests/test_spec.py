@@ -127,3 +127,19 @@ def test_nan_or_infinity_where_a_positive_number_belongs_is_named(key, value):
 @pytest.mark.parametrize("key, value", [("datasets", []), ("datasets", False), ("tasks", 0), ("tasks", "")])
 def test_a_falsy_non_mapping_for_datasets_or_tasks_is_named(key, value):
     assert job_error(edited(**{key: value})).startswith(f"{ORIGIN}: {key}: ")
+
+
+def test_every_cell_column_is_in_the_readmes_column_list():
+    from fuyu_ray.records import CELL_SCHEMA
+
+    from conftest import ROOT
+
+    columns = (ROOT / "README.md").read_text().split("## Columns of `cells.parquet`", 1)[1].split("\n## ", 1)[0]
+    assert [name for name in CELL_SCHEMA.names if f"`{name}`" not in columns] == []
+
+
+def test_quality_thresholds_and_remeasure_come_from_the_job():
+    job = parse_job(edited(quality={"max_cv": 0.5}, remeasure_disturbed=2), ORIGIN)
+    assert job.quality.max_cv == 0.5 and job.quality.max_other_cpu_share == 0.15 and job.remeasure_disturbed == 2
+    assert job_error(edited(quality={"max_cpu": 1})).startswith(f"{ORIGIN}: quality: unknown key 'max_cpu'")
+    assert job_error(edited(remeasure_disturbed=-1)).startswith(f"{ORIGIN}: remeasure_disturbed: ")

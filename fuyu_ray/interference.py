@@ -1,0 +1,245 @@
+"""Was a measurement disturbed? What else used the machine while a cell was timed, and how
+steady the timings were.
+
+- Host: CPU time of every other process on the cores the worker runs on (the kernel's busy time
+  there minus the worker's own, all its threads included), the load average, and the CPU
+  frequency at both ends of the window.
+- GPU: compute processes of others on the same device, clock-throttle reasons, and the lowest
+  and highest SM clock, sampled through the window (not only at its ends).
+- Stability: the coefficient of variation of the timed batches.
+
+A verdict turns these into `clean` or `disturbed: <reasons>`, against thresholds that a job
+file can set (`quality:`). Nothing here needs torch, Ray or Polars.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import psutil
+
+CLEAN = "clean"
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """When a figure counts as disturbed. Documented in the README; a job sets any of them under `quality:`."""
+
+    max_other_cpu_share: float = 0.15  # of the worker's cores, taken by other processes over the window
+    max_cv: float = 0.25  # coefficient of variation of the timed batches
+    min_batches_for_cv: int = 5  # fewer timed batches say nothing about stability
+    max_throttled_share: float = 0.10  # of GPU samples with a thermal, power-cap or slowdown reason
+    foreign_gpu_processes: int = 0  # compute processes of others on the device
+    max_warmup_batches: int = 10  # warm-up runs until timings settle, at most this many batches
+    settle_tolerance: float = 0.10  # warm-up is settled when the last batches agree within this
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any]) -> "QualityThresholds":
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(raw) - set(known)
+        if unknown:
+            raise ValueError(f"unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
+        values = {}
+        for key, value in raw.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{key}: must be a non-negative number, got {value!r}")
+            values[key] = int(value) if known[key] == "int" else float(value)
+        return cls(**values)
+
+
+# --- the host -----------------------------------------------------------------------------------
+
+def _busy_seconds(times) -> float:
+    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal", "guest"))
+
+
+def worker_cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: every core
+        return list(range(psutil.cpu_count() or 1))
+
+
+@dataclass
+class HostWindow:
+    """CPU use on the worker's cores between start() and stop()."""
+
+    cores: list[int] = field(default_factory=worker_cores)
+    seconds: float | None = None
+    other_cpu_s: float | None = None
+    other_cpu_share: float | None = None
+    load_average: float | None = None
+    cpu_mhz_start: float | None = None
+    cpu_mhz_end: float | None = None
+
+    def start(self) -> "HostWindow":
+        self._process = psutil.Process()
+        self._busy0 = self._cores_busy()
+        self._own0 = self._own_cpu()
+        self._t0 = time.perf_counter()
+        self.cpu_mhz_start = _cpu_mhz()
+        return self
+
+    def stop(self) -> "HostWindow":
+        self.seconds = time.perf_counter() - self._t0
+        busy = self._cores_busy() - self._busy0
+        own = self._own_cpu() - self._own0
+        self.other_cpu_s = max(0.0, busy - own)
+        capacity = self.seconds * len(self.cores)
+        self.other_cpu_share = min(1.0, self.other_cpu_s / capacity) if capacity > 0 else None
+        self.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        self.cpu_mhz_end = _cpu_mhz()
+        return self
+
+    def _cores_busy(self) -> float:
+        per_core = psutil.cpu_times(percpu=True)
+        return sum(_busy_seconds(per_core[i]) for i in self.cores if i < len(per_core))
+
+    def _own_cpu(self) -> float:
+        times = self._process.cpu_times()
+        return times.user + times.system  # every thread of the worker, torch's included
+
+    def columns(self) -> dict[str, Any]:
+        return {"other_cpu_s": self.other_cpu_s, "other_cpu_share": self.other_cpu_share, "load_average": self.load_average,
+                "cpu_mhz_start": self.cpu_mhz_start, "cpu_mhz_end": self.cpu_mhz_end}
+
+
+def _cpu_mhz() -> float | None:
+    try:
+        frequency = psutil.cpu_freq()
+    except (OSError, NotImplementedError, AttributeError):
+        return None
+    return frequency.current if frequency else None
+
+
+# --- the GPU --------------------------------------------------------------------------------------
+
+# NVML's clock-event (throttle) reason bits that mean the chip was held back, by name.
+THROTTLE_REASONS = {
+    0x0000000000000004: "power cap",  # SW power cap
+    0x0000000000000008: "slowdown",  # HW slowdown
+    0x0000000000000020: "thermal",  # SW thermal slowdown
+    0x0000000000000040: "thermal",  # HW thermal slowdown
+    0x0000000000000080: "power brake",  # HW power brake slowdown
+}
+
+
+@dataclass
+class GpuSamples:
+    """What a sampler saw on one device: throttle reasons per sample, SM clocks, others' processes."""
+
+    samples: int = 0
+    throttled: dict[str, int] = field(default_factory=dict)  # reason -> samples that had it
+    sm_clock_min_mhz: int | None = None
+    sm_clock_max_mhz: int | None = None
+    foreign_pids: set[int] = field(default_factory=set)
+    note: str | None = None  # why nothing was sampled
+
+    def add(self, reasons: int, sm_clock: int | None, pids: set[int]) -> None:
+        self.samples += 1
+        for reason in {name for bit, name in THROTTLE_REASONS.items() if reasons & bit}:
+            self.throttled[reason] = self.throttled.get(reason, 0) + 1
+        if sm_clock is not None:
+            self.sm_clock_min_mhz = sm_clock if self.sm_clock_min_mhz is None else min(self.sm_clock_min_mhz, sm_clock)
+            self.sm_clock_max_mhz = sm_clock if self.sm_clock_max_mhz is None else max(self.sm_clock_max_mhz, sm_clock)
+        self.foreign_pids |= pids
+
+    def throttled_share(self) -> dict[str, float]:
+        return {reason: count / self.samples for reason, count in self.throttled.items()} if self.samples else {}
+
+    def columns(self) -> dict[str, Any]:
+        shares = self.throttled_share()
+        return {
+            "gpu_foreign_processes": len(self.foreign_pids) if self.samples else None,
+            "gpu_throttle_reasons": ", ".join(f"{r} {s:.0%}" for r, s in sorted(shares.items())) or None,
+            "sm_clock_min_mhz": self.sm_clock_min_mhz, "sm_clock_max_mhz": self.sm_clock_max_mhz,
+        }
+
+
+class GpuSampler:
+    """Samples one NVML device on a thread every `every_s`, from start() to stop()."""
+
+    def __init__(self, nvml: Any, handle: Any, own_pids: set[int] | None = None, every_s: float = 0.05):
+        self.nvml, self.handle, self.every_s = nvml, handle, every_s
+        self.own_pids = own_pids if own_pids is not None else {os.getpid()}
+        self.result = GpuSamples()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample_once(self) -> None:
+        nvml = self.nvml
+        reasons = _first_available(nvml, self.handle, ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"))
+        sm_clock = _first_available(nvml, self.handle, ("nvmlDeviceGetClockInfo",), nvml.NVML_CLOCK_SM)
+        processes = _first_available(nvml, self.handle, ("nvmlDeviceGetComputeRunningProcesses",)) or []
+        pids = {p.pid for p in processes} - self.own_pids
+        self.result.add(int(reasons or 0), sm_clock, pids)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample_once()
+            self._stop.wait(self.every_s)
+
+    def start(self) -> "GpuSampler":
+        self._thread = threading.Thread(target=self._loop, name="gpu-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> GpuSamples:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=2)
+        return self.result
+
+
+def _first_available(nvml: Any, handle: Any, names: tuple[str, ...], *args):
+    for name in names:
+        call = getattr(nvml, name, None)
+        if call is None:
+            continue
+        try:
+            return call(handle, *args)
+        except Exception:  # a counter this chip or driver lacks: nothing to say about it
+            return None
+    return None
+
+
+# --- stability ----------------------------------------------------------------------------------
+
+def coefficient_of_variation(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    mean = statistics.fmean(values)
+    return statistics.stdev(values) / mean if mean > 0 else None
+
+
+def settled(recent: list[float], tolerance: float, window: int = 3) -> bool:
+    """The last `window` warm-up batches agree within `tolerance` of their median."""
+    if len(recent) < window:
+        return False
+    last = recent[-window:]
+    middle = statistics.median(last)
+    return middle > 0 and all(abs(value - middle) <= tolerance * middle for value in last)
+
+
+# --- the verdict --------------------------------------------------------------------------------
+
+def verdict(thresholds: QualityThresholds, host: HostWindow | None, gpu: GpuSamples | None, batch_seconds: list[float]) -> str:
+    """`clean`, or `disturbed: ` and every reason that crossed its threshold."""
+    reasons = []
+    if host is not None and host.other_cpu_share is not None and host.other_cpu_share > thresholds.max_other_cpu_share:
+        reasons.append(f"other processes used {host.other_cpu_share:.0%} of the worker's cores")
+    if gpu is not None and gpu.samples:
+        if len(gpu.foreign_pids) > thresholds.foreign_gpu_processes:
+            reasons.append(f"{len(gpu.foreign_pids)} other compute process(es) on the GPU")
+        for reason, share in sorted(gpu.throttled_share().items()):
+            if share > thresholds.max_throttled_share:
+                reasons.append(f"{reason} throttling for {share:.0%} of the window")
+    cv = coefficient_of_variation(batch_seconds)
+    if cv is not None and len(batch_seconds) >= thresholds.min_batches_for_cv and cv > thresholds.max_cv:
+        reasons.append(f"CV {cv:.2f} over {len(batch_seconds)} batches")
+    return f"disturbed: {'; '.join(reasons)}" if reasons else CLEAN
