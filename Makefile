@@ -20,6 +20,8 @@ run: $(VENV)/.installed
 	$(PY) -m fuyu_ray.grid --job $(JOB)
 
 test: $(VENV)/.installed
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -ra
 
 # Runs without Ray, Polars or datasets: for a bare single-GPU machine (see README).

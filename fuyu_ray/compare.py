@@ -41,8 +41,19 @@ from fuyu_ray.store import TEMP_MARK, ResultStore
 
 # What cells.Cell.settings() records, less cell_id and the image's width and height, which
 # `image_size` stands for here (it is null for a "WxH" image).
-SETTING_KEYS = ("model", "weights", "device", "dataset", "batch_size", "image_size", "seq_len",
-                "optimization", "limit", "dataset_source", "dataset_split")
+SETTING_KEYS = (
+    "model",
+    "weights",
+    "device",
+    "dataset",
+    "batch_size",
+    "image_size",
+    "seq_len",
+    "optimization",
+    "limit",
+    "dataset_source",
+    "dataset_split",
+)
 LEVEL = 0.95
 ALPHA = 1 - LEVEL
 RESAMPLES = 2000
@@ -62,6 +73,7 @@ class BadInput(Exception):
 
 
 # --- reading a run --------------------------------------------------------------------------
+
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
@@ -131,13 +143,20 @@ def open_run(location: str, role: str) -> Run:
             listing = store.filesystem.get_file_info(pafs.FileSelector(store.path("cells"), allow_not_found=True))
         except OSError as exc:
             raise BadInput(f"{role} {location}: cannot list its cells/: {_first_line(exc)}") from None
-        names = sorted(i.base_name for i in listing if i.type == pafs.FileType.File
-                       and i.base_name.endswith(".parquet") and not i.base_name.startswith(TEMP_MARK))
+        names = sorted(
+            i.base_name
+            for i in listing
+            if i.type == pafs.FileType.File
+            and i.base_name.endswith(".parquet")
+            and not i.base_name.startswith(TEMP_MARK)
+        )
         tables = [t for t in (_read_table(store, f"cells/{name}") for name in names) if t is not None]
         table = pa.concat_tables(tables, promote_options="permissive") if tables else None
     if table is None or table.num_rows == 0:
-        raise BadInput(f"{role} {location}: no cells here (no cells.parquet, nothing in cells/); "
-                       "give a result folder of python -m fuyu_ray.grid --out")
+        raise BadInput(
+            f"{role} {location}: no cells here (no cells.parquet, nothing in cells/); "
+            "give a result folder of python -m fuyu_ray.grid --out"
+        )
     missing = {"cell_id", "status"} - set(table.column_names)
     if missing:
         raise BadInput(f"{role} {location}: its cells lack {', '.join(sorted(missing))}; not a fuyu_ray result folder")
@@ -145,6 +164,7 @@ def open_run(location: str, role: str) -> Run:
 
 
 # --- matching -------------------------------------------------------------------------------
+
 
 def parse_keys(text: str | None) -> tuple[str, ...]:
     if text is None:
@@ -183,13 +203,16 @@ def index_cells(run: Run, keys: Sequence[str]) -> dict[tuple, dict[str, Any]]:
     for cell in run.cells:
         key = match_key(cell, keys)
         if key in index:
-            raise BadInput(f"--match {','.join(keys)}: more than one cell of {run.role} has "
-                           f"{describe(dict(zip(keys, key)))}; add keys that tell them apart")
+            raise BadInput(
+                f"--match {','.join(keys)}: more than one cell of {run.role} has "
+                f"{describe(dict(zip(keys, key)))}; add keys that tell them apart"
+            )
         index[key] = cell
     return index
 
 
 # --- one figure -----------------------------------------------------------------------------
+
 
 @dataclass
 class Change:
@@ -231,15 +254,29 @@ def ratio_interval(base: np.ndarray, new: np.ndarray, statistic: Callable) -> tu
         warnings.simplefilter("ignore")
         from scipy.stats import bootstrap
 
-        result = bootstrap((base, new), lambda b, n, axis=-1: statistic(n, axis=axis) / statistic(b, axis=axis),
-                           n_resamples=RESAMPLES, vectorized=True, paired=False, confidence_level=LEVEL,
-                           method="percentile", rng=np.random.default_rng(SEED))
+        result = bootstrap(
+            (base, new),
+            lambda b, n, axis=-1: statistic(n, axis=axis) / statistic(b, axis=axis),
+            n_resamples=RESAMPLES,
+            vectorized=True,
+            paired=False,
+            confidence_level=LEVEL,
+            method="percentile",
+            rng=np.random.default_rng(SEED),
+        )
     low, high = result.confidence_interval
     return float(low), float(high)
 
 
-def ratio_change(metric: str, base_values, new_values, threshold_pct: float, statistic: Callable = _median,
-                 words: tuple[str, str] = SPEED, what: str = "per-batch figures") -> Change:
+def ratio_change(
+    metric: str,
+    base_values,
+    new_values,
+    threshold_pct: float,
+    statistic: Callable = _median,
+    words: tuple[str, str] = SPEED,
+    what: str = "per-batch figures",
+) -> Change:
     """NEW/BASE of `statistic`; words[1] when NEW is higher (slower, worse), words[0] when lower."""
     base, new = _clean(base_values), _clean(new_values)
     change = Change(metric, n_base=len(base), n_new=len(new))
@@ -270,6 +307,7 @@ def ratio_change(metric: str, base_values, new_values, threshold_pct: float, sta
 
 def energy_change(base: dict[str, Any], new: dict[str, Any], threshold_pct: float) -> Change:
     """Joules per sample, per repeat of the energy window: a pass over the cell's batches each."""
+
     def per_sample(cell: dict[str, Any]) -> list[float] | None:
         rows = (cell.get("n_batches") or 0) * (cell.get("batch_size") or 0)
         repeats = cell.get("energy_repeats_j")
@@ -278,25 +316,32 @@ def energy_change(base: dict[str, Any], new: dict[str, Any], threshold_pct: floa
         single = cell.get("energy_j_per_sample")
         return None if single is None else [single]
 
-    change = ratio_change("energy", per_sample(base), per_sample(new), threshold_pct, _mean, GOODNESS,
-                          what="energy figures")
+    change = ratio_change(
+        "energy", per_sample(base), per_sample(new), threshold_pct, _mean, GOODNESS, what="energy figures"
+    )
     if change.estimate is not None and change.low is None:
         change.note = "one energy window repeat on a side: ratio without interval"
     if change.estimate is None and change.n_base * change.n_new == 0:  # say why a side has no energy
-        notes = [f"{role}: {c.get('energy_note')}" for role, c in (("BASE", base), ("NEW", new)) if c.get("energy_note")]
+        notes = [
+            f"{role}: {c.get('energy_note')}" for role, c in (("BASE", base), ("NEW", new)) if c.get("energy_note")
+        ]
         change.note = "; ".join(notes) or change.note
     return change
 
 
-def accuracy_change(dataset: str | None, base_scores: dict[str, float], new_scores: dict[str, float],
-                    threshold_pct: float) -> Change:
+def accuracy_change(
+    dataset: str | None, base_scores: dict[str, float], new_scores: dict[str, float], threshold_pct: float
+) -> Change:
     """NEW - BASE over the samples both runs scored, paired on sample_id."""
     change = Change("accuracy")
     common = [sid for sid in base_scores if sid in new_scores]
     if not common:
         lacking = [role for role, scores in (("BASE", base_scores), ("NEW", new_scores)) if not scores]
-        change.note = (f"no scored samples in {' and '.join(lacking)}" if lacking
-                       else "no sample scored in both runs (no common sample_id)")
+        change.note = (
+            f"no scored samples in {' and '.join(lacking)}"
+            if lacking
+            else "no sample scored in both runs (no common sample_id)"
+        )
         return change
     base = np.array([base_scores[s] for s in common])
     new = np.array([new_scores[s] for s in common])
@@ -391,18 +436,26 @@ def quality_warnings(run: Run, cell: dict[str, Any]) -> list[str]:
     return []
 
 
-def compare_cells(base_run: Run, new_run: Run, base: dict[str, Any], new: dict[str, Any], threshold_pct: float) -> dict[str, Change]:
+def compare_cells(
+    base_run: Run, new_run: Run, base: dict[str, Any], new: dict[str, Any], threshold_pct: float
+) -> dict[str, Change]:
     changes = {}
     for metric, batches, median in TIMINGS:
         change = ratio_change(metric, base.get(batches), new.get(batches), threshold_pct)
-        if change.estimate is None and base.get(median) is not None and new.get(median) is not None and base[median] > 0:
+        if (
+            change.estimate is None
+            and base.get(median) is not None
+            and new.get(median) is not None
+            and base[median] > 0
+        ):
             # Records written before per-batch figures were kept: the medians' ratio, without interval.
             change = ratio_change(metric, [base[median]], [new[median]], threshold_pct)
             change.note = "no per-batch figures: ratio of the medians, without interval"
         changes[metric] = change
     changes["energy"] = energy_change(base, new, threshold_pct)
-    changes["accuracy"] = accuracy_change(base.get("dataset"), base_run.scores(base["cell_id"]),
-                                          new_run.scores(new["cell_id"]), threshold_pct)
+    changes["accuracy"] = accuracy_change(
+        base.get("dataset"), base_run.scores(base["cell_id"]), new_run.scores(new["cell_id"]), threshold_pct
+    )
     return changes
 
 
@@ -410,9 +463,11 @@ def compare(base: Run, new: Run, keys: tuple[str, ...], threshold_pct: float) ->
     base_cells, new_cells = index_cells(base, keys), index_cells(new, keys)
     common = [k for k in base_cells if k in new_cells]
     if not common:
-        raise BadInput(f"no common cells: none of BASE's {len(base_cells)} cells matches one of NEW's {len(new_cells)} "
-                       f"on {','.join(keys)} (--match pairs cells on fewer settings: leave out device or model to compare "
-                       "across hardware or model versions)")
+        raise BadInput(
+            f"no common cells: none of BASE's {len(base_cells)} cells matches one of NEW's {len(new_cells)} "
+            f"on {','.join(keys)} (--match pairs cells on fewer settings: leave out device or model to compare "
+            "across hardware or model versions)"
+        )
     rows = []
     for key, base_cell in base_cells.items():
         values = dict(zip(keys, key))
@@ -420,15 +475,21 @@ def compare(base: Run, new: Run, keys: tuple[str, ...], threshold_pct: float) ->
         if new_cell is None:
             rows.append(Row("base only", values, base_cell, None))
             continue
-        row = Row("both", values, base_cell, new_cell,
-                  warnings=quality_warnings(base, base_cell) + quality_warnings(new, new_cell))
+        row = Row(
+            "both",
+            values,
+            base_cell,
+            new_cell,
+            warnings=quality_warnings(base, base_cell) + quality_warnings(new, new_cell),
+        )
         statuses = base_cell.get("status"), new_cell.get("status")
         if statuses == ("ok", "ok"):
             row.changes = compare_cells(base, new, base_cell, new_cell, threshold_pct)
         else:
             row.status_note = "; ".join(
                 f"{role} {cell.get('status')}" + (f": {cell['error']}" if cell.get("error") else "")
-                for role, cell in (("BASE", base_cell), ("NEW", new_cell)) if cell.get("status") != "ok"
+                for role, cell in (("BASE", base_cell), ("NEW", new_cell))
+                if cell.get("status") != "ok"
             )
             row.regression_by_status = statuses[0] == "ok" and statuses[1] in PROBLEMS
         rows.append(row)
@@ -439,34 +500,71 @@ def compare(base: Run, new: Run, keys: tuple[str, ...], threshold_pct: float) ->
 
 def settings_order(cell: dict[str, Any]) -> tuple:
     """A sort key over every setting: numbers as numbers, missing values last."""
+
     def part(value: Any) -> tuple:
         if isinstance(value, (int, float)):
             return (0, value, "")
         return (1, 0, "") if value is None else (0, math.inf, str(value))
-    return tuple(part(cell.get(k)) for k in ("dataset", "device", "model", "weights", "optimization", "batch_size",
-                                               "image_width", "image_height", "seq_len", "limit", "dataset_source",
-                                               "dataset_split"))
+
+    return tuple(
+        part(cell.get(k))
+        for k in (
+            "dataset",
+            "device",
+            "model",
+            "weights",
+            "optimization",
+            "batch_size",
+            "image_width",
+            "image_height",
+            "seq_len",
+            "limit",
+            "dataset_source",
+            "dataset_split",
+        )
+    )
 
 
 # --- output ---------------------------------------------------------------------------------
 
+
 def _change_fields(metric: str) -> list[tuple[str, pa.DataType]]:
     f, i, s = pa.float64(), pa.int64(), pa.string()
     figure = "difference" if metric == "accuracy" else "ratio"
-    fields = [(f"{metric}_base", f), (f"{metric}_new", f), (f"{metric}_{figure}", f), (f"{metric}_ci_low", f),
-              (f"{metric}_ci_high", f), (f"{metric}_change_pct", f), (f"{metric}_n_base", i), (f"{metric}_n_new", i),
-              (f"{metric}_verdict", s), (f"{metric}_note", s)]
+    fields = [
+        (f"{metric}_base", f),
+        (f"{metric}_new", f),
+        (f"{metric}_{figure}", f),
+        (f"{metric}_ci_low", f),
+        (f"{metric}_ci_high", f),
+        (f"{metric}_change_pct", f),
+        (f"{metric}_n_base", i),
+        (f"{metric}_n_new", i),
+        (f"{metric}_verdict", s),
+        (f"{metric}_note", s),
+    ]
     if metric == "accuracy":
         fields += [("accuracy_test", s), ("accuracy_p_value", f)]
     return fields
 
 
 OUTPUT_SCHEMA = pa.schema(
-    [("side", pa.string()), ("label", pa.string()), ("match", pa.string()),
-     ("base_cell_id", pa.string()), ("new_cell_id", pa.string()), ("base_status", pa.string()), ("new_status", pa.string())]
+    [
+        ("side", pa.string()),
+        ("label", pa.string()),
+        ("match", pa.string()),
+        ("base_cell_id", pa.string()),
+        ("new_cell_id", pa.string()),
+        ("base_status", pa.string()),
+        ("new_status", pa.string()),
+    ]
     + [(f"{role}_{k}", pa.string()) for k in SETTING_KEYS for role in ("base", "new")]
-    + [("speed_verdict", pa.string()), ("regression", pa.bool_()),
-       ("status_note", pa.string()), ("warnings", pa.string())]
+    + [
+        ("speed_verdict", pa.string()),
+        ("regression", pa.bool_()),
+        ("status_note", pa.string()),
+        ("warnings", pa.string()),
+    ]
     + [item for metric in METRICS for item in _change_fields(metric)]
 )
 
@@ -476,20 +574,30 @@ def labels(comparison: Comparison) -> list[str]:
     cells = [r.base if r.base is not None else r.new for r in comparison.rows]
     varying = [k for k in SETTING_KEYS if len({str(setting(c, k)) for c in cells}) > 1]
     shown = varying or ["dataset", "batch_size", "image_size", "optimization"]
-    return [" ".join(str(setting(c, k)) if k in ("dataset", "device", "optimization", "model") else f"{k}={setting(c, k)}"
-                     for k in shown) for c in cells]
+    return [
+        " ".join(
+            str(setting(c, k)) if k in ("dataset", "device", "optimization", "model") else f"{k}={setting(c, k)}"
+            for k in shown
+        )
+        for c in cells
+    ]
 
 
 def output_rows(comparison: Comparison) -> list[dict[str, Any]]:
     records = []
     for row, label in zip(comparison.rows, labels(comparison)):
         record: dict[str, Any] = {
-            "side": row.side, "label": label, "match": describe(row.key),
-            "base_cell_id": row.base and row.base.get("cell_id"), "new_cell_id": row.new and row.new.get("cell_id"),
-            "base_status": row.base and row.base.get("status"), "new_status": row.new and row.new.get("status"),
+            "side": row.side,
+            "label": label,
+            "match": describe(row.key),
+            "base_cell_id": row.base and row.base.get("cell_id"),
+            "new_cell_id": row.new and row.new.get("cell_id"),
+            "base_status": row.base and row.base.get("status"),
+            "new_status": row.new and row.new.get("status"),
             "speed_verdict": row.speed if row.side == "both" else None,
             "regression": row.regressed if row.side == "both" else None,
-            "status_note": row.status_note, "warnings": "; ".join(row.warnings) or None,
+            "status_note": row.status_note,
+            "warnings": "; ".join(row.warnings) or None,
         }
         for key in SETTING_KEYS:
             for role, cell in (("base", row.base), ("new", row.new)):
@@ -497,12 +605,20 @@ def output_rows(comparison: Comparison) -> list[dict[str, Any]]:
                 record[f"{role}_{key}"] = None if value is None else str(value)
         for metric, change in row.changes.items():
             figure = "difference" if metric == "accuracy" else "ratio"
-            record.update({
-                f"{metric}_base": change.base, f"{metric}_new": change.new, f"{metric}_{figure}": change.estimate,
-                f"{metric}_ci_low": change.low, f"{metric}_ci_high": change.high, f"{metric}_change_pct": change.relative_pct,
-                f"{metric}_n_base": change.n_base, f"{metric}_n_new": change.n_new,
-                f"{metric}_verdict": change.verdict, f"{metric}_note": change.note,
-            })
+            record.update(
+                {
+                    f"{metric}_base": change.base,
+                    f"{metric}_new": change.new,
+                    f"{metric}_{figure}": change.estimate,
+                    f"{metric}_ci_low": change.low,
+                    f"{metric}_ci_high": change.high,
+                    f"{metric}_change_pct": change.relative_pct,
+                    f"{metric}_n_base": change.n_base,
+                    f"{metric}_n_new": change.n_new,
+                    f"{metric}_verdict": change.verdict,
+                    f"{metric}_note": change.note,
+                }
+            )
             if metric == "accuracy":
                 record.update(accuracy_test=change.test, accuracy_p_value=change.p_value)
         records.append(record)
@@ -525,7 +641,11 @@ def format_change(change: Change, dataset: str | None) -> str:
     else:
         text = _pct(change.estimate)
         text += f" [{_pct(change.low)}, {_pct(change.high)}]" if change.low is not None else " (no interval)"
-    return f"{text} **{change.verdict}**" if change.verdict not in (NO_CHANGE, NOT_AVAILABLE) else f"{text} {change.verdict}"
+    return (
+        f"{text} **{change.verdict}**"
+        if change.verdict not in (NO_CHANGE, NOT_AVAILABLE)
+        else f"{text} {change.verdict}"
+    )
 
 
 def _seconds(value: float | None) -> str:
@@ -552,8 +672,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def differing_settings(row: Row, keys: Sequence[str]) -> str:
     if row.base is None or row.new is None:
         return ""
-    return ", ".join(f"{k}: {setting(row.base, k)} -> {setting(row.new, k)}" for k in SETTING_KEYS
-                     if k not in keys and setting(row.base, k) != setting(row.new, k))
+    return ", ".join(
+        f"{k}: {setting(row.base, k)} -> {setting(row.new, k)}"
+        for k in SETTING_KEYS
+        if k not in keys and setting(row.base, k) != setting(row.new, k)
+    )
 
 
 def tally(comparison: Comparison) -> str:
@@ -573,8 +696,13 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-COLUMN_TITLES = {"latency": "latency NEW/BASE", "prefill": "prefill", "decode": "decode",
-                 "energy": "energy/sample", "accuracy": "accuracy NEW-BASE"}
+COLUMN_TITLES = {
+    "latency": "latency NEW/BASE",
+    "prefill": "prefill",
+    "decode": "decode",
+    "energy": "energy/sample",
+    "accuracy": "accuracy NEW-BASE",
+}
 
 
 def markdown(comparison: Comparison, plot_name: str | None) -> str:
@@ -584,7 +712,8 @@ def markdown(comparison: Comparison, plot_name: str | None) -> str:
     sides = {s: [r for r in comparison.rows if r.side == s] for s in ("base only", "new only")}
     differences = {differing_settings(r, comparison.keys) for r in matched}
     lines = [
-        "# Comparing two runs", "",
+        "# Comparing two runs",
+        "",
         f"- BASE: `{comparison.base.location}` ({_count(len(comparison.base.cells), 'cell')})",
         f"- NEW: `{comparison.new.location}` ({_count(len(comparison.new.cells), 'cell')})",
         f"- matched on: {', '.join(comparison.keys)}; {len(matched)} in both, "
@@ -610,16 +739,34 @@ def markdown(comparison: Comparison, plot_name: str | None) -> str:
             verdict = ", ".join(v for v in (row.speed, row.accuracy) if v != NOT_AVAILABLE) or NOT_AVAILABLE
             cells.append(verdict + (" (see warnings)" if row.warnings else ""))
             table.append(cells)
-        lines += ["## Changes", "", f"Ratios as % change, with their {LEVEL:.0%} interval; accuracy in points of %, "
-                  "CIDEr-D as is.", ""] + markdown_table(header, table) + [""]
-        figures = [[names[id(r)]] + [format_figures(r.changes[m], r.base.get("dataset")) for m in shown] for r in compared]
-        lines += ["## Figures, BASE -> NEW", "",
-                  "Medians over the timed batches (latency and prefill per batch, decode per token), mean energy per "
-                  "sample over the energy window's repeats, accuracy over the samples both runs scored.", ""]
+        lines += (
+            [
+                "## Changes",
+                "",
+                f"Ratios as % change, with their {LEVEL:.0%} interval; accuracy in points of %, CIDEr-D as is.",
+                "",
+            ]
+            + markdown_table(header, table)
+            + [""]
+        )
+        figures = [
+            [names[id(r)]] + [format_figures(r.changes[m], r.base.get("dataset")) for m in shown] for r in compared
+        ]
+        lines += [
+            "## Figures, BASE -> NEW",
+            "",
+            "Medians over the timed batches (latency and prefill per batch, decode per token), mean energy per "
+            "sample over the energy window's repeats, accuracy over the samples both runs scored.",
+            "",
+        ]
         lines += markdown_table(["cell"] + [COLUMN_TITLES[m].split(" ")[0] for m in shown], figures) + [""]
         missing = [m for m in METRICS if m not in shown]
-        notes = [f"- {names[id(r)]}, {m}: {c.note}" for r in compared for m, c in r.changes.items()
-                 if c.note and c.estimate is not None]
+        notes = [
+            f"- {names[id(r)]}, {m}: {c.note}"
+            for r in compared
+            for m, c in r.changes.items()
+            if c.note and c.estimate is not None
+        ]
         notes += [f"- not compared: {m} ({next(r.changes[m].note for r in compared)})" for m in missing]
         if notes:
             lines += ["## Notes", ""] + notes + [""]
@@ -631,14 +778,19 @@ def markdown(comparison: Comparison, plot_name: str | None) -> str:
     uncompared = [r for r in matched if not r.changes]
     if uncompared:
         lines += ["## Not compared", ""]
-        lines += [f"- {names[id(r)]}: {r.status_note}" + (" (a regression)" if r.regression_by_status else "") for r in uncompared]
+        lines += [
+            f"- {names[id(r)]}: {r.status_note}" + (" (a regression)" if r.regression_by_status else "")
+            for r in uncompared
+        ]
         lines += [""]
     for side, title in (("base only", "Only in BASE"), ("new only", "Only in NEW")):
         if sides[side]:
             lines += [f"## {title}", ""]
             for row in sides[side]:
                 cell = row.base if row.base is not None else row.new
-                lines.append(f"- {names[id(row)]} ({cell.get('status')}; cell {cell.get('cell_id')}; {describe(row.key)})")
+                lines.append(
+                    f"- {names[id(row)]} ({cell.get('status')}; cell {cell.get('cell_id')}; {describe(row.key)})"
+                )
             lines += [""]
     return "\n".join(lines)
 
@@ -656,7 +808,9 @@ def plot(comparison: Comparison) -> bytes | None:
 
     colours = {SPEED[1]: "C3", GOODNESS[1]: "C3", SPEED[0]: "C2", GOODNESS[0]: "C2"}
     height = 2.0 + 0.35 * len(compared)
-    figure, panels = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, height), sharey=True, squeeze=False)
+    figure, panels = plt.subplots(
+        1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, height), sharey=True, squeeze=False
+    )
     positions = list(range(len(compared)))[::-1]
     for panel, metric in zip(panels[0], metrics):
         for y, (row, _) in zip(positions, compared):
@@ -669,7 +823,9 @@ def plot(comparison: Comparison) -> bytes | None:
             colour = colours.get(change.verdict, "0.4")
             if change.low is not None:
                 low, high = (change.low - offset) * scale, (change.high - offset) * scale
-                panel.errorbar([x], [y], xerr=[[max(0.0, x - low)], [max(0.0, high - x)]], fmt="o", color=colour, capsize=3)
+                panel.errorbar(
+                    [x], [y], xerr=[[max(0.0, x - low)], [max(0.0, high - x)]], fmt="o", color=colour, capsize=3
+                )
             else:
                 panel.plot([x], [y], "o", mfc="none", color=colour)
         panel.axvline(0, color="0.2", linewidth=0.8)
@@ -679,7 +835,9 @@ def plot(comparison: Comparison) -> bytes | None:
         panel.set_xlabel("NEW vs BASE (% of BASE)", fontsize=8)
     panels[0][0].set_yticks(positions)
     panels[0][0].set_yticklabels([name for _, name in compared], fontsize=7)
-    figure.suptitle(f"changes with {LEVEL:.0%} intervals (dashed: ±{comparison.threshold_pct:g}% threshold)", fontsize=9)
+    figure.suptitle(
+        f"changes with {LEVEL:.0%} intervals (dashed: ±{comparison.threshold_pct:g}% threshold)", fontsize=9
+    )
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=110)
@@ -702,6 +860,7 @@ def write(comparison: Comparison, out: str) -> str:
 
 # --- command line ---------------------------------------------------------------------------
 
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line and exit 2, as every bad input
         raise BadInput(message)
@@ -715,21 +874,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(
         prog="python -m fuyu_ray.compare",
         description="Compare two runs of python -m fuyu_ray.grid cell by cell, and tell a real change from noise: "
-                    "latency, prefill, decode and energy per sample as NEW/BASE ratios with 95% bootstrap "
-                    "intervals, accuracy paired on sample_id (exact McNemar test for option letters, paired "
-                    "bootstrap otherwise). Writes compare.md, compare.png and compare.parquet.",
+        "latency, prefill, decode and energy per sample as NEW/BASE ratios with 95% bootstrap "
+        "intervals, accuracy paired on sample_id (exact McNemar test for option letters, paired "
+        "bootstrap otherwise). Writes compare.md, compare.png and compare.parquet.",
     )
-    parser.add_argument("base", metavar="BASE", help="result folder (or pyarrow.fs URI, file://...) of the run to compare against")
+    parser.add_argument(
+        "base", metavar="BASE", help="result folder (or pyarrow.fs URI, file://...) of the run to compare against"
+    )
     parser.add_argument("new", metavar="NEW", help="result folder (or URI) of the run being judged")
-    parser.add_argument("--match", metavar="KEYS",
-                        help="comma-separated settings that pair cells (default: all of them: %s); leave out device, "
-                             "model or weights to compare across hardware or model versions" % ", ".join(SETTING_KEYS))
+    parser.add_argument(
+        "--match",
+        metavar="KEYS",
+        help="comma-separated settings that pair cells (default: all of them: %s); leave out device, "
+        "model or weights to compare across hardware or model versions" % ", ".join(SETTING_KEYS),
+    )
     parser.add_argument("--out", metavar="DIR", help="folder or URI for the outputs (default: NEW/compare)")
-    parser.add_argument("--threshold", metavar="PCT", type=float, default=DEFAULT_THRESHOLD_PCT,
-                        help="smallest change that counts, in %% of BASE's figure (default %(default)g)")
-    parser.add_argument("--fail-on-regression", action="store_true",
-                        help="exit 1 when any verdict is slower or worse, or a cell ok in BASE failed, ran out of "
-                             "memory or timed out in NEW")
+    parser.add_argument(
+        "--threshold",
+        metavar="PCT",
+        type=float,
+        default=DEFAULT_THRESHOLD_PCT,
+        help="smallest change that counts, in %% of BASE's figure (default %(default)g)",
+    )
+    parser.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        help="exit 1 when any verdict is slower or worse, or a cell ok in BASE failed, ran out of "
+        "memory or timed out in NEW",
+    )
     try:
         args = parser.parse_args(argv)
         if not (args.threshold >= 0 and math.isfinite(args.threshold)):

@@ -63,7 +63,11 @@ def connect(address: str | None, origin: str, facts: dict[str, str] | None = Non
     import ray
 
     def give_up() -> None:
-        print(f"fuyu_ray: {origin} {address!r}: no Ray cluster answered within {CONNECT_TIMEOUT_S} s", file=sys.stderr, flush=True)
+        print(
+            f"fuyu_ray: {origin} {address!r}: no Ray cluster answered within {CONNECT_TIMEOUT_S} s",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(2)  # from a timer thread, the one way to leave a blocked ray.init; nothing is written yet
 
     watchdog = threading.Timer(CONNECT_TIMEOUT_S, give_up)
@@ -90,15 +94,27 @@ def _init_ray(ray, address: str | None, facts: dict[str, str]):
     else:
         # "local": a new cluster of our own, never a `ray start` cluster found on this machine, which
         # may be another user's, or one that has since died and left its address file behind.
-        context = ray.init(address="local", namespace=RAY_NAMESPACE, include_dashboard=True, dashboard_host="127.0.0.1",
-                           log_to_driver=False, job_config=job_config)
+        context = ray.init(
+            address="local",
+            namespace=RAY_NAMESPACE,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            log_to_driver=False,
+            job_config=job_config,
+        )
     return context, time.perf_counter() - started
 
 
 def job_facts(job: JobSpec, cells_total: int, cells_to_run: int, out: str) -> dict[str, str]:
     """What the dashboard's job list says of a run: Ray wants string values."""
-    return {"job_name": job.name, "job_file": job.source_path, "cells_total": str(cells_total),
-            "cells_to_run": str(cells_to_run), "out": out, "fuyu_ray_version": __version__}
+    return {
+        "job_name": job.name,
+        "job_file": job.source_path,
+        "cells_total": str(cells_total),
+        "cells_to_run": str(cells_to_run),
+        "out": out,
+        "fuyu_ray_version": __version__,
+    }
 
 
 def name_submission(facts: dict[str, str], environ=os.environ) -> None:
@@ -125,7 +141,9 @@ def label_submission(facts: dict[str, str]) -> None:
     from ray.experimental import internal_kv
 
     try:
-        submission = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}")).get("metadata", {}).get("job_submission_id")
+        submission = (
+            json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}")).get("metadata", {}).get("job_submission_id")
+        )
         if not submission:
             return
         key = f"_ray_internal_job_info_{submission}"  # where Ray's job manager keeps a submission's record
@@ -134,10 +152,14 @@ def label_submission(facts: dict[str, str]) -> None:
             record["metadata"] = {**(record.get("metadata") or {}), **facts}
             internal_kv._internal_kv_put(key, json.dumps(record), overwrite=True, namespace="job")
     except Exception as exc:  # a label is not worth a run: Ray's internal layout may change
-        print(f"fuyu_ray: could not label the job submission ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+        print(
+            f"fuyu_ray: could not label the job submission ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True
+        )
 
 
 def dashboard_line(dashboard: str) -> str:
     """Ray 2.60 dashboards ask for the cluster's token before they show anything."""
-    return (f"Ray dashboard: http://{dashboard} (it asks for a token: paste the output of `ray get-auth-token`,"
-            " or of `cat ~/.ray/auth_token`; actors waiting in PENDING_CREATION are queued variants, not faults)")
+    return (
+        f"Ray dashboard: http://{dashboard} (it asks for a token: paste the output of `ray get-auth-token`,"
+        " or of `cat ~/.ray/auth_token`; actors waiting in PENDING_CREATION are queued variants, not faults)"
+    )

@@ -77,7 +77,9 @@ def _textvqa_row(rng: random.Random, index: int, split: str) -> dict[str, Any]:
     draw = ImageDraw.Draw(image)
     font = _font(64)
     left, top, right, bottom = draw.textbbox((0, 0), word, font=font)
-    draw.text(((CANVAS - (right - left)) / 2 - left, (CANVAS - (bottom - top)) / 2 - top), word, font=font, fill=(0, 0, 0))
+    draw.text(
+        ((CANVAS - (right - left)) / 2 - left, (CANVAS - (bottom - top)) / 2 - top), word, font=font, fill=(0, 0, 0)
+    )
     return {
         "question_id": f"{split}-{index}",
         "question": rng.choice(TEXTVQA_QUESTIONS),
@@ -148,6 +150,7 @@ def _coco_row(rng: random.Random, index: int, split: str) -> dict[str, Any]:
 
 
 # --- rows to samples ------------------------------------------------------------------------
+
 
 def to_image(value: Any) -> Image.Image:
     """Accept what `datasets` and parquet hand back: a PIL image, {'bytes', 'path'}, or bytes."""
@@ -220,8 +223,10 @@ def load_samples(task: str, source: DatasetSource, limit: int) -> LoadedSamples:
     rows, description = open_dataset(task, source)
     samples, skipped = take_samples(task, rows, limit, scan_limit=max(10 * limit, 1000))
     if not samples and skipped and all("no image in the row" in reason for _, reason in skipped):
-        raise ValueError(f"{description}: none of the {len(skipped)} rows read has an image, and Fuyu answers about images"
-                         f"{images_hint(task, source)}")
+        raise ValueError(
+            f"{description}: none of the {len(skipped)} rows read has an image, and Fuyu answers about images"
+            f"{images_hint(task, source)}"
+        )
     return LoadedSamples(samples, skipped, description)
 
 
@@ -233,6 +238,7 @@ def images_hint(task: str, source: DatasetSource) -> str:
 
 
 # --- opening real sets ----------------------------------------------------------------------
+
 
 class DatasetNotFound(ValueError):
     """A split or config that the source does not have: bad input, named with what it does have."""
@@ -275,8 +281,10 @@ def resolve_local_folder(task: str, source: DatasetSource) -> LocalLayout:
     elif config is not None and config not in configs:
         if not (Path(path) / config).is_dir():  # no README block: a folder per config, read as a data_dir
             folders = sorted(p.name for p in Path(path).iterdir() if p.is_dir() and not p.name.startswith("."))
-            raise DatasetNotFound(f"{path}: no config {config!r}; it has configs {configs}"
-                                  + (f" and folders {folders}" if folders else ""))
+            raise DatasetNotFound(
+                f"{path}: no config {config!r}; it has configs {configs}"
+                + (f" and folders {folders}" if folders else "")
+            )
         config, data_dir = None, config
     builder = datasets.load_dataset_builder(path, name=config, data_dir=data_dir)
     splits = {str(name): files for name, files in (builder.config.data_files or {}).items()}
@@ -303,7 +311,9 @@ def open_dataset(task: str, source: DatasetSource):
     split = source.split or default.split
     path = Path(source.source)
     if source.source.startswith((".", "/", "~")) and not path.exists():
-        raise FileNotFoundError(f"dataset folder {source.source} does not exist on this worker ({socket.gethostname()})")
+        raise FileNotFoundError(
+            f"dataset folder {source.source} does not exist on this worker ({socket.gethostname()})"
+        )
     if is_saved_dataset(path):
         loaded = datasets.load_from_disk(str(path))
         dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
@@ -314,9 +324,13 @@ def open_dataset(task: str, source: DatasetSource):
     elif path.is_dir():
         layout = resolve_local_folder(task, source)
         # Streaming reads only the rows a cell takes, and writes no Arrow copy of the whole split.
-        dataset = datasets.load_dataset(str(path), name=layout.config, data_dir=layout.data_dir, split=layout.split, streaming=True)
+        dataset = datasets.load_dataset(
+            str(path), name=layout.config, data_dir=layout.data_dir, split=layout.split, streaming=True
+        )
         config = layout.config or layout.data_dir
-        description = f"{path}{f' [{config}]' if config else ''}, split {split}, {describe_files(str(path), layout.files)}"
+        description = (
+            f"{path}{f' [{config}]' if config else ''}, split {split}, {describe_files(str(path), layout.files)}"
+        )
     else:
         config = source.config or (default.config if source.source == default.source else None)
         dataset = datasets.load_dataset(source.source, name=config, split=split)

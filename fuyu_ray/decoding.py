@@ -59,7 +59,11 @@ def _own_code_copy(function):
     graphs of a finished decoder go with it.
     """
     return types.FunctionType(
-        function.__code__.replace(), function.__globals__, function.__name__, function.__defaults__, function.__closure__
+        function.__code__.replace(),
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
     )
 
 
@@ -168,7 +172,9 @@ class StaticGreedyDecoder:
         from transformers import StaticCache
 
         if max_batch < 1 or prompt_len < 1 or max_new_tokens < 1:
-            raise ValueError(f"need max_batch, prompt_len and max_new_tokens >= 1, got {max_batch}, {prompt_len}, {max_new_tokens}")
+            raise ValueError(
+                f"need max_batch, prompt_len and max_new_tokens >= 1, got {max_batch}, {prompt_len}, {max_new_tokens}"
+            )
         self.model = model
         self.max_batch, self.prompt_len, self.max_new_tokens = int(max_batch), int(prompt_len), int(max_new_tokens)
         self.max_cache_len = self.prompt_len + self.max_new_tokens - 1  # the last token is never fed back
@@ -184,7 +190,11 @@ class StaticGreedyDecoder:
         self.pad_token_id = int(pad) if pad is not None else 0
         image_token_id = getattr(config, "image_token_id", None)
         # Left padding holds this token; it must not be an image placeholder, or it would ask for patches.
-        self._padding_token_id = self.pad_token_id if self.pad_token_id != image_token_id else int(getattr(text_config, "bos_token_id", 1) or 1)
+        self._padding_token_id = (
+            self.pad_token_id
+            if self.pad_token_id != image_token_id
+            else int(getattr(text_config, "bos_token_id", 1) or 1)
+        )
 
         # Made here once: a tensor made from a Python number per batch would be a copy from pageable
         # host memory, which waits for the queued prefill.
@@ -194,7 +204,9 @@ class StaticGreedyDecoder:
         _, kv_heads, head_dim = kv_cache_shape(config)
         # Inference mode, as every later write to the cache is.
         with torch.inference_mode():
-            self.cache.early_initialization(self.max_batch, kv_heads, head_dim, next(model.parameters()).dtype, self.device)
+            self.cache.early_initialization(
+                self.max_batch, kv_heads, head_dim, next(model.parameters()).dtype, self.device
+            )
 
         # The decode step's inputs: static buffers, updated in place between steps.
         self._tokens = torch.zeros((self.max_batch, 1), dtype=torch.long, device=self.device)
@@ -239,8 +251,10 @@ class StaticGreedyDecoder:
             return f"static cache, eager, batch {self.max_batch} x prompt {self.prompt_len}"
         fullgraph = "/".join(str(step.fullgraph) for step in self.steps)
         skips = f", CUDA graphs skipped {self.cudagraph_skips}x" if self.cudagraph_skips else ""
-        return (f"static cache + compiled prefill and decode ({self._decode.mode}, fullgraph={fullgraph}{skips}), "
-                f"batch {self.max_batch} x prompt {self.prompt_len}")
+        return (
+            f"static cache + compiled prefill and decode ({self._decode.mode}, fullgraph={fullgraph}{skips}), "
+            f"batch {self.max_batch} x prompt {self.prompt_len}"
+        )
 
     # ----------------------------------------------------------------------------------------- steps
 
@@ -290,7 +304,9 @@ class StaticGreedyDecoder:
             if self.is_cuda:
                 torch.cuda.synchronize(self.device)
             started = time.perf_counter()
-            self.generate(inputs, max_new_tokens=self.max_new_tokens, ignore_eos=True)  # every step, to compile decode too
+            self.generate(
+                inputs, max_new_tokens=self.max_new_tokens, ignore_eos=True
+            )  # every step, to compile decode too
             if self.is_cuda:
                 torch.cuda.synchronize(self.device)
             seconds.append(time.perf_counter() - started)
@@ -318,7 +334,9 @@ class StaticGreedyDecoder:
 
     def _check(self, rows: int, length: int, max_new_tokens: int) -> None:
         if not 1 <= max_new_tokens <= self.max_new_tokens:
-            raise ValueError(f"max_new_tokens must be in [1, {self.max_new_tokens}] for this decoder, got {max_new_tokens}")
+            raise ValueError(
+                f"max_new_tokens must be in [1, {self.max_new_tokens}] for this decoder, got {max_new_tokens}"
+            )
         if rows > self.max_batch:
             raise ValueError(f"batch of {rows} rows exceeds this decoder's max_batch={self.max_batch}")
         if length > self.prompt_len:
@@ -331,7 +349,9 @@ class StaticGreedyDecoder:
         the same number of patches too; its outputs are computed and dropped.
         """
         rows, length = input_ids.shape
-        ids = torch.full((self.max_batch, self.prompt_len), self._padding_token_id, dtype=input_ids.dtype, device=self.device)
+        ids = torch.full(
+            (self.max_batch, self.prompt_len), self._padding_token_id, dtype=input_ids.dtype, device=self.device
+        )
         mask = torch.zeros((self.max_batch, self.prompt_len), dtype=attention_mask.dtype, device=self.device)
         ids[:rows, self.prompt_len - length :] = input_ids
         mask[:rows, self.prompt_len - length :] = attention_mask
@@ -340,8 +360,12 @@ class StaticGreedyDecoder:
             # [rows * patches, features] from FuyuProcessor, or [rows, patches, features]. Always a new
             # tensor made here, in inference mode: a caller's tensor would differ in dispatch keys from
             # a padded one, and that difference alone makes Dynamo recompile.
-            first_row = image_patches[:1] if image_patches.dim() == 3 else image_patches[: image_patches.shape[0] // rows]
-            image_patches = torch.cat([image_patches, first_row.repeat(self.max_batch - rows, *[1] * (first_row.dim() - 1))])
+            first_row = (
+                image_patches[:1] if image_patches.dim() == 3 else image_patches[: image_patches.shape[0] // rows]
+            )
+            image_patches = torch.cat(
+                [image_patches, first_row.repeat(self.max_batch - rows, *[1] * (first_row.dim() - 1))]
+            )
         return ids, mask, image_patches
 
     def _generate(self, inputs, max_new_tokens, eos_token_id, ignore_eos, on_token, prefill_timer=None) -> torch.Tensor:
@@ -361,7 +385,9 @@ class StaticGreedyDecoder:
         positions = positions.masked_fill(batch_mask == 0, 0)
         self._mask[:, : self.prompt_len].copy_(batch_mask)
         with prefill_timer() if prefill_timer is not None else contextlib.nullcontext():
-            self.last_prefill_logits = self._prefill(self.model, self.cache, batch_ids, positions, self._mask, image_patches)
+            self.last_prefill_logits = self._prefill(
+                self.model, self.cache, batch_ids, positions, self._mask, image_patches
+            )
         next_ids = self.last_prefill_logits.argmax(dim=-1)
         self._slots_used = self.prompt_len
 
@@ -395,7 +421,9 @@ class StaticGreedyDecoder:
         return torch.cat([input_ids, new_tokens.to(input_ids.dtype)], dim=1)
 
 
-def first_token_agreement(model, decoder: StaticGreedyDecoder, inputs: dict, context=contextlib.nullcontext) -> dict[str, float]:
+def first_token_agreement(
+    model, decoder: StaticGreedyDecoder, inputs: dict, context=contextlib.nullcontext
+) -> dict[str, float]:
     """How closely the decoder's prefill agrees with stock `generate` on the same batch and weights.
 
     Compares the first generated position's logits: the share of rows whose top-1 token is the
@@ -406,8 +434,18 @@ def first_token_agreement(model, decoder: StaticGreedyDecoder, inputs: dict, con
         decoder.generate(inputs, max_new_tokens=1, ignore_eos=True)
     ours = decoder.last_prefill_logits[:rows].float()
     with torch.inference_mode(), context():
-        stock = model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True,
-                               return_dict_in_generate=True, pad_token_id=decoder.pad_token_id).logits[0].float()
+        stock = (
+            model.generate(
+                **inputs,
+                max_new_tokens=1,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=decoder.pad_token_id,
+            )
+            .logits[0]
+            .float()
+        )
     return {
         "first_token_top1_match": (stock.argmax(dim=-1) == ours.argmax(dim=-1)).float().mean().item(),
         "first_token_max_logit_diff": (stock - ours).abs().max().item(),

@@ -24,7 +24,8 @@ CHECK_TIMEOUT_S = 300.0  # a worker of a kind may first have to start, on a cold
 def skip_reason(variant: Variant, cpus_per_actor: int | None) -> str | None:
     """Why the cluster would skip this variant's cells, as the run itself would decide."""
     return resolve_attention(PRESETS[variant.optimization], variant.device)[1] or missing_resources(
-        variant, actor_demand(variant, cpus_per_actor))
+        variant, actor_demand(variant, cpus_per_actor)
+    )
 
 
 def checker_options(device: str) -> dict:
@@ -39,8 +40,10 @@ def check_on_workers(job: JobSpec, grid: Grid, devices: set[str]) -> dict[str, l
     tasks = {cell.point.dataset for cell in grid.cells}
     datasets = {task: job.dataset_source(task) for task in tasks}
     remote = ray.remote(check_sources)
-    pending = {device: remote.options(**checker_options(device)).remote(job.model, job.weights, datasets)
-               for device in sorted(devices)}
+    pending = {
+        device: remote.options(**checker_options(device)).remote(job.model, job.weights, datasets)
+        for device in sorted(devices)
+    }
     return {device: ray.get(ref, timeout=CHECK_TIMEOUT_S) for device, ref in pending.items()}
 
 

@@ -89,10 +89,7 @@ def _decode(value: Any) -> str:
 
 def _is_not_supported(error: BaseException, nvml: Any) -> bool:
     not_supported_code = getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", 3)
-    return (
-        getattr(error, "value", None) == not_supported_code
-        or "NotSupported" in type(error).__name__
-    )
+    return getattr(error, "value", None) == not_supported_code or "NotSupported" in type(error).__name__
 
 
 class NvmlEnergyMeter(EnergyMeter):
@@ -136,9 +133,7 @@ class NvmlEnergyMeter(EnergyMeter):
         try:
             self._handle = self._open_handle()
         except Exception as error:  # noqa: BLE001
-            self.unavailable_reason = (
-                f"NVML cannot open GPU index {self.device_index}: {error!r}"
-            )
+            self.unavailable_reason = f"NVML cannot open GPU index {self.device_index}: {error!r}"
             return
         mig_reason = self._mig_reason()
         if mig_reason is not None:
@@ -153,9 +148,7 @@ class NvmlEnergyMeter(EnergyMeter):
                     f" (nvmlDeviceGetTotalEnergyConsumption: {error!r})"
                 )
             else:
-                self.unavailable_reason = (
-                    f"energy counter unreadable on GPU {self.device_index}: {error!r}"
-                )
+                self.unavailable_reason = f"energy counter unreadable on GPU {self.device_index}: {error!r}"
 
     def _open_handle(self) -> Any:
         if self.uuid:
@@ -192,9 +185,7 @@ class NvmlEnergyMeter(EnergyMeter):
         try:
             millijoules = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
         except Exception as error:  # noqa: BLE001
-            raise EnergyUnavailable(
-                f"energy counter read failed on GPU {self.device_index}: {error!r}"
-            ) from error
+            raise EnergyUnavailable(f"energy counter read failed on GPU {self.device_index}: {error!r}") from error
         return float(millijoules) / 1000.0
 
     def _query(self, call: Callable[[], Any]) -> Any:
@@ -226,13 +217,9 @@ class NvmlEnergyMeter(EnergyMeter):
         nvml, handle = self._nvml, self._handle
         if handle is None:
             return {"sm_clock_mhz": None, "temperature_c": None}
-        sm_clock = self._query(
-            lambda: nvml.nvmlDeviceGetClockInfo(handle, getattr(nvml, "NVML_CLOCK_SM", 1))
-        )
+        sm_clock = self._query(lambda: nvml.nvmlDeviceGetClockInfo(handle, getattr(nvml, "NVML_CLOCK_SM", 1)))
         temperature = self._query(
-            lambda: nvml.nvmlDeviceGetTemperature(
-                handle, getattr(nvml, "NVML_TEMPERATURE_GPU", 0)
-            )
+            lambda: nvml.nvmlDeviceGetTemperature(handle, getattr(nvml, "NVML_TEMPERATURE_GPU", 0))
         )
         return {
             "sm_clock_mhz": None if sm_clock is None else int(sm_clock),
@@ -304,11 +291,7 @@ class RaplEnergyMeter(EnergyMeter):
             zone_dirs = sorted(self.root.iterdir())
         except OSError as error:
             return f"RAPL powercap tree unreadable at {self.root}: {error!r}"
-        package_dirs = [
-            path
-            for path in zone_dirs
-            if _TOP_LEVEL_RAPL_ZONE.match(path.name) and self._is_package(path)
-        ]
+        package_dirs = [path for path in zone_dirs if _TOP_LEVEL_RAPL_ZONE.match(path.name) and self._is_package(path)]
         if not package_dirs:
             return f"no RAPL package zones (intel-rapl:N with name 'package*') under {self.root}"
         for zone_dir in package_dirs:
@@ -489,9 +472,7 @@ def run_until_min_window(
             f"window {window.seconds:.3f} s shorter than {min_seconds} s after"
             f" max_repeats={max_repeats}; counter update granularity may dominate"
         )
-    return WindowResult(
-        joules=window.joules, seconds=window.seconds, repeats=repeats, note=note
-    )
+    return WindowResult(joules=window.joules, seconds=window.seconds, repeats=repeats, note=note)
 
 
 def measure_idle_power(

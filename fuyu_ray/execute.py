@@ -127,8 +127,11 @@ class RayActor:
         if state == "ALIVE":
             return ActorState("alive", "alive")
         restarts = info.get("NumRestarts", 0)
-        detail = {"RESTARTING": f"restarting (restart {restarts} of {ACTOR_RESTARTS}), waiting for resources if the node is full",
-                  "PENDING_CREATION": "waiting for resources to start"}.get(state, state.lower().replace("_", " "))
+        detail = {
+            "RESTARTING": f"restarting (restart {restarts} of {ACTOR_RESTARTS}), waiting for resources if the "
+            "node is full",
+            "PENDING_CREATION": "waiting for resources to start",
+        }.get(state, state.lower().replace("_", " "))
         return ActorState("waiting", detail)
 
     def lifetime(self) -> dict | None:
@@ -140,8 +143,14 @@ class RayActor:
 
 def death_cause(cause) -> str:
     """The first line of Ray's own account of an actor's death."""
-    for context in ("actor_died_error_context", "creation_task_failure_context", "runtime_env_failed_context",
-                    "oom_context", "node_death_info", "actor_unschedulable_context"):
+    for context in (
+        "actor_died_error_context",
+        "creation_task_failure_context",
+        "runtime_env_failed_context",
+        "oom_context",
+        "node_death_info",
+        "actor_unschedulable_context",
+    ):
         try:
             if cause is not None and cause.HasField(context):
                 part = getattr(cause, context)
@@ -204,19 +213,27 @@ def execute(
     for cell in cells:
         variant = cell.variant
         reason = resolve_attention(PRESETS[variant.optimization], variant.device)[1] or missing_resources(
-            variant, actor_demand(variant, cpus_per_actor))
+            variant, actor_demand(variant, cpus_per_actor)
+        )
         if reason:
             on_record(*failed_cell(cell, "skipped", reason))
         else:
             runnable.append(cell)
     scheduler = Scheduler(RayPool(runner_options, cpus_per_actor), on_record, on_start, cell_timeout_s, on_message)
-    return scheduler.run(runnable, lambda variant: actors_for(actor_demand(variant, cpus_per_actor), max_actors_per_variant))
+    return scheduler.run(
+        runnable, lambda variant: actors_for(actor_demand(variant, cpus_per_actor), max_actors_per_variant)
+    )
 
 
 def actor_options(name: str, demand: dict, environ=os.environ) -> dict:
     custom = {k: v for k, v in demand.items() if k not in ("CPU", "GPU")}
-    options = {"name": name, "num_cpus": demand["CPU"], "num_gpus": demand.get("GPU", 0), "resources": custom,
-               "max_restarts": ACTOR_RESTARTS}
+    options = {
+        "name": name,
+        "num_cpus": demand["CPU"],
+        "num_gpus": demand.get("GPU", 0),
+        "resources": custom,
+        "max_restarts": ACTOR_RESTARTS,
+    }
     overrides = hardware.peak_overrides_in(environ)
     if overrides:  # actors inherit their node's environment, not the driver's: pass the measured peaks on
         options["runtime_env"] = {"env_vars": overrides}

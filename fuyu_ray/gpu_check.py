@@ -35,13 +35,25 @@ from fuyu_ray.store import ResultStore
 
 DEFAULT_JOB = Path(__file__).resolve().parent.parent / "jobs" / "gpu-check.json"
 COLUMNS = (
-    ("optimization", "preset"), ("batch_size", "batch"), ("image", "image"), ("dataset", "dataset"),
-    ("seq_len", "seq_len"), ("status", "status"), ("latency_s", "latency s"), ("ttft_s", "TTFT s"),
-    ("prefill_compute_s", "prefill compute s"), ("decode_s_per_token", "decode s/tok"),
-    ("energy_j_per_sample", "J/sample"), ("decode_roofline_ratio", "decode/limit"),
-    ("prefill_roofline_ratio", "prefill/limit"), ("compile_s", "compile s"), ("recompiles", "recompiles"),
-    ("first_token_top1_match", "top-1 vs stock"), ("first_token_max_logit_diff", "max logit diff"),
-    ("attention", "attention"), ("error", "why not run"),
+    ("optimization", "preset"),
+    ("batch_size", "batch"),
+    ("image", "image"),
+    ("dataset", "dataset"),
+    ("seq_len", "seq_len"),
+    ("status", "status"),
+    ("latency_s", "latency s"),
+    ("ttft_s", "TTFT s"),
+    ("prefill_compute_s", "prefill compute s"),
+    ("decode_s_per_token", "decode s/tok"),
+    ("energy_j_per_sample", "J/sample"),
+    ("decode_roofline_ratio", "decode/limit"),
+    ("prefill_roofline_ratio", "prefill/limit"),
+    ("compile_s", "compile s"),
+    ("recompiles", "recompiles"),
+    ("first_token_top1_match", "top-1 vs stock"),
+    ("first_token_max_logit_diff", "max logit diff"),
+    ("attention", "attention"),
+    ("error", "why not run"),
 )
 
 # The time budget (README, "On one GPU, without Ray", has the arithmetic for fuyu-8b on an H200).
@@ -113,8 +125,10 @@ class Budget:
         left = self.left()
         if left >= needs_s:
             return None
-        return (f"not started: {what} needs about {needs_s:.0f} s and {max(left, 0.0):.0f} s were left "
-                f"of the GPU check's {self.seconds:.0f} s budget")
+        return (
+            f"not started: {what} needs about {needs_s:.0f} s and {max(left, 0.0):.0f} s were left "
+            f"of the GPU check's {self.seconds:.0f} s budget"
+        )
 
     def deadline(self, allowance_s: float) -> float | None:
         if self.seconds is None:
@@ -154,21 +168,27 @@ def measured_peaks_line(job, log=print) -> str:
         return "Roofline limits: none (no CUDA device)."
     already = hardware.peak_overrides_in(os.environ)
     if already:
-        return f"Roofline limits: as set in {', '.join(f'{k}={v}' for k, v in already.items())} (datasheet for the rest)."
+        return (
+            f"Roofline limits: as set in {', '.join(f'{k}={v}' for k, v in already.items())} (datasheet for the rest)."
+        )
     try:
         peak = hardware.measure_peaks("cuda")
     except Exception as exc:  # the cells still run, judged against the datasheet
         line = f"Roofline limits: datasheet (measuring the chip failed: {type(exc).__name__}: {exc})."
     else:
         os.environ.update(hardware.peak_overrides(peak))
-        line = (f"Roofline limits measured in this run: fp16 matrix rate {peak.fp16_tflops:.0f} TFLOP/s "
-                f"(8192^3 products), copy bandwidth {peak.bandwidth_gbps:.0f} GB/s (2 GiB, read + written).")
+        line = (
+            f"Roofline limits measured in this run: fp16 matrix rate {peak.fp16_tflops:.0f} TFLOP/s "
+            f"(8192^3 products), copy bandwidth {peak.bandwidth_gbps:.0f} GB/s (2 GiB, read + written)."
+        )
     torch.cuda.empty_cache()
     log(line)
     return line
 
 
-def run(job, out: str, log=print, budget_s: float | None = DEFAULT_BUDGET_S, started: float | None = None) -> list[dict]:
+def run(
+    job, out: str, log=print, budget_s: float | None = DEFAULT_BUDGET_S, started: float | None = None
+) -> list[dict]:
     """Every cell of the job, in the order of value, within the budget; returns the records' rows.
 
     `started` is when the budget began (default: now); `main` passes its own start.
@@ -198,8 +218,10 @@ def run(job, out: str, log=print, budget_s: float | None = DEFAULT_BUDGET_S, sta
             same = measured.get(key) if key is not None else None
             refusal = budget.refusal("this cell", expected_s)
             if same is not None:
-                reason = (f"same workload as cell {same['cell_id']} (seq_len {same['seq_len']}): no prompt is longer than "
-                          f"seq_len {cell.point.seq_len}, so nothing is cut; that cell's figures apply")
+                reason = (
+                    f"same workload as cell {same['cell_id']} (seq_len {same['seq_len']}): no prompt is longer than "
+                    f"seq_len {cell.point.seq_len}, so nothing is cut; that cell's figures apply"
+                )
                 record = cell_batch(outcome_row(cell.settings(), "skipped", reason))
             elif refusal:
                 record = cell_batch(outcome_row(cell.settings(), "skipped", refusal))
@@ -211,9 +233,13 @@ def run(job, out: str, log=print, budget_s: float | None = DEFAULT_BUDGET_S, sta
             measured.setdefault(key, row)
         store.write_cell(record, samples if samples is not None else sample_table([]))
         rows.append(row)
-        log(f"  {cell.point.optimization} {cell.point.dataset} batch={cell.point.batch_size} image={image_label(cell.point.image_size)} "
-            f"seq_len={cell.point.seq_len}: {row['status']} latency={_fmt(row['latency_s'])}s ttft={_fmt(row['ttft_s'])}s "
-            f"{row['error'] or ''}")
+        log(
+            f"  {cell.point.optimization} {cell.point.dataset} batch={cell.point.batch_size} "
+            f"image={image_label(cell.point.image_size)} "
+            f"seq_len={cell.point.seq_len}: {row['status']} latency={_fmt(row['latency_s'])}s "
+            f"ttft={_fmt(row['ttft_s'])}s "
+            f"{row['error'] or ''}"
+        )
         uses_left[variant] -= 1
         if uses_left[variant] == 0:
             runner = None  # the last reference but the table's
@@ -266,11 +292,15 @@ def _image(row: dict) -> tuple[int, int]:
 def summary(job, rows: list[dict], notes: list[str]) -> str:
     first = next((r for r in rows if r["status"] == "ok"), {})
     lines = [
-        f"# {job.name}: {first.get('model_label', job.model)}", "",
-        f"GPU: {first.get('gpu_name')} (driver {first.get('driver_version')}), torch threads {first.get('torch_threads')}; "
+        f"# {job.name}: {first.get('model_label', job.model)}",
+        "",
+        f"GPU: {first.get('gpu_name')} (driver {first.get('driver_version')}), torch threads "
+        f"{first.get('torch_threads')}; "
         "fp16 = stock transformers generate (dynamic cache, SDPA), the baseline of this run. "
         "TTFT is the time to the first token, host set-up included; prefill compute is the first forward alone.",
-        "", *notes, "",
+        "",
+        *notes,
+        "",
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
     ]
@@ -293,7 +323,8 @@ def speedups(rows: list[dict]) -> list[str]:
         label = "x".join(map(str, image)) if image[0] != image[1] else str(image[0])
         for name, row in sorted(at.items()):
             lines.append(
-                f"- batch {batch}, image {label}, {name}: {row['latency_s'] * 1000:.1f} ms ({stock['latency_s'] / row['latency_s']:.2f}x stock), "
+                f"- batch {batch}, image {label}, {name}: {row['latency_s'] * 1000:.1f} ms "
+                f"({stock['latency_s'] / row['latency_s']:.2f}x stock), "
                 f"TTFT {_ms(row['ttft_s'])}, prefill compute {_ms(row['prefill_compute_s'])}, "
                 f"J/sample {_fmt(row['energy_j_per_sample'])}, prefill/limit {_fmt(row['prefill_roofline_ratio'])}, "
                 f"decode/limit {_fmt(row['decode_roofline_ratio'])}"
@@ -306,8 +337,13 @@ def _ms(seconds) -> str:
 
 
 def _at_point(row: dict, batch: int, image: tuple[int, int]) -> bool:
-    return (row["status"] == "ok" and row["dataset"] == "textvqa" and _image(row) == image
-            and row["seq_len"] == 200 and row["batch_size"] == batch)
+    return (
+        row["status"] == "ok"
+        and row["dataset"] == "textvqa"
+        and _image(row) == image
+        and row["seq_len"] == 200
+        and row["batch_size"] == batch
+    )
 
 
 def targets(rows: list[dict], on_gpu: bool = True) -> list[str]:
@@ -315,6 +351,7 @@ def targets(rows: list[dict], on_gpu: bool = True) -> list[str]:
 
     On a CPU try-out the figures are shown but not judged: a tiny model would only "meet" them by being tiny.
     """
+
     def best(batch: int, image, key: str, pick):
         candidates = [r for r in rows if _at_point(r, batch, image) and r.get(key) is not None]
         return pick(candidates, key=lambda r: r[key]) if candidates else None
@@ -327,32 +364,44 @@ def targets(rows: list[dict], on_gpu: bool = True) -> list[str]:
     fastest = best(1, square, "latency_s", min)
     if fastest:
         ms = fastest["latency_s"] * 1000
-        lines.append(f"- batch 1, image 224, latency: {ms:.1f} ms ({fastest['optimization']}); "
-                     f"target <= {TARGET_B1_LATENCY_S * 1000:.0f} ms: {verdict(ms <= TARGET_B1_LATENCY_S * 1000)}")
+        lines.append(
+            f"- batch 1, image 224, latency: {ms:.1f} ms ({fastest['optimization']}); "
+            f"target <= {TARGET_B1_LATENCY_S * 1000:.0f} ms: {verdict(ms <= TARGET_B1_LATENCY_S * 1000)}"
+        )
     frugal = best(16, square, "energy_j_per_sample", min)
     if frugal:
         joules = frugal["energy_j_per_sample"]
-        lines.append(f"- batch 16, image 224, energy: {joules:.2f} J/sample ({frugal['optimization']}); "
-                     f"target <= {TARGET_B16_J_PER_SAMPLE:.1f}: {verdict(joules <= TARGET_B16_J_PER_SAMPLE)}")
+        lines.append(
+            f"- batch 16, image 224, energy: {joules:.2f} J/sample ({frugal['optimization']}); "
+            f"target <= {TARGET_B16_J_PER_SAMPLE:.1f}: {verdict(joules <= TARGET_B16_J_PER_SAMPLE)}"
+        )
     prefill = best(16, square, "prefill_roofline_ratio", max)
     if prefill:
         ratio = prefill["prefill_roofline_ratio"]
-        lines.append(f"- batch 16, image 224, prefill compute: {ratio:.0%} of the matrix rate ({prefill['optimization']}); "
-                     f"target >= {TARGET_B16_PREFILL_RATIO:.0%}: {verdict(ratio >= TARGET_B16_PREFILL_RATIO)}")
+        lines.append(
+            f"- batch 16, image 224, prefill compute: {ratio:.0%} of the matrix rate ({prefill['optimization']}); "
+            f"target >= {TARGET_B16_PREFILL_RATIO:.0%}: {verdict(ratio >= TARGET_B16_PREFILL_RATIO)}"
+        )
     hd = {r["optimization"]: r for r in rows if _at_point(r, 1, HD_IMAGE) and r.get("ttft_s") is not None}
     quickest = min(hd.values(), key=lambda r: r["ttft_s"]) if hd else None
     if quickest:
         ms = quickest["ttft_s"] * 1000
         each = ", ".join(f"{name} {row['ttft_s'] * 1000:.1f} ms" for name, row in sorted(hd.items()))
-        lines.append(f"- batch 1, image 1920x1080 (2,340 image tokens), time to first token: {ms:.1f} ms "
-                     f"({quickest['optimization']}; {each}); target <= {TARGET_HD_TTFT_S * 1000:.0f} ms: "
-                     f"{verdict(ms <= TARGET_HD_TTFT_S * 1000)}")
+        lines.append(
+            f"- batch 1, image 1920x1080 (2,340 image tokens), time to first token: {ms:.1f} ms "
+            f"({quickest['optimization']}; {each}); target <= {TARGET_HD_TTFT_S * 1000:.0f} ms: "
+            f"{verdict(ms <= TARGET_HD_TTFT_S * 1000)}"
+        )
     agreement = [r for r in rows if r["status"] == "ok" and r.get("first_token_top1_match") is not None]
     for row in agreement:
         width, height = _image(row)
         image = str(width) if width == height else f"{width}x{height}"
-        lines.append(f"- first-token agreement, {row['optimization']} vs stock generate, batch {row['batch_size']}, image {image}: "
-                     f"top-1 match {row['first_token_top1_match']:.0%}, largest logit difference {row['first_token_max_logit_diff']:.3g}")
+        lines.append(
+            f"- first-token agreement, {row['optimization']} vs stock generate, batch {row['batch_size']}, image "
+            f"{image}: "
+            f"top-1 match {row['first_token_top1_match']:.0%}, largest logit difference "
+            f"{row['first_token_max_logit_diff']:.3g}"
+        )
     return lines if len(lines) > 1 else []
 
 
@@ -363,9 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/gpu-check")
     parser.add_argument("--model", help="override the job's model (e.g. tiny, to try the script on a CPU)")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="override the job's device")
-    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
-                        help="seconds for all cells and model loads, from the start (default %(default)s; 0: no limit); "
-                             "a cell starts only if what is left covers it, and stops at its own deadline")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=DEFAULT_BUDGET_S,
+        help="seconds for all cells and model loads, from the start (default %(default)s; 0: no limit); "
+        "a cell starts only if what is left covers it, and stops at its own deadline",
+    )
     args = parser.parse_args(argv)
     hub_environment()
     try:

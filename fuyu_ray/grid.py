@@ -33,10 +33,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
     parser.add_argument("--force", action="store_true", help="recompute cells already on disk")
     parser.add_argument("--no-retry-failed", action="store_true", help="keep failed, oom and timeout cells as they are")
-    parser.add_argument("--remeasure-disturbed", action="store_true",
-                        help="run again the cells on disk whose measurement was disturbed (see measurement_quality)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="list the cells and check on the workers that the model and datasets resolve; load and write nothing")
+    parser.add_argument(
+        "--remeasure-disturbed",
+        action="store_true",
+        help="run again the cells on disk whose measurement was disturbed (see measurement_quality)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the cells and check on the workers that the model and datasets resolve; load and write nothing",
+    )
     return parser.parse_args(argv)
 
 
@@ -67,7 +73,11 @@ def package_versions() -> dict[str, str | None]:
 def git_commit() -> str | None:
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -76,6 +86,7 @@ def git_commit() -> str | None:
 
 def stop_on_sigterm() -> None:
     """`ray job stop` sends SIGTERM: finish as an interrupt, so finished cells are reported."""
+
     def handler(signum, frame):
         raise KeyboardInterrupt
 
@@ -169,6 +180,7 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
     stats = None
     store_failure = None
     with make_progress(len(todo)) as progress:
+
         def on_record(record, samples) -> None:
             try:
                 store.write_cell(record, samples)
@@ -180,8 +192,14 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
 
         try:
             stats = execute(
-                todo, on_record, progress.started, job.runner_options(), job.cpus_per_actor,
-                job.max_actors_per_variant, job.cell_timeout_s, on_message=progress.message,
+                todo,
+                on_record,
+                progress.started,
+                job.runner_options(),
+                job.cpus_per_actor,
+                job.max_actors_per_variant,
+                job.cell_timeout_s,
+                on_message=progress.message,
             )
         except StoreFailed as exc:  # a full or read-only --out: nothing more can be kept, so stop
             store_failure = str(exc)
@@ -194,12 +212,25 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
     wall_s = time.perf_counter() - wall_started
 
     run_info = {
-        "job_name": job.name, "job_file": job.source_path, "job_text": Path(job.source_path).read_text(),
-        "out": store.root, "ray_address": address or "local", "dashboard_url": dashboard,
-        "started_at": started_at, "finished_at": now_iso(), "ray_init_s": ray_init_s, "wall_s": wall_s,
-        "cells_total": len(grid.cells), "cells_run": len(todo), "cells_reused": len(grid.cells) - len(todo),
-        "interrupted": interrupted, "aborted": aborted, "fuyu_ray_version": __version__, "git_commit": git_commit(),
-        "packages": package_versions(), "python": sys.version.split()[0],
+        "job_name": job.name,
+        "job_file": job.source_path,
+        "job_text": Path(job.source_path).read_text(),
+        "out": store.root,
+        "ray_address": address or "local",
+        "dashboard_url": dashboard,
+        "started_at": started_at,
+        "finished_at": now_iso(),
+        "ray_init_s": ray_init_s,
+        "wall_s": wall_s,
+        "cells_total": len(grid.cells),
+        "cells_run": len(todo),
+        "cells_reused": len(grid.cells) - len(todo),
+        "interrupted": interrupted,
+        "aborted": aborted,
+        "fuyu_ray_version": __version__,
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "python": sys.version.split()[0],
         **harness_figures(stats, wall_s),
     }
     try:
@@ -211,8 +242,12 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
     ray.shutdown()
     if store_failure:
         kept = sum(1 for c in grid.cells if c.cell_id in statuses)
-        print(f"fuyu_ray: --out {store.root!r}: {store_failure}; the {kept} finished cells are kept; "
-              "free space or make it writable, then rerun the same command to finish the rest", file=sys.stderr, flush=True)
+        print(
+            f"fuyu_ray: --out {store.root!r}: {store_failure}; the {kept} finished cells are kept; "
+            "free space or make it writable, then rerun the same command to finish the rest",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     print(f"report: {store.path('summary.md')}", flush=True)
     return exit_status([statuses.get(c.cell_id) for c in grid.cells], interrupted, aborted)
@@ -240,7 +275,9 @@ def harness_figures(stats, wall_s: float) -> dict:
         return {"workers": 0, "busy_s": 0.0, "model_loads": 0, "busy_ratio": None, "actors": []}
     workers = stats.workers
     return {
-        "workers": workers, "busy_s": stats.busy_s, "model_loads": stats.model_loads,
+        "workers": workers,
+        "busy_s": stats.busy_s,
+        "model_loads": stats.model_loads,
         "busy_ratio": stats.busy_s / (wall_s * workers) if wall_s and workers else None,
         "actors": stats.actors,
     }

@@ -50,14 +50,28 @@ def chip_peak(gpu_name: str | None) -> tuple[ChipPeak | None, str]:
     if known is None and not (bandwidth and tflops):
         return None, f"no peak figures for {gpu_name!r}; set {BANDWIDTH_ENV} and {TFLOPS_ENV}"
     base = known or ChipPeak(0.0, 0.0)
-    source = ", ".join(
-        [f"{what} from {name}" for what, name, value in (("bandwidth", BANDWIDTH_ENV, bandwidth), ("rate", TFLOPS_ENV, tflops)) if value]
-    ) or "datasheet"
+    source = (
+        ", ".join(
+            [
+                f"{what} from {name}"
+                for what, name, value in (("bandwidth", BANDWIDTH_ENV, bandwidth), ("rate", TFLOPS_ENV, tflops))
+                if value
+            ]
+        )
+        or "datasheet"
+    )
     return ChipPeak(float(bandwidth or base.bandwidth_gbps), float(tflops or base.fp16_tflops)), source
 
 
-def measure_peaks(device: str = "cuda", matrix_side: int = 8192, copy_bytes: int = 2 << 30, repeats: int = 200,
-                  trials: int = 3, warm_up_s: float = 1.0, clock: Callable[[], float] = time.perf_counter) -> ChipPeak:
+def measure_peaks(
+    device: str = "cuda",
+    matrix_side: int = 8192,
+    copy_bytes: int = 2 << 30,
+    repeats: int = 200,
+    trials: int = 3,
+    warm_up_s: float = 1.0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> ChipPeak:
     """What this chip really reaches: an fp16 matrix product's rate and a device copy's bandwidth.
 
     Datasheet peaks are not reachable (the H200's 4.8 TB/s copies at about 4.3), so a ratio
@@ -65,26 +79,37 @@ def measure_peaks(device: str = "cuda", matrix_side: int = 8192, copy_bytes: int
     loops after `warm_up_s` of the same work, so that clocks have ramped up from idle: a low peak
     would flatter every ratio judged against it. Bandwidth counts the bytes read plus written.
     """
-    import torch
-
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32  # CPUs have no fast fp16 matmul
-    left = torch.randn(matrix_side, matrix_side, dtype=dtype, device=device)
-    right = torch.randn(matrix_side, matrix_side, dtype=dtype, device=device)
-    product = torch.empty_like(left)
-    matmul_s = best_loop_seconds(lambda: torch.mm(left, right, out=product), device, repeats, trials, warm_up_s, clock)
-    del left, right, product
-    source = torch.empty(copy_bytes // 2, dtype=torch.float16, device=device)
-    target = torch.empty_like(source)
-    copy_s = best_loop_seconds(lambda: target.copy_(source), device, repeats, trials, warm_up_s, clock)
-    del source, target
+    timing = (device, repeats, trials, warm_up_s, clock)
+    # One function each: its tensors are freed on return, before the next one's are made.
+    matmul_s = _matmul_seconds(matrix_side, *timing)
+    copy_s = _copy_seconds(copy_bytes, *timing)
     return ChipPeak(
         bandwidth_gbps=2 * copy_bytes * repeats / copy_s / 1e9,
         fp16_tflops=2 * matrix_side**3 * repeats / matmul_s / 1e12,
     )
 
 
-def best_loop_seconds(work: Callable[[], object], device: str, repeats: int, trials: int, warm_up_s: float,
-                      clock: Callable[[], float]) -> float:
+def _matmul_seconds(matrix_side: int, device: str, *timing) -> float:
+    import torch
+
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32  # CPUs have no fast fp16 matmul
+    left = torch.randn(matrix_side, matrix_side, dtype=dtype, device=device)
+    right = torch.randn(matrix_side, matrix_side, dtype=dtype, device=device)
+    product = torch.empty_like(left)
+    return best_loop_seconds(lambda: torch.mm(left, right, out=product), device, *timing)
+
+
+def _copy_seconds(copy_bytes: int, device: str, *timing) -> float:
+    import torch
+
+    source = torch.empty(copy_bytes // 2, dtype=torch.float16, device=device)
+    target = torch.empty_like(source)
+    return best_loop_seconds(lambda: target.copy_(source), device, *timing)
+
+
+def best_loop_seconds(
+    work: Callable[[], object], device: str, repeats: int, trials: int, warm_up_s: float, clock: Callable[[], float]
+) -> float:
     """The fastest of `trials` loops of `repeats` calls, after calling `work` for `warm_up_s`."""
     from fuyu_ray.measure import synchronize
 
@@ -132,8 +157,15 @@ def kv_bytes_per_token(model) -> int:
     return 2 * layers * kv_heads * head_dim * next(model.parameters()).element_size()
 
 
-def roofline_columns(gpu_name: str | None, loaded, prefill: float | None, decode: float | None,
-                     flops: dict[str, Any], batch_size: int, context_tokens: float | None = None) -> dict[str, Any]:
+def roofline_columns(
+    gpu_name: str | None,
+    loaded,
+    prefill: float | None,
+    decode: float | None,
+    flops: dict[str, Any],
+    batch_size: int,
+    context_tokens: float | None = None,
+) -> dict[str, Any]:
     """limit / measured for decode and prefill: 1.0 is the chip's best.
 
     Decode's limit is reading, once per token, the weights and the KV cache of the real context

@@ -54,6 +54,7 @@ class QualityThresholds:
 
 # --- the host -----------------------------------------------------------------------------------
 
+
 def _busy_seconds(times) -> float:
     return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal", "guest"))
 
@@ -105,8 +106,13 @@ class HostWindow:
         return times.user + times.system  # every thread of the worker, torch's included
 
     def columns(self) -> dict[str, Any]:
-        return {"other_cpu_s": self.other_cpu_s, "other_cpu_share": self.other_cpu_share, "load_average": self.load_average,
-                "cpu_mhz_start": self.cpu_mhz_start, "cpu_mhz_end": self.cpu_mhz_end}
+        return {
+            "other_cpu_s": self.other_cpu_s,
+            "other_cpu_share": self.other_cpu_share,
+            "load_average": self.load_average,
+            "cpu_mhz_start": self.cpu_mhz_start,
+            "cpu_mhz_end": self.cpu_mhz_end,
+        }
 
 
 def _cpu_mhz() -> float | None:
@@ -157,7 +163,8 @@ class GpuSamples:
         return {
             "gpu_foreign_processes": len(self.foreign_pids) if self.samples else None,
             "gpu_throttle_reasons": ", ".join(f"{r} {s:.0%}" for r, s in sorted(shares.items())) or None,
-            "sm_clock_min_mhz": self.sm_clock_min_mhz, "sm_clock_max_mhz": self.sm_clock_max_mhz,
+            "sm_clock_min_mhz": self.sm_clock_min_mhz,
+            "sm_clock_max_mhz": self.sm_clock_max_mhz,
         }
 
 
@@ -173,7 +180,9 @@ class GpuSampler:
 
     def sample_once(self) -> None:
         nvml = self.nvml
-        reasons = _first_available(nvml, self.handle, ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"))
+        reasons = _first_available(
+            nvml, self.handle, ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons")
+        )
         sm_clock = _first_available(nvml, self.handle, ("nvmlDeviceGetClockInfo",), nvml.NVML_CLOCK_SM)
         processes = _first_available(nvml, self.handle, ("nvmlDeviceGetComputeRunningProcesses",)) or []
         pids = {p.pid for p in processes} - self.own_pids
@@ -210,6 +219,7 @@ def _first_available(nvml: Any, handle: Any, names: tuple[str, ...], *args):
 
 # --- stability ----------------------------------------------------------------------------------
 
+
 def coefficient_of_variation(values: list[float]) -> float | None:
     if len(values) < 2:
         return None
@@ -228,7 +238,10 @@ def settled(recent: list[float], tolerance: float, window: int = 3) -> bool:
 
 # --- the verdict --------------------------------------------------------------------------------
 
-def verdict(thresholds: QualityThresholds, host: HostWindow | None, gpu: GpuSamples | None, batch_seconds: list[float]) -> str:
+
+def verdict(
+    thresholds: QualityThresholds, host: HostWindow | None, gpu: GpuSamples | None, batch_seconds: list[float]
+) -> str:
     """`clean`, or `disturbed: ` and every reason that crossed its threshold."""
     reasons = []
     if host is not None and host.other_cpu_share is not None and host.other_cpu_share > thresholds.max_other_cpu_share:

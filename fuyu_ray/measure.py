@@ -113,8 +113,12 @@ class BatchTiming:
         return self.total_s - (self.prefill_s or 0.0)
 
 
-def time_batch(run: Callable[[TokenClock], Any], device: str, clock: Callable[[], float] = time.perf_counter,
-               event_factory: Callable[[], Any] | None = None) -> tuple[Any, BatchTiming]:
+def time_batch(
+    run: Callable[[TokenClock], Any],
+    device: str,
+    clock: Callable[[], float] = time.perf_counter,
+    event_factory: Callable[[], Any] | None = None,
+) -> tuple[Any, BatchTiming]:
     """Run one batch; `run` must call the TokenClock once per generated token.
 
     The batch's total is host wall time with the device synchronised on both sides; the

@@ -168,13 +168,13 @@ def stand_in_processor():
     return _stand_in[0]
 
 
-
 def _pretrained_model(source: str, dtype, attention: str, device: str):
     from transformers import FuyuForCausalLM
 
     local_only, _ = hub_access(source)
-    return FuyuForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attention,
-                                           local_files_only=local_only).to(device)
+    return FuyuForCausalLM.from_pretrained(
+        source, dtype=dtype, attn_implementation=attention, local_files_only=local_only
+    ).to(device)
 
 
 def full_size_config(source: str):

@@ -43,7 +43,10 @@ def resolve_attention(preset: Preset, device: str) -> tuple[str | None, str | No
     if not preset.flash_only:
         return preset.attention, None
     if device != "cuda":
-        return None, "FlashAttention-2 kernels need a CUDA device (neither flash-attn nor SDPA's flash backend runs on CPU)"
+        return (
+            None,
+            "FlashAttention-2 kernels need a CUDA device (neither flash-attn nor SDPA's flash backend runs on CPU)",
+        )
     if flash_attn_package_available():
         return "flash_attention_2", None
     return "sdpa-flash", None

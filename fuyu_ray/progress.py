@@ -34,7 +34,11 @@ class PlainProgress:
 
     def finished(self, cell_description: str, row: dict) -> None:
         self.done += 1
-        print(f"[{self.done}/{self.total}] {row['cell_id']} {cell_description}: {outcome_line(row)}", file=self.stream, flush=True)
+        print(
+            f"[{self.done}/{self.total}] {row['cell_id']} {cell_description}: {outcome_line(row)}",
+            file=self.stream,
+            flush=True,
+        )
 
     def message(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -43,13 +47,26 @@ class PlainProgress:
 class RichProgress(PlainProgress):
     def __init__(self, total: int):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         super().__init__(total)
         self.console = Console()
         self.bar = Progress(
-            TextColumn("[bold]cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"), console=self.console,
+            TextColumn("[bold]cells"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+            console=self.console,
         )
         self.task = self.bar.add_task("", total=total)
         self.running: dict[str, float] = {}

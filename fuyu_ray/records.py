@@ -17,65 +17,161 @@ CUDA_FATAL = "cuda-fatal: "  # marks an error that leaves the worker's CUDA cont
 _str, _int, _float, _bool = pa.string(), pa.int64(), pa.float64(), pa.bool_()
 _floats = pa.list_(_float)
 
-CELL_SCHEMA = pa.schema([
-    # identity and settings
-    ("cell_id", _str), ("model", _str), ("model_label", _str), ("weights", _str),
-    ("device", _str), ("dataset", _str), ("batch_size", _int), ("image_size", _int),
-    ("image_width", _int), ("image_height", _int), ("seq_len", _int),
-    ("optimization", _str), ("limit", _int), ("dataset_source", _str), ("dataset_split", _str),
-    ("dataset_description", _str), ("attention", _str), ("dtype", _str), ("tokenizer_note", _str),
-    # outcome
-    ("status", _str), ("error", _str),
-    # workload
-    ("n_samples", _int), ("n_skipped_samples", _int), ("skipped_samples_reason", _str),
-    ("n_batches", _int), ("padded_rows", _int), ("image_tokens", _int), ("prompt_tokens_mean", _float),
-    ("truncated_prompts", _int), ("max_new_tokens", _int), ("generated_tokens_mean", _float),
-    ("eos_fraction", _float), ("ignore_eos", _bool), ("prompt_template", _str),
-    # latency, seconds per batch
-    ("latency_s", _float), ("latency_p90_s", _float), ("latency_mean_s", _float), ("latency_std_s", _float),
-    ("latency_n", _int), ("prefill_s", _float), ("prefill_p90_s", _float),
-    ("ttft_s", _float), ("ttft_p90_s", _float), ("prefill_compute_s", _float), ("prefill_compute_p90_s", _float),
-    ("decode_s_per_token", _float), ("decode_p90_s_per_token", _float),
-    ("samples_per_s", _float), ("tokens_per_s", _float), ("first_call_s", _float), ("warmup_s", _float), ("compile_s", _float),
-    ("warmup_batches", _int), ("recompiles", _int), ("decoder", _str),
-    ("first_token_top1_match", _float), ("first_token_max_logit_diff", _float),
-    # every timed batch, in order (repeats of the energy window included): compare bootstraps over these
-    ("latency_batches_s", _floats), ("prefill_batches_s", _floats), ("decode_batches_s_per_token", _floats),
-    # energy
-    ("energy_j_per_sample", _float), ("energy_j_per_batch", _float),
-    ("energy_above_idle_j_per_sample", _float), ("energy_above_idle_j_per_batch", _float),
-    ("idle_power_w", _float), ("energy_window_s", _float), ("energy_repeats", _int),
-    ("energy_method", _str), ("energy_note", _str),
-    ("energy_repeats_j", _floats),  # joules of each pass over the cell's batches inside the energy window
-    # FLOPs
-    ("flops_per_sample", _float), ("flops_analytic_per_sample", _float), ("macs_per_sample", _float), ("decode_flops_per_token", _float),
-    ("prefill_tokens", _int), ("flops_note", _str),
-    # memory
-    ("peak_gpu_allocated_bytes", _int), ("peak_gpu_reserved_bytes", _int), ("peak_rss_bytes", _int),
-    # roofline
-    ("decode_roofline_ratio", _float), ("prefill_roofline_ratio", _float), ("roofline_note", _str),
-    # accuracy
-    ("accuracy", _float), ("accuracy_metric", _str), ("accuracy_ci_low", _float), ("accuracy_ci_high", _float),
-    ("accuracy_n", _int), ("accuracy_lenient", _float), ("bleu4", _float), ("caption_tokenizer", _str),
-    ("accuracy_note", _str),
-    # where and when
-    ("node_id", _str), ("hostname", _str), ("actor", _str), ("variant_hash", _str),
-    ("gpu_name", _str), ("gpu_uuid", _str), ("driver_version", _str), ("cpu_model", _str),
-    ("sm_clock_start_mhz", _int), ("sm_clock_end_mhz", _int), ("gpu_temp_start_c", _int), ("gpu_temp_end_c", _int),
-    ("torch_threads", _int), ("started_at", _str), ("finished_at", _str), ("load_s", _float), ("cell_s", _float),
-    # measurement quality: what else used the machine in the timed window, how steady it was
-    ("measurement_quality", _str), ("measurement_attempts", _int), ("latency_cv", _float),
-    ("other_cpu_s", _float), ("other_cpu_share", _float), ("load_average", _float),
-    ("cpu_mhz_start", _float), ("cpu_mhz_end", _float), ("gpu_foreign_processes", _int), ("gpu_throttle_reasons", _str),
-    ("sm_clock_min_mhz", _int), ("sm_clock_max_mhz", _int),
-])
+CELL_SCHEMA = pa.schema(
+    [
+        # identity and settings
+        ("cell_id", _str),
+        ("model", _str),
+        ("model_label", _str),
+        ("weights", _str),
+        ("device", _str),
+        ("dataset", _str),
+        ("batch_size", _int),
+        ("image_size", _int),
+        ("image_width", _int),
+        ("image_height", _int),
+        ("seq_len", _int),
+        ("optimization", _str),
+        ("limit", _int),
+        ("dataset_source", _str),
+        ("dataset_split", _str),
+        ("dataset_description", _str),
+        ("attention", _str),
+        ("dtype", _str),
+        ("tokenizer_note", _str),
+        # outcome
+        ("status", _str),
+        ("error", _str),
+        # workload
+        ("n_samples", _int),
+        ("n_skipped_samples", _int),
+        ("skipped_samples_reason", _str),
+        ("n_batches", _int),
+        ("padded_rows", _int),
+        ("image_tokens", _int),
+        ("prompt_tokens_mean", _float),
+        ("truncated_prompts", _int),
+        ("max_new_tokens", _int),
+        ("generated_tokens_mean", _float),
+        ("eos_fraction", _float),
+        ("ignore_eos", _bool),
+        ("prompt_template", _str),
+        # latency, seconds per batch
+        ("latency_s", _float),
+        ("latency_p90_s", _float),
+        ("latency_mean_s", _float),
+        ("latency_std_s", _float),
+        ("latency_n", _int),
+        ("prefill_s", _float),
+        ("prefill_p90_s", _float),
+        ("ttft_s", _float),
+        ("ttft_p90_s", _float),
+        ("prefill_compute_s", _float),
+        ("prefill_compute_p90_s", _float),
+        ("decode_s_per_token", _float),
+        ("decode_p90_s_per_token", _float),
+        ("samples_per_s", _float),
+        ("tokens_per_s", _float),
+        ("first_call_s", _float),
+        ("warmup_s", _float),
+        ("compile_s", _float),
+        ("warmup_batches", _int),
+        ("recompiles", _int),
+        ("decoder", _str),
+        ("first_token_top1_match", _float),
+        ("first_token_max_logit_diff", _float),
+        # every timed batch, in order (repeats of the energy window included): compare bootstraps over these
+        ("latency_batches_s", _floats),
+        ("prefill_batches_s", _floats),
+        ("decode_batches_s_per_token", _floats),
+        # energy
+        ("energy_j_per_sample", _float),
+        ("energy_j_per_batch", _float),
+        ("energy_above_idle_j_per_sample", _float),
+        ("energy_above_idle_j_per_batch", _float),
+        ("idle_power_w", _float),
+        ("energy_window_s", _float),
+        ("energy_repeats", _int),
+        ("energy_method", _str),
+        ("energy_note", _str),
+        ("energy_repeats_j", _floats),  # joules of each pass over the cell's batches inside the energy window
+        # FLOPs
+        ("flops_per_sample", _float),
+        ("flops_analytic_per_sample", _float),
+        ("macs_per_sample", _float),
+        ("decode_flops_per_token", _float),
+        ("prefill_tokens", _int),
+        ("flops_note", _str),
+        # memory
+        ("peak_gpu_allocated_bytes", _int),
+        ("peak_gpu_reserved_bytes", _int),
+        ("peak_rss_bytes", _int),
+        # roofline
+        ("decode_roofline_ratio", _float),
+        ("prefill_roofline_ratio", _float),
+        ("roofline_note", _str),
+        # accuracy
+        ("accuracy", _float),
+        ("accuracy_metric", _str),
+        ("accuracy_ci_low", _float),
+        ("accuracy_ci_high", _float),
+        ("accuracy_n", _int),
+        ("accuracy_lenient", _float),
+        ("bleu4", _float),
+        ("caption_tokenizer", _str),
+        ("accuracy_note", _str),
+        # where and when
+        ("node_id", _str),
+        ("hostname", _str),
+        ("actor", _str),
+        ("variant_hash", _str),
+        ("gpu_name", _str),
+        ("gpu_uuid", _str),
+        ("driver_version", _str),
+        ("cpu_model", _str),
+        ("sm_clock_start_mhz", _int),
+        ("sm_clock_end_mhz", _int),
+        ("gpu_temp_start_c", _int),
+        ("gpu_temp_end_c", _int),
+        ("torch_threads", _int),
+        ("started_at", _str),
+        ("finished_at", _str),
+        ("load_s", _float),
+        ("cell_s", _float),
+        # measurement quality: what else used the machine in the timed window, how steady it was
+        ("measurement_quality", _str),
+        ("measurement_attempts", _int),
+        ("latency_cv", _float),
+        ("other_cpu_s", _float),
+        ("other_cpu_share", _float),
+        ("load_average", _float),
+        ("cpu_mhz_start", _float),
+        ("cpu_mhz_end", _float),
+        ("gpu_foreign_processes", _int),
+        ("gpu_throttle_reasons", _str),
+        ("sm_clock_min_mhz", _int),
+        ("sm_clock_max_mhz", _int),
+    ]
+)
 
-SAMPLE_SCHEMA = pa.schema([
-    ("cell_id", _str), ("dataset", _str), ("sample_id", _str), ("prompt", _str), ("generation", _str),
-    ("prediction", _str), ("references", pa.list_(_str)), ("answer_index", _int), ("choices", pa.list_(_str)),
-    ("score", _float), ("score_lenient", _float), ("prompt_tokens", _int), ("truncated", _bool),
-    ("generated_tokens", _int),
-])
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("cell_id", _str),
+        ("dataset", _str),
+        ("sample_id", _str),
+        ("prompt", _str),
+        ("generation", _str),
+        ("prediction", _str),
+        ("references", pa.list_(_str)),
+        ("answer_index", _int),
+        ("choices", pa.list_(_str)),
+        ("score", _float),
+        ("score_lenient", _float),
+        ("prompt_tokens", _int),
+        ("truncated", _bool),
+        ("generated_tokens", _int),
+    ]
+)
 
 
 def now_iso() -> str:
@@ -98,5 +194,11 @@ def sample_table(rows: list[dict[str, Any]]) -> pa.Table:
 def outcome_row(settings: dict[str, Any], status: str, error: str | None, **extra: Any) -> dict[str, Any]:
     """A record for a cell that produced no figures: skipped, failed, oom or timeout."""
     stamp = now_iso()
-    return {**settings, "status": status, "error": error, "started_at": extra.pop("started_at", stamp),
-            "finished_at": stamp, **extra}
+    return {
+        **settings,
+        "status": status,
+        "error": error,
+        "started_at": extra.pop("started_at", stamp),
+        "finished_at": stamp,
+        **extra,
+    }

@@ -335,17 +335,17 @@ def large_sweep_lines(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str)
     total = len(grid.sections[sweep])
     shape = " x ".join(f"{AXIS_TITLES[a].lower()} {len(values[a])}" for a in varied)
     others = [a for a in axes[2:]]
+    extremes = f"the {EXTREMES} best and {EXTREMES} worst cells"
     if len(axes) >= 2:
-        how = (f"a table over {AXIS_TITLES[axes[0]].lower()} and {AXIS_TITLES[axes[1]].lower()}"
-               + (f" (the median over {', '.join(AXIS_TITLES[a].lower() for a in others)})" if others else ""))
+        how = (f"Per metric below: a table over {AXIS_TITLES[axes[0]].lower()} and {AXIS_TITLES[axes[1]].lower()}"
+               + (f" (the median over {', '.join(AXIS_TITLES[a].lower() for a in others)})" if others else "") + f", then {extremes}.")
     else:
         step = ordinal(thinning_step(len(values[axes[0]]), FULL_TABLE_ROWS))
-        how = (f"a table of {len(thinned(values[axes[0]], FULL_TABLE_ROWS))} of its {len(values[axes[0]])} {AXIS_TITLES[axes[0]].lower()} "
-               f"values (every {step} and the last)")
+        how = (f"Below: {len(thinned(values[axes[0]], FULL_TABLE_ROWS))} of its {len(values[axes[0]])} {AXIS_TITLES[axes[0]].lower()} "
+               f"values (every {step} and the last), then per metric {extremes}.")
     lines = [
-        f"{total:,} cells ({shape} values): too many for a row each, so below are {how} and, per metric, "
-        f"the {EXTREMES} best and {EXTREMES} worst cells. Every cell is a row of cells.parquet (its samples are in "
-        "samples.parquet), and the plot shows every value.", "",
+        f"{total:,} cells ({shape} values): too many for a row each. {how} Every cell is a row of cells.parquet "
+        "(its samples are in samples.parquet), and the plot shows every value.", "",
     ]
     counts = frame.group_by("status").len().sort("len", descending=True).rows() if not frame.is_empty() else []
     missing = total - frame.height

@@ -26,8 +26,8 @@ from fuyu_ray.data import LoadedSamples, Sample, load_samples
 from fuyu_ray.interference import CLEAN, HostWindow, QualityThresholds, coefficient_of_variation, settled, verdict
 from fuyu_ray.measure import BatchTiming, PeakMemory, count_flops, fuyu_prefill_flops, spread, time_batch
 from fuyu_ray.models import LoadedModel, PresetUnsupported, load_model
-from fuyu_ray.records import CUDA_FATAL, cell_batch, now_iso, outcome_row, sample_table
 from fuyu_ray.prompts import Prompt, TaskSettings, build_prompt
+from fuyu_ray.records import CUDA_FATAL, cell_batch, now_iso, outcome_row, sample_table
 from fuyu_ray.scoring import score, unscored
 from fuyu_ray.spec import image_dims
 
@@ -70,8 +70,15 @@ def image_token_count(image_size: int | str) -> int:
 class CellRunner:
     """Loads one variant once and keeps it warm for all of that variant's cells."""
 
-    def __init__(self, variant: Variant, min_energy_window_s: float = 1.0, context: dict[str, Any] | None = None,
-                 cpu_package_shared: bool = False, quality: QualityThresholds | None = None, remeasure_disturbed: int = 0):
+    def __init__(
+        self,
+        variant: Variant,
+        min_energy_window_s: float = 1.0,
+        context: dict[str, Any] | None = None,
+        cpu_package_shared: bool = False,
+        quality: QualityThresholds | None = None,
+        remeasure_disturbed: int = 0,
+    ):
         self.variant = variant
         self.quality = quality or QualityThresholds()
         self.remeasure_disturbed = remeasure_disturbed
@@ -85,7 +92,9 @@ class CellRunner:
         self.meter = self._meter()
         # Three windows on a GPU, which is still settling from loading the model; one second elsewhere.
         idle_windows = 3 if variant.device == "cuda" else 1
-        self.idle_power_w, _ = energy.measure_idle_power(self.meter, windows=idle_windows) if self.load_outcome is None else (None, None)
+        self.idle_power_w, _ = (
+            energy.measure_idle_power(self.meter, windows=idle_windows) if self.load_outcome is None else (None, None)
+        )
         self.device_info = self.meter.device_info() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
 
     def _load(self) -> tuple[LoadedModel | None, tuple[str, str] | None]:
@@ -104,8 +113,10 @@ class CellRunner:
 
     def _meter(self) -> energy.EnergyMeter:
         if self.variant.device == "cpu" and self.cpu_package_shared:
-            return energy.NoEnergyMeter("the CPU package counter is shared with other actors on this node; "
-                                        "give cpus_per_actor a whole node to measure CPU energy")
+            return energy.NoEnergyMeter(
+                "the CPU package counter is shared with other actors on this node; "
+                "give cpus_per_actor a whole node to measure CPU energy"
+            )
         return energy.meter_for(self.variant.device)
 
     def run(self, cell: Cell, deadline: float | None = None) -> CellResult:
@@ -115,7 +126,9 @@ class CellRunner:
         started_at, started = now_iso(), time.perf_counter()
         base = {**cell.settings(), **self.context, "variant_hash": self.variant.variant_hash, "load_s": self.load_s}
         if self.load_outcome is not None:
-            return CellResult(cell_batch(outcome_row(base, *self.load_outcome, started_at=started_at)), sample_table([]))
+            return CellResult(
+                cell_batch(outcome_row(base, *self.load_outcome, started_at=started_at)), sample_table([])
+            )
         try:
             row, samples = self._measure_cleanest(cell, deadline)
             row.update(base, status="ok", error=None, started_at=started_at, finished_at=now_iso())
@@ -135,9 +148,14 @@ class CellRunner:
             attempts.append(self._measure(cell, deadline))
             if attempts[-1][0].get("measurement_quality", CLEAN) == CLEAN:
                 break
-        row, samples = min(attempts, key=lambda attempt: (attempt[0].get("measurement_quality", CLEAN) != CLEAN,
-                                                           attempt[0].get("other_cpu_share") or 0.0,
-                                                           attempt[0].get("latency_cv") or 0.0))
+        row, samples = min(
+            attempts,
+            key=lambda attempt: (
+                attempt[0].get("measurement_quality", CLEAN) != CLEAN,
+                attempt[0].get("other_cpu_share") or 0.0,
+                attempt[0].get("latency_cv") or 0.0,
+            ),
+        )
         row["measurement_attempts"] = len(attempts)
         return row, samples
 
@@ -164,8 +182,9 @@ class CellRunner:
         if key not in self.decoders:
             self._free_memory()
             batch_size, prompt_len, _, new_tokens = key
-            self.decoders[key] = StaticGreedyDecoder(self.loaded.model, batch_size, prompt_len, new_tokens, compiled=True,
-                                                     device=self.variant.device)
+            self.decoders[key] = StaticGreedyDecoder(
+                self.loaded.model, batch_size, prompt_len, new_tokens, compiled=True, device=self.variant.device
+            )
         return self.decoders[key]
 
     # --- one cell -------------------------------------------------------------------------
@@ -178,8 +197,10 @@ class CellRunner:
         def check_deadline(where: str) -> None:
             now = time.perf_counter()
             if deadline is not None and now > deadline:
-                raise CellDeadline(f"stopped {where}: past its deadline by {now - deadline:.1f} s "
-                                   f"({now - started:.1f} s into the cell)")
+                raise CellDeadline(
+                    f"stopped {where}: past its deadline by {now - deadline:.1f} s "
+                    f"({now - started:.1f} s into the cell)"
+                )
 
         settings = TaskSettings.for_task(point.dataset, cell.task_override)
         data = load_samples(point.dataset, cell.source, cell.limit)
@@ -198,8 +219,14 @@ class CellRunner:
             if decoder is None:
                 return generate(loaded, batch, settings.max_new_tokens, ignore_eos, token_clock)
             with attention_context(loaded):
-                return decoder.generate(batch.inputs, settings.max_new_tokens, loaded.eos_token_id, ignore_eos,
-                                        on_token=token_clock, prefill_timer=token_clock.prefill)
+                return decoder.generate(
+                    batch.inputs,
+                    settings.max_new_tokens,
+                    loaded.eos_token_id,
+                    ignore_eos,
+                    on_token=token_clock,
+                    prefill_timer=token_clock.prefill,
+                )
 
         clocks = self._clocks()
         compile_s_before = decoder.compile_s if decoder else 0.0
@@ -207,7 +234,9 @@ class CellRunner:
             if decoder:  # until its graphs are compiled and (on CUDA) recorded
                 first_call_s, warmup_s, warmup_batches = decoder.warm_up(batches[0].inputs)
             else:  # until the timings settle, within a cap: a cold cache or a busy start is not the cell
-                first_call_s, warmup_s, warmup_batches = settle(lambda: warm_up(run_batch, batches[0], point.device), self.quality)
+                first_call_s, warmup_s, warmup_batches = settle(
+                    lambda: warm_up(run_batch, batches[0], point.device), self.quality
+                )
             check_deadline("after the warm-up")
             compilations_warm = decoder.compilations if decoder else 0
             timings: list[BatchTiming] = []
@@ -238,7 +267,11 @@ class CellRunner:
         latency = latency_columns(timings, point.batch_size, first_call_s, warmup_s, warmup_batches)
         predictions, generations, generated, stopped = decode_outputs(loaded, batches, first_pass, len(data.samples))
         # Random weights answer nothing: skip scoring (and its pycocoevalcap import on bare GPU boxes).
-        task_score = score(point.dataset, data.samples, predictions) if loaded.accuracy_note is None else unscored(point.dataset, len(data.samples))
+        task_score = (
+            score(point.dataset, data.samples, predictions)
+            if loaded.accuracy_note is None
+            else unscored(point.dataset, len(data.samples))
+        )
         check_deadline("before counting FLOPs")
         flops = count_cell_flops(loaded, batches[0])
         agreement = first_token_columns(loaded, decoder, batches[0])
@@ -246,30 +279,42 @@ class CellRunner:
         workload = workload_columns(data, prompts, batches, settings, generated, ignore_eos, point.image_size)
 
         row = {
-            "model_label": loaded.label, "attention": loaded.attention, "dtype": loaded.preset.dtype,
+            "model_label": loaded.label,
+            "attention": loaded.attention,
+            "dtype": loaded.preset.dtype,
             "tokenizer_note": loaded.tokenizer_note,
-            "dataset_description": data.description, "torch_threads": torch.get_num_threads(),
+            "dataset_description": data.description,
+            "torch_threads": torch.get_num_threads(),
             **workload,
             "eos_fraction": sum(stopped) / len(stopped),
             **latency,
             **energy_columns(window, self.meter, self.idle_power_w, len(timings), point.batch_size),
             "energy_repeats_j": repeat_joules if window.joules is not None and repeat_joules else None,
             **flops,
-            "peak_gpu_allocated_bytes": memory.allocated_bytes, "peak_gpu_reserved_bytes": memory.reserved_bytes,
+            "peak_gpu_allocated_bytes": memory.allocated_bytes,
+            "peak_gpu_reserved_bytes": memory.reserved_bytes,
             "peak_rss_bytes": memory.rss_bytes,
             "compile_s": decoder.compile_s - compile_s_before if decoder else None,
             "recompiles": decoder.compilations - compilations_warm if decoder else None,
             "decoder": describe_decoder(decoder),
             **agreement,
             **hardware.roofline_columns(
-                self.device_info.get("gpu_name"), loaded, latency["prefill_compute_s"], latency["decode_s_per_token"], flops, point.batch_size,
+                self.device_info.get("gpu_name"),
+                loaded,
+                latency["prefill_compute_s"],
+                latency["decode_s_per_token"],
+                flops,
+                point.batch_size,
                 context_tokens=mean_context_tokens(batches, workload["generated_tokens_mean"]),
             ),
             **accuracy_columns(task_score, loaded),
             **self.device_info,
-            "sm_clock_start_mhz": clocks.get("sm_clock_mhz"), "gpu_temp_start_c": clocks.get("temperature_c"),
-            "sm_clock_end_mhz": clocks_end.get("sm_clock_mhz"), "gpu_temp_end_c": clocks_end.get("temperature_c"),
-            **host.columns(), **(gpu.columns() if gpu else {}),
+            "sm_clock_start_mhz": clocks.get("sm_clock_mhz"),
+            "gpu_temp_start_c": clocks.get("temperature_c"),
+            "sm_clock_end_mhz": clocks_end.get("sm_clock_mhz"),
+            "gpu_temp_end_c": clocks_end.get("temperature_c"),
+            **host.columns(),
+            **(gpu.columns() if gpu else {}),
             "latency_cv": coefficient_of_variation(batch_seconds),
             "measurement_quality": verdict(self.quality, host, gpu, batch_seconds),
         }
@@ -291,7 +336,9 @@ def first_token_columns(loaded: LoadedModel, decoder, batch: Batch) -> dict[str,
     return first_token_agreement(loaded.model, decoder, batch.inputs, context=lambda: attention_context(loaded))
 
 
-def prepare_batches(loaded: LoadedModel, samples: list[Sample], prompts: list[Prompt], image_size: int | str, batch_size: int) -> list[Batch]:
+def prepare_batches(
+    loaded: LoadedModel, samples: list[Sample], prompts: list[Prompt], image_size: int | str, batch_size: int
+) -> list[Batch]:
     """Processor work happens here, outside any timed window: latency is generate's time alone.
 
     Each image is resized to the cell's image_size (S x S, or W x H); the processor pads it to
@@ -413,7 +460,9 @@ def count_cell_flops(loaded: LoadedModel, batch: Batch) -> dict[str, Any]:
     patches_per_row = batch.inputs["image_patches"].shape[0] // rows
     return {
         "flops_per_sample": prefill_flops / rows,
-        "flops_analytic_per_sample": fuyu_prefill_flops(model.config, patches_per_row, batch.prompt_length, logits_positions=1),
+        "flops_analytic_per_sample": fuyu_prefill_flops(
+            model.config, patches_per_row, batch.prompt_length, logits_positions=1
+        ),
         "macs_per_sample": prefill_flops / rows / 2,
         "decode_flops_per_token": decode_flops / rows,
         "prefill_tokens": batch.prompt_length,
@@ -426,7 +475,9 @@ def mean_context_tokens(batches: list[Batch], generated_tokens_mean: float | Non
     return prompt + (generated_tokens_mean or 0.0) / 2
 
 
-def workload_columns(data: LoadedSamples, prompts, batches, settings, generated, ignore_eos, image_size) -> dict[str, Any]:
+def workload_columns(
+    data: LoadedSamples, prompts, batches, settings, generated, ignore_eos, image_size
+) -> dict[str, Any]:
     lengths = [g for g in generated if g is not None]
     return {
         "n_samples": len(data.samples),
@@ -444,7 +495,9 @@ def workload_columns(data: LoadedSamples, prompts, batches, settings, generated,
     }
 
 
-def latency_columns(timings: list[BatchTiming], batch_size: int, first_call_s, warmup_s, warmup_batches) -> dict[str, Any]:
+def latency_columns(
+    timings: list[BatchTiming], batch_size: int, first_call_s, warmup_s, warmup_batches
+) -> dict[str, Any]:
     total = spread([t.total_s for t in timings])
     prefill = spread([t.prefill_s for t in timings])
     compute = spread([t.prefill_compute_s for t in timings])
@@ -452,25 +505,40 @@ def latency_columns(timings: list[BatchTiming], batch_size: int, first_call_s, w
     busy = sum(t.total_s for t in timings)
     tokens = sum(t.steps for t in timings) * batch_size
     return {
-        "latency_s": total.median, "latency_p90_s": total.p90, "latency_mean_s": total.mean,
-        "latency_std_s": total.std, "latency_n": total.n,
-        "prefill_s": prefill.median, "prefill_p90_s": prefill.p90,
-        "ttft_s": prefill.median, "ttft_p90_s": prefill.p90,
-        "prefill_compute_s": compute.median, "prefill_compute_p90_s": compute.p90,
-        "decode_s_per_token": decode.median, "decode_p90_s_per_token": decode.p90,
+        "latency_s": total.median,
+        "latency_p90_s": total.p90,
+        "latency_mean_s": total.mean,
+        "latency_std_s": total.std,
+        "latency_n": total.n,
+        "prefill_s": prefill.median,
+        "prefill_p90_s": prefill.p90,
+        "ttft_s": prefill.median,
+        "ttft_p90_s": prefill.p90,
+        "prefill_compute_s": compute.median,
+        "prefill_compute_p90_s": compute.p90,
+        "decode_s_per_token": decode.median,
+        "decode_p90_s_per_token": decode.p90,
         "samples_per_s": len(timings) * batch_size / busy if busy else None,
         "tokens_per_s": tokens / busy if busy else None,
-        "first_call_s": first_call_s, "warmup_s": warmup_s, "warmup_batches": warmup_batches,
+        "first_call_s": first_call_s,
+        "warmup_s": warmup_s,
+        "warmup_batches": warmup_batches,
         # The raw figures behind the medians, one per timed batch, for compare's intervals.
-        "latency_batches_s": [t.total_s for t in timings], "prefill_batches_s": [t.prefill_s for t in timings],
+        "latency_batches_s": [t.total_s for t in timings],
+        "prefill_batches_s": [t.prefill_s for t in timings],
         "decode_batches_s_per_token": [t.decode_s_per_token for t in timings],
     }
 
 
-def energy_columns(window: energy.WindowResult, meter: energy.EnergyMeter, idle_w, n_batches: int, batch_size: int) -> dict[str, Any]:
+def energy_columns(
+    window: energy.WindowResult, meter: energy.EnergyMeter, idle_w, n_batches: int, batch_size: int
+) -> dict[str, Any]:
     columns = {
-        "energy_window_s": window.seconds, "energy_repeats": window.repeats,
-        "energy_method": meter.method, "energy_note": window.note, "idle_power_w": idle_w,
+        "energy_window_s": window.seconds,
+        "energy_repeats": window.repeats,
+        "energy_method": meter.method,
+        "energy_note": window.note,
+        "idle_power_w": idle_w,
     }
     if window.joules is None:
         return columns
@@ -496,10 +564,15 @@ def accuracy_columns(task_score, loaded: LoadedModel) -> dict[str, Any]:
     if loaded.accuracy_note is not None:
         return {"accuracy_metric": task_score.metric, "accuracy_note": loaded.accuracy_note}
     return {
-        "accuracy": task_score.accuracy, "accuracy_metric": task_score.metric,
-        "accuracy_ci_low": task_score.ci_low, "accuracy_ci_high": task_score.ci_high,
-        "accuracy_n": task_score.n, "accuracy_lenient": task_score.lenient, "bleu4": task_score.bleu4,
-        "caption_tokenizer": task_score.tokenizer, "accuracy_note": task_score.note,
+        "accuracy": task_score.accuracy,
+        "accuracy_metric": task_score.metric,
+        "accuracy_ci_low": task_score.ci_low,
+        "accuracy_ci_high": task_score.ci_high,
+        "accuracy_n": task_score.n,
+        "accuracy_lenient": task_score.lenient,
+        "bleu4": task_score.bleu4,
+        "caption_tokenizer": task_score.tokenizer,
+        "accuracy_note": task_score.note,
     }
 
 
@@ -507,11 +580,20 @@ def sample_rows(cell: Cell, samples, prompts, generations, predictions, task_sco
     lenient = task_score.per_sample_lenient or [None] * len(samples)
     return [
         {
-            "cell_id": cell.cell_id, "dataset": cell.point.dataset, "sample_id": sample.sample_id,
-            "prompt": prompt.text, "generation": generation, "prediction": prediction,
-            "references": list(sample.references), "answer_index": sample.answer_index,
-            "choices": list(sample.choices), "score": per_sample, "score_lenient": lenient_score,
-            "prompt_tokens": prompt.text_tokens, "truncated": prompt.truncated, "generated_tokens": length,
+            "cell_id": cell.cell_id,
+            "dataset": cell.point.dataset,
+            "sample_id": sample.sample_id,
+            "prompt": prompt.text,
+            "generation": generation,
+            "prediction": prediction,
+            "references": list(sample.references),
+            "answer_index": sample.answer_index,
+            "choices": list(sample.choices),
+            "score": per_sample,
+            "score_lenient": lenient_score,
+            "prompt_tokens": prompt.text_tokens,
+            "truncated": prompt.truncated,
+            "generated_tokens": length,
         }
         for sample, prompt, generation, prediction, per_sample, lenient_score, length in zip(
             samples, prompts, generations, predictions, task_score.per_sample, lenient, generated
@@ -527,8 +609,10 @@ def load_error_line(model: str, cause: str) -> str:
     elif model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1]:
         fix = "no such folder on this worker: check the path, or stage it on every node"
     else:
-        fix = (f"download it into HF_HOME first (`hf download {model}` on a machine with network, then run with "
-               "HF_HUB_OFFLINE=1; see the README, 'Before the seed job')")
+        fix = (
+            f"download it into HF_HOME first (`hf download {model}` on a machine with network, then run with "
+            "HF_HUB_OFFLINE=1; see the README, 'Before the seed job')"
+        )
     return f"model {model!r} could not be loaded: {cause}; {fix}"
 
 

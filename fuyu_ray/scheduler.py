@@ -20,6 +20,7 @@ from fuyu_ray.cells import Cell, Variant
 from fuyu_ray.records import CUDA_FATAL, cell_batch, outcome_row, sample_table
 
 RETRY_PING_S = 0.5  # how often an actor that is restarting or waiting for resources is asked again
+PLACEMENT_CHECK_S = 5.0  # how often a ping still unanswered makes the cluster be asked whether the actor can be placed
 FRESH_ACTORS_PER_VARIANT = 1  # after an actor is dead for good, its variant gets one new actor
 
 
@@ -71,6 +72,7 @@ class Slot:
     incarnation: float | None = None  # the start time of the process that last answered
     stale: float | None = None  # an incarnation that was restarted on purpose: its answers do not count
     answered: bool = False  # the actor's current process has answered: it can report its lifetime
+    pinged_at: float = 0.0
     waiting_since: float | None = None  # when it last went quiet; for the one line that says so
 
 
@@ -105,8 +107,15 @@ def failed_cell(cell: Cell, status: str, error: str, **extra):
 class Scheduler:
     """Feeds each variant's cells to its actors, and turns every fault into records."""
 
-    def __init__(self, pool: Pool, on_record: Callable, on_start: Callable[[Cell], None], cell_timeout_s: float,
-                 on_message: Callable[[str], None] = lambda text: None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        pool: Pool,
+        on_record: Callable,
+        on_start: Callable[[Cell], None],
+        cell_timeout_s: float,
+        on_message: Callable[[str], None] = lambda text: None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.pool, self.on_record, self.on_start, self.on_message = pool, on_record, on_start, on_message
         self.cell_timeout_s, self.clock = cell_timeout_s, clock
         self.queues: dict[Variant, list[Cell]] = {}
@@ -133,7 +142,7 @@ class Scheduler:
         for slot in [s for s in self.slots if s.cell is None and not self.queues[s.variant]]:
             self._retire(slot)  # nothing left for it: a waiting actor need not wait on
         for slot in [s for s in self.slots if s.call is None and s.retry_at is not None and s.retry_at <= now]:
-            slot.retry_at, slot.call = None, slot.actor.ping()
+            slot.retry_at, slot.call, slot.pinged_at = None, slot.actor.ping(), now
         by_call = {s.call: s for s in self.slots if s.call is not None}
         ready = self.pool.wait(list(by_call), timeout=1.0 if by_call else RETRY_PING_S)
         for call in ready:
@@ -146,6 +155,14 @@ class Scheduler:
         for slot in [s for s in self.slots if s.cell is not None and s.call is not None]:
             if now - slot.submitted_at > self.cell_timeout_s:
                 self._time_out(slot)
+        for slot in [
+            s for s in self.slots if s.cell is None and s.call is not None and now - s.pinged_at > PLACEMENT_CHECK_S
+        ]:
+            # An actor still being created waits without failing: ask whether any node could ever host it.
+            slot.pinged_at = now
+            unplaceable = self.pool.unplaceable(slot.variant)
+            if unplaceable:
+                self._give_up(slot, f"worker {slot.actor.name} cannot be placed: {unplaceable}")
 
     def _on_ping(self, slot: Slot) -> None:
         call, slot.call = slot.call, None
@@ -184,7 +201,9 @@ class Scheduler:
             record, samples = self.pool.result(call)
             lost = False
         except CallFailed as failure:
-            record, samples = failed_cell(cell, "failed", f"worker {slot.actor.name} died: {failure.reason}", actor=slot.actor.name)
+            record, samples = failed_cell(
+                cell, "failed", f"worker {slot.actor.name} died: {failure.reason}", actor=slot.actor.name
+            )
             lost = failure.actor_lost
         if (record.column("error")[0].as_py() or "").startswith(CUDA_FATAL):
             slot.actor.kill(restart=True)  # a broken CUDA context: a new process, the same actor
@@ -215,7 +234,7 @@ class Scheduler:
         self._await_ready(slot)
 
     def _await_ready(self, slot: Slot) -> None:
-        slot.cell, slot.retry_at, slot.call = None, None, slot.actor.ping()
+        slot.cell, slot.retry_at, slot.call, slot.pinged_at = None, None, slot.actor.ping(), self.clock()
 
     def _rest(self, slot: Slot) -> None:
         slot.call, slot.retry_at = None, self.clock() + RETRY_PING_S

@@ -61,24 +61,39 @@ def _score_textvqa(samples, predictions) -> TaskScore:
 
 def _score_scienceqa(samples, predictions) -> TaskScore:
     strict = [metrics.scienceqa_match(p, list(s.choices), s.answer_index) for s, p in zip(samples, predictions)]
-    lenient = [metrics.scienceqa_match_lenient(p, list(s.choices), s.answer_index) for s, p in zip(samples, predictions)]
+    lenient = [
+        metrics.scienceqa_match_lenient(p, list(s.choices), s.answer_index) for s, p in zip(samples, predictions)
+    ]
     low, high = metrics.wilson_interval(sum(strict), len(strict))
     return TaskScore(
-        sum(strict) / len(strict), METRIC_NAMES["scienceqa"], low, high, len(strict),
-        [float(v) for v in strict], lenient=sum(lenient) / len(lenient), per_sample_lenient=[float(v) for v in lenient],
+        sum(strict) / len(strict),
+        METRIC_NAMES["scienceqa"],
+        low,
+        high,
+        len(strict),
+        [float(v) for v in strict],
+        lenient=sum(lenient) / len(lenient),
+        per_sample_lenient=[float(v) for v in lenient],
     )
 
 
 def _score_coco(samples, predictions) -> TaskScore:
     ids = [s.sample_id for s in samples]
-    scores = metrics.caption_scores(
-        dict(zip(ids, predictions)), {s.sample_id: list(s.references) for s in samples}
-    )
+    scores = metrics.caption_scores(dict(zip(ids, predictions)), {s.sample_id: list(s.references) for s in samples})
     per_sample = [scores.per_sample_cider.get(i) for i in ids]
     if scores.cider is None:
-        return TaskScore(None, METRIC_NAMES["coco"], None, None, len(ids), per_sample, note=scores.note, tokenizer=scores.tokenizer)
+        return TaskScore(
+            None, METRIC_NAMES["coco"], None, None, len(ids), per_sample, note=scores.note, tokenizer=scores.tokenizer
+        )
     low, high = metrics.bootstrap_interval([v for v in per_sample if v is not None])
     return TaskScore(
-        scores.cider, METRIC_NAMES["coco"], low, high, len(ids), per_sample,
-        bleu4=scores.bleu4, note=scores.note, tokenizer=scores.tokenizer,
+        scores.cider,
+        METRIC_NAMES["coco"],
+        low,
+        high,
+        len(ids),
+        per_sample,
+        bleu4=scores.bleu4,
+        note=scores.note,
+        tokenizer=scores.tokenizer,
     )

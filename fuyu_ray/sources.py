@@ -47,8 +47,10 @@ def from_the_hub(repo_id: str, what: str) -> tuple[str | None, str]:
 
     local_only, why = hub_access(repo_id)
     if local_only:
-        return (f"{what} is not in the Hugging Face cache of this worker, and {why}; "
-                "download it into HF_HOME first (see the README, 'Before the seed job')"), ""
+        return (
+            f"{what} is not in the Hugging Face cache of this worker, and {why}; "
+            "download it into HF_HOME first (see the README, 'Before the seed job')"
+        ), ""
     return None, "not cached: the worker will download it from the hub"
 
 

@@ -80,13 +80,28 @@ class JobSpec:
 
     def runner_options(self) -> dict[str, Any]:
         """What every worker's CellRunner is built with."""
-        return {"min_energy_window_s": self.min_energy_window_s, "quality": self.quality,
-                "remeasure_disturbed": self.remeasure_disturbed}
+        return {
+            "min_energy_window_s": self.min_energy_window_s,
+            "quality": self.quality,
+            "remeasure_disturbed": self.remeasure_disturbed,
+        }
 
 
 TOP_KEYS = {
-    "name", "model", "weights", "limit", "datasets", "tasks", "base", "sweeps",
-    "cpus_per_actor", "cell_timeout_s", "max_actors_per_variant", "min_energy_window_s", "quality", "remeasure_disturbed",
+    "name",
+    "model",
+    "weights",
+    "limit",
+    "datasets",
+    "tasks",
+    "base",
+    "sweeps",
+    "cpus_per_actor",
+    "cell_timeout_s",
+    "max_actors_per_variant",
+    "min_energy_window_s",
+    "quality",
+    "remeasure_disturbed",
 }
 REQUIRED_TOP_KEYS = ("name", "model", "base", "sweeps")
 
@@ -170,7 +185,9 @@ def _template(value: Any, key: str, fail) -> str:
         raise fail(key, f"not a valid template ({exc})") from None
     unknown = fields - set(TEMPLATE_FIELDS)
     if unknown:
-        raise fail(key, f"unknown field {{{sorted(unknown)[0]}}} (known: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})")
+        raise fail(
+            key, f"unknown field {{{sorted(unknown)[0]}}} (known: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})"
+        )
     return text
 
 
@@ -304,7 +321,9 @@ def _parse_datasets(raw: Any, fail) -> dict[str, DatasetSource]:
             parsed[task] = DatasetSource(
                 source=_string(value.get("source"), f"datasets.{task}.source", fail),
                 split=None if value.get("split") is None else _string(value["split"], f"datasets.{task}.split", fail),
-                config=None if value.get("config") is None else _string(value["config"], f"datasets.{task}.config", fail),
+                config=None
+                if value.get("config") is None
+                else _string(value["config"], f"datasets.{task}.config", fail),
             )
         else:
             raise fail(f"datasets.{task}", f"must be 'synthetic', a hub id or a path, got {value!r}")
@@ -325,7 +344,9 @@ def _parse_tasks(raw: Any, fail) -> dict[str, TaskOverride]:
             raise fail(f"tasks.{task}.{sorted(unknown)[0]}", "unknown key (known: template, max_new_tokens)")
         max_new = value.get("max_new_tokens")
         parsed[task] = TaskOverride(
-            template=None if value.get("template") is None else _template(value["template"], f"tasks.{task}.template", fail),
+            template=None
+            if value.get("template") is None
+            else _template(value["template"], f"tasks.{task}.template", fail),
             max_new_tokens=None if max_new is None else _positive_int(max_new, f"tasks.{task}.max_new_tokens", fail),
         )
     return parsed

@@ -1,7 +1,7 @@
 """A stand-in model for scheduling, fault and throughput tests: it sleeps instead of computing.
 
-`model: "standin:sleep=0.5,batches=20,oom_at_batch=32,hang_at_batch=64,fail_at_batch=8,cuda_error_at_batch=4"` runs on any
-node, on `cuda` cells too (Ray's GPU resource is only a number to it), so a cluster of
+`model: "standin:sleep=0.5,batches=20,oom_at_batch=32,hang_at_batch=64,fail_at_batch=8,cuda_error_at_batch=4"`
+runs on any node, on `cuda` cells too (Ray's GPU resource is only a number to it), so a cluster of
 processes on one machine can stand in for a cluster of GPU nodes. Everything else, the
 actor, the driver, the records and the report, is the real code.
 
@@ -84,8 +84,14 @@ class StandInRunner(CellRunner):
         timed = spread(latencies)
         return {
             "model_label": f"stand-in (sleeps {self.behaviour.sleep_s:g} s per batch)",
-            "latency_s": timed.median, "latency_p90_s": timed.p90, "latency_mean_s": timed.mean,
-            "latency_std_s": timed.std, "latency_n": timed.n, "latency_batches_s": latencies,
-            "n_batches": self.behaviour.batches, "n_samples": 0,
-            "energy_note": self.meter.unavailable_reason, "accuracy_note": "stand-in model",
+            "latency_s": timed.median,
+            "latency_p90_s": timed.p90,
+            "latency_mean_s": timed.mean,
+            "latency_std_s": timed.std,
+            "latency_n": timed.n,
+            "latency_batches_s": latencies,
+            "n_batches": self.behaviour.batches,
+            "n_samples": 0,
+            "energy_note": self.meter.unavailable_reason,
+            "accuracy_note": "stand-in model",
         }, []

@@ -188,8 +188,10 @@ class ResultStore:
             if info.type != pafs.FileType.File:
                 return empty, False
             with self.filesystem.open_input_file(info.path) as handle:
-                table = pq.read_table(handle)
-            table = table.select(empty.schema.names).cast(empty.schema)
+                index = pq.ParquetFile(handle)
+                if not set(empty.schema.names) <= set(index.schema_arrow.names):
+                    return empty, True  # from another version of the schema: built again
+                table = index.read(columns=empty.schema.names).cast(empty.schema)
         except (OSError, pa.ArrowException, KeyError, ValueError):
             return empty, True  # unreadable, or from another version of the schema: built again
         if info.mtime_ns is None:

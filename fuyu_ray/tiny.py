@@ -34,8 +34,8 @@ def cache_root() -> Path:
 
 
 def tokenizer_corpus() -> list[str]:
-    from fuyu_ray.prompts import DEFAULT_TEMPLATES, TaskSettings, render
     from fuyu_ray.data import row_to_sample
+    from fuyu_ray.prompts import DEFAULT_TEMPLATES, TaskSettings, render
     from fuyu_ray.spec import TaskOverride
 
     texts = [*WORDS, *COLORS, *SHAPES, *BACKGROUNDS, *DEFAULT_TEMPLATES.values()]
@@ -76,8 +76,12 @@ def build_tokenizer():
     tokenizer.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
-    tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in (*SPECIAL_TOKENS, BEGINNING_OF_ANSWER)])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="|ENDOFTEXT|", pad_token="<pad>")
+    tokenizer.add_special_tokens(
+        [AddedToken(t, normalized=False, special=True) for t in (*SPECIAL_TOKENS, BEGINNING_OF_ANSWER)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="|ENDOFTEXT|", pad_token="<pad>"
+    )
 
 
 def _merge_chain(piece: str, vocab: dict[str, int]) -> list[tuple[str, str]]:

@@ -14,8 +14,8 @@ import torch
 
 from fuyu_ray import tiny
 from fuyu_ray.data import SYNTHETIC_TRAIN_SPLIT, rows_to_samples, synthetic_rows
-from fuyu_ray.spec import TaskOverride
 from fuyu_ray.prompts import TaskSettings, build_prompt
+from fuyu_ray.spec import TaskOverride
 
 SEED = 0
 # Option letters must be read off shuffled options, the hardest of the three, so it gets more examples.
@@ -44,16 +44,20 @@ def encode_examples(processor) -> list[dict[str, torch.Tensor]]:
         for sample in samples:
             prompt = build_prompt(settings, sample, 10_000, lambda text: 0)
             inputs = processor(
-                images=[sample.image], text=[prompt.text], return_tensors="pt",
+                images=[sample.image],
+                text=[prompt.text],
+                return_tensors="pt",
                 size={"height": PADDED_SIDE, "width": PADDED_SIDE},
             )
             answer = tokenizer(training_answer(task, sample), add_special_tokens=False)["input_ids"] + [eos]
             prompt_ids = inputs["input_ids"][0]
-            examples.append({
-                "input_ids": torch.cat([prompt_ids, torch.tensor(answer)]),
-                "answer_from": torch.tensor(len(prompt_ids)),
-                "image_patches": inputs["image_patches"],
-            })
+            examples.append(
+                {
+                    "input_ids": torch.cat([prompt_ids, torch.tensor(answer)]),
+                    "answer_from": torch.tensor(len(prompt_ids)),
+                    "image_patches": inputs["image_patches"],
+                }
+            )
     return examples
 
 

@@ -26,8 +26,9 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fuyu_ray import compare  # noqa: E402
 from test_compare import standin_cell, standin_run  # noqa: E402
+
+from fuyu_ray import compare  # noqa: E402
 
 QUIET = ("no clear change", "n/a")
 
@@ -60,13 +61,17 @@ def main() -> int:
             flagged += noisy
             interval_only += excludes_one
             ratios.append(row["latency_ratio"])
-            print(f"{pair:>4}  {row['latency_base'] * 1000:>8.3f} ms  {row['latency_new'] * 1000:>7.3f} ms  "
-                  f"{row['latency_ratio']:>8.4f}  [{row['latency_ci_low']:.4f}, {row['latency_ci_high']:.4f}]  "
-                  f"{row['latency_verdict']}{' (interval excludes 1)' if excludes_one else ''}")
+            print(
+                f"{pair:>4}  {row['latency_base'] * 1000:>8.3f} ms  {row['latency_new'] * 1000:>7.3f} ms  "
+                f"{row['latency_ratio']:>8.4f}  [{row['latency_ci_low']:.4f}, {row['latency_ci_high']:.4f}]  "
+                f"{row['latency_verdict']}{' (interval excludes 1)' if excludes_one else ''}"
+            )
     spread_pct = (max(ratios) - min(ratios)) * 100
-    print(f"\nflagged as a change: {flagged} of {args.pairs} pairs (allowed: {args.allowed}); "
-          f"latency ratios {min(ratios):.4f} to {max(ratios):.4f} (spread {spread_pct:.2f} points of %); "
-          f"interval alone excludes 1 in {interval_only} of {args.pairs} (what a 0% threshold would flag)")
+    print(
+        f"\nflagged as a change: {flagged} of {args.pairs} pairs (allowed: {args.allowed}); "
+        f"latency ratios {min(ratios):.4f} to {max(ratios):.4f} (spread {spread_pct:.2f} points of %); "
+        f"interval alone excludes 1 in {interval_only} of {args.pairs} (what a 0% threshold would flag)"
+    )
     return 0 if flagged <= args.allowed else 1
 
 

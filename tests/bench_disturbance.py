@@ -32,8 +32,13 @@ def run_default_job(out: Path) -> float:
     import subprocess
 
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fuyu_ray.grid", "--job", "jobs/smoke.yaml", "--out", str(out)], cwd=ROOT,
-                   check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "fuyu_ray.grid", "--job", "jobs/smoke.yaml", "--out", str(out)],
+        cwd=ROOT,
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - started
 
 
@@ -72,23 +77,33 @@ def main() -> None:
         return frame.filter(pl.col("measurement_quality").str.starts_with("disturbed"))
 
     loop_start, loop_end = window
-    under_loop = busy.filter(pl.col("started_at").map_elements(timestamp, return_dtype=pl.Float64) < loop_end,
-                             pl.col("finished_at").map_elements(timestamp, return_dtype=pl.Float64) > loop_start)
+    under_loop = busy.filter(
+        pl.col("started_at").map_elements(timestamp, return_dtype=pl.Float64) < loop_end,
+        pl.col("finished_at").map_elements(timestamp, return_dtype=pl.Float64) > loop_start,
+    )
     missed = under_loop.filter(~pl.col("measurement_quality").str.starts_with("disturbed"))
     both_clean = idle.filter(pl.col("measurement_quality") == "clean").join(
-        busy.filter(pl.col("measurement_quality") == "clean"), on="cell_id", suffix="_busy")
+        busy.filter(pl.col("measurement_quality") == "clean"), on="cell_id", suffix="_busy"
+    )
     ratios = [b / a for a, b in zip(both_clean.get_column("latency_s"), both_clean.get_column("latency_s_busy")) if a]
 
     print(f"idle run:  {idle.height} ok cells in {idle_s:.0f} s, {flagged(idle).height} flagged disturbed")
     for row in flagged(idle).iter_rows(named=True):
-        print(f"    {row['cell_id']} {row['optimization']} {row['dataset']} b{row['batch_size']}: {row['measurement_quality']}")
-    print(f"busy run:  {busy.height} ok cells in {busy_s:.0f} s, {flagged(busy).height} flagged disturbed; "
-          f"{under_loop.height} cells overlapped the {LOOP_LENGTH_S:.0f} s busy loop, {missed.height} of them not flagged")
+        print(
+            f"    {row['cell_id']} {row['optimization']} {row['dataset']} b{row['batch_size']}: "
+            f"{row['measurement_quality']}"
+        )
+    print(
+        f"busy run:  {busy.height} ok cells in {busy_s:.0f} s, {flagged(busy).height} flagged disturbed; "
+        f"{under_loop.height} cells overlapped the {LOOP_LENGTH_S:.0f} s busy loop, {missed.height} of them not flagged"
+    )
     for row in missed.iter_rows(named=True):
         print(f"    missed {row['cell_id']}: other_cpu_share {row['other_cpu_share']}")
     if ratios:
-        print(f"clean in both runs: {len(ratios)} cells; busy/idle latency median {statistics.median(ratios):.3f}, "
-              f"range {min(ratios):.3f}..{max(ratios):.3f}")
+        print(
+            f"clean in both runs: {len(ratios)} cells; busy/idle latency median {statistics.median(ratios):.3f}, "
+            f"range {min(ratios):.3f}..{max(ratios):.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,13 @@ def run_on(nodes: int, cells: int, sleep_s: float, work: Path) -> dict:
     )
     out = work / f"out-{nodes}"
     try:
-        subprocess.run([sys.executable, "-m", "fuyu_ray.grid", "--job", str(job), "--out", str(out), "--address", cluster.address],
-                       cwd=ROOT, check=True, capture_output=True, text=True)
+        subprocess.run(
+            [sys.executable, "-m", "fuyu_ray.grid", "--job", str(job), "--out", str(out), "--address", cluster.address],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     finally:
         cluster.shutdown()
     run = json.loads((out / "run.json").read_text())
@@ -46,7 +51,9 @@ def run_on(nodes: int, cells: int, sleep_s: float, work: Path) -> dict:
     started = min(dt.datetime.fromisoformat(t) for t in table.get_column("started_at"))
     finished = max(dt.datetime.fromisoformat(t) for t in table.get_column("finished_at"))
     return {
-        "nodes": nodes, "cells": table.height, "wall_s": run["wall_s"],
+        "nodes": nodes,
+        "cells": table.height,
+        "wall_s": run["wall_s"],
         "end_to_end_cells_per_s": table.height / run["wall_s"],
         "steady_cells_per_s": table.height / (finished - started).total_seconds(),
         "distinct_nodes_used": table.get_column("node_id").n_unique(),
@@ -65,7 +72,9 @@ def main() -> int:
         print(json.dumps(result))
     end_to_end = four["end_to_end_cells_per_s"] / one["end_to_end_cells_per_s"]
     steady = four["steady_cells_per_s"] / one["steady_cells_per_s"]
-    print(f"4-node / 1-node cells per second: steady state {steady:.2f}x, end to end {end_to_end:.2f}x (target >= 3.5x)")
+    print(
+        f"4-node / 1-node cells per second: steady state {steady:.2f}x, end to end {end_to_end:.2f}x (target >= 3.5x)"
+    )
     return 0 if steady >= 3.5 else 1
 
 

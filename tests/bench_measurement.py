@@ -44,10 +44,12 @@ def timing_accuracy() -> bool:
     # prefill + 3 decode steps must add up to the batch: nothing lost between the stamps and the total
     worst_gap = max(abs(t.prefill_s + 3 * t.decode_s_per_token - t.total_s) for t in timings)
     steps = {t.steps for t in timings}
-    print(f"50 ms stand-in: median {latency.median * 1000:.3f} ms (p90 {latency.p90 * 1000:.3f}, n={latency.n}), "
-          f"error {error:.3%}; prefill median {prefill.median * 1000:.3f} ms (20 expected, error {prefill_error:.3%}); "
-          f"decode median {decode.median * 1000:.3f} ms/token (10 expected, error {decode_error:.3%}); "
-          f"largest gap between prefill + decode and the total {worst_gap * 1000:.3f} ms; steps {sorted(steps)}")
+    print(
+        f"50 ms stand-in: median {latency.median * 1000:.3f} ms (p90 {latency.p90 * 1000:.3f}, n={latency.n}), "
+        f"error {error:.3%}; prefill median {prefill.median * 1000:.3f} ms (20 expected, error {prefill_error:.3%}); "
+        f"decode median {decode.median * 1000:.3f} ms/token (10 expected, error {decode_error:.3%}); "
+        f"largest gap between prefill + decode and the total {worst_gap * 1000:.3f} ms; steps {sorted(steps)}"
+    )
     return error < 0.01 and prefill_error < 0.01 and decode_error < 0.01 and worst_gap < 0.001 and steps == {4}
 
 
@@ -56,8 +58,12 @@ def harness_overhead() -> bool:
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "fuyu_ray.grid", "--out", out], cwd=ROOT, check=True, capture_output=True)
         run = json.loads((Path(out) / "run.json").read_text())
-    print(f"default job: {time.perf_counter() - started:.1f}s in all; wall {run['wall_s']:.1f}s, busy {run['busy_s']:.1f}s, "
-          f"workers {run['workers']}, model loads {run['model_loads']}, busy ratio {run['busy_ratio']:.3f} (target >= 0.85)")
+    print(
+        f"default job: {time.perf_counter() - started:.1f}s in all; wall {run['wall_s']:.1f}s, busy "
+        f"{run['busy_s']:.1f}s, "
+        f"workers {run['workers']}, model loads {run['model_loads']}, busy ratio {run['busy_ratio']:.3f} (target "
+        ">= 0.85)"
+    )
     return run["busy_ratio"] >= 0.85
 
 

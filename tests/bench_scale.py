@@ -1,6 +1,6 @@
 """Benchmark, not a CI test: how the driver and the report scale with the number of cells.
 
-    .venv/bin/python tests/bench_scale.py [--cells 1000 10000] [--sleep 0.001] [--keep DIR] [--source DIR]
+    .venv/bin/python tests/bench_scale.py [--cells 1000 10000] [--sleep 0.001] [--keep DIR] [--source DIR] [--profile]
 
 For each size, a job of stand-in cells (`model: "standin:sleep=..."`, `limit: 1`, random weights,
 cpu) crossing three axes (batch size x image size x sequence length) runs twice through the real
@@ -17,7 +17,8 @@ per size:
 Targets at 10,000 cells on a 2-core machine: no-op rerun <= 20 s, report <= 20 s, driver peak
 RSS <= 1 GB, summary.md <= 200 KB, execution <= 5.5 ms per cell.
 
-`--source DIR` runs the driver from another checkout's `fuyu_ray` (to compare before and after).
+`--source DIR` runs the driver from another checkout's `fuyu_ray` (to compare before and after);
+`--profile` writes cProfile statistics of each driver run beside the results (`--keep DIR`).
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def write_job(directory: Path, cells: int, sleep_s: float) -> Path:
     return job
 
 
-def driver(figures_path: str, source: str | None, argv: list[str]) -> int:
-    """Run `fuyu_ray.grid.main` in this process, timing the report and reading this process's peak RSS."""
+def driver(figures_path: str, source: str | None, argv: list[str], profile: str | None = None) -> int:
+    """Run `fuyu_ray.grid.main` in this process, timing the report and reading this process's peak RSS
+    (and, with `profile`, writing cProfile statistics of the whole driver there)."""
     import resource
 
     if source:
@@ -79,19 +81,28 @@ def driver(figures_path: str, source: str | None, argv: list[str]) -> int:
     report.write_report = timed
     from fuyu_ray.grid import main
 
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         return main(argv)
     finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
         Path(figures_path).write_text(json.dumps({
             "report_s": sum(timings), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "fuyu_ray_from": report.__file__,
         }))
 
 
-def run_driver(job: Path, out: Path, work: Path, source: str | None) -> dict:
+def run_driver(job: Path, out: Path, work: Path, source: str | None, profile: str | None = None) -> dict:
     figures = work / "figures.json"
     command = [sys.executable, __file__, "--as-driver", str(figures), *(["--source", source] if source else []),
-               "--", "--job", str(job), "--out", str(out)]
+               *(["--profile", profile] if profile else []), "--", "--job", str(job), "--out", str(out)]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=source or ROOT, capture_output=True, text=True)
     whole_s = time.perf_counter() - started
@@ -112,12 +123,12 @@ def disk_bytes(folder: Path) -> tuple[int, int]:
     return apparent, allocated
 
 
-def measure(cells: int, sleep_s: float, work: Path, source: str | None) -> dict:
+def measure(cells: int, sleep_s: float, work: Path, source: str | None, profile: bool = False) -> dict:
     job = write_job(work, cells, sleep_s)
     out = work / f"out-{cells}"
-    first = run_driver(job, out, work, source)
+    first = run_driver(job, out, work, source, str(work / f"driver-{cells}.prof") if profile else None)
     run = json.loads((out / "run.json").read_text())
-    rerun = run_driver(job, out, work, source)
+    rerun = run_driver(job, out, work, source, str(work / f"rerun-{cells}.prof") if profile else None)
     rerun_info = json.loads((out / "run.json").read_text())
     per_cell = [disk_bytes(out / sub) for sub in ("cells", "samples")]
     return {
@@ -142,19 +153,21 @@ def main() -> int:
         own, argv = sys.argv[1:split], sys.argv[split + 1:]
         figures = own[own.index("--as-driver") + 1]
         source = own[own.index("--source") + 1] if "--source" in own else None
-        return driver(figures, source, argv)
+        profile = own[own.index("--profile") + 1] if "--profile" in own else None
+        return driver(figures, source, argv, profile)
     parser = argparse.ArgumentParser()
     parser.add_argument("--cells", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--sleep", type=float, default=0.001)
     parser.add_argument("--keep", help="leave the results folders here instead of a temporary folder")
     parser.add_argument("--source", help="a checkout whose fuyu_ray the driver runs (default: this one)")
+    parser.add_argument("--profile", action="store_true", help="write cProfile statistics of each driver run beside the results (with --keep)")
     args = parser.parse_args()
     source = str(Path(args.source).resolve()) if args.source else None
     with tempfile.TemporaryDirectory(prefix="fr-scale-", dir="/tmp") as scratch:
         work = Path(args.keep or scratch)
         work.mkdir(parents=True, exist_ok=True)
         for cells in args.cells:
-            print(json.dumps(measure(cells, args.sleep, work, source)), flush=True)
+            print(json.dumps(measure(cells, args.sleep, work, source, args.profile)), flush=True)
     return 0
 
 

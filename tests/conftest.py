@@ -16,13 +16,25 @@ def run_grid(*args: str, timeout: float = 900, env: dict | None = None) -> subpr
     """`python -m fuyu_ray.grid` as a user runs it, from the repository root."""
     return subprocess.run(
         [sys.executable, "-m", "fuyu_ray.grid", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
 def write_job(directory: Path, name: str, model: str, sweeps: str, extra: str = "", **base) -> Path:
     """A small job file; `base` overrides the CPU/textvqa/batch-1 base point, `sweeps` is YAML flow text."""
-    point = {"device": "cpu", "dataset": "textvqa", "batch_size": 1, "image_size": 224, "seq_len": 200, "optimization": "fp32", **base}
+    point = {
+        "device": "cpu",
+        "dataset": "textvqa",
+        "batch_size": 1,
+        "image_size": 224,
+        "seq_len": 200,
+        "optimization": "fp32",
+        **base,
+    }
     job = directory / f"{name}.yaml"
     job.write_text(
         f"name: {name}\nmodel: '{model}'\n{extra}"

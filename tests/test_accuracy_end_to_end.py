@@ -14,8 +14,12 @@ pytestmark = pytest.mark.slow
 def base_cell(out, dataset: str) -> dict:
     cells = pl.read_parquet(out / "cells.parquet")
     chosen = cells.filter(
-        (pl.col("dataset") == dataset) & (pl.col("device") == "cpu") & (pl.col("optimization") == "fp32")
-        & (pl.col("image_size") == 224) & (pl.col("seq_len") == 200) & (pl.col("batch_size") == 16)
+        (pl.col("dataset") == dataset)
+        & (pl.col("device") == "cpu")
+        & (pl.col("optimization") == "fp32")
+        & (pl.col("image_size") == 224)
+        & (pl.col("seq_len") == 200)
+        & (pl.col("batch_size") == 16)
     )
     assert chosen.height == 1
     return chosen.row(0, named=True)
@@ -66,8 +70,19 @@ def test_coco_stored_cider_is_what_the_recorded_tokenizer_gives(smoke_run):
 def test_samples_are_auditable(smoke_run):
     out, _ = smoke_run
     samples = pl.read_parquet(out / "samples.parquet")
-    for column in ("cell_id", "dataset", "sample_id", "prompt", "generation", "prediction", "references",
-                   "score", "prompt_tokens", "truncated", "generated_tokens"):
+    for column in (
+        "cell_id",
+        "dataset",
+        "sample_id",
+        "prompt",
+        "generation",
+        "prediction",
+        "references",
+        "score",
+        "prompt_tokens",
+        "truncated",
+        "generated_tokens",
+    ):
         assert column in samples.columns, column
     scienceqa = samples.filter(pl.col("dataset") == "scienceqa").row(0, named=True)
     assert scienceqa["prompt"].endswith("Answer with the option's letter from the given choices directly.\n")

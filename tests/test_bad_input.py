@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-
 from conftest import run_grid
 
 GOOD = (
@@ -81,24 +80,38 @@ def test_an_address_where_something_but_not_ray_listens_is_one_final_line(tmp_pa
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         address = f"127.0.0.1:{listener.getsockname()[1]}"
-        result = run_grid("--job", str(job), "--out", str(tmp_path / "out"), "--address", address,
-                          env={"FUYU_RAY_CONNECT_TIMEOUT_S": "5"})
+        result = run_grid(
+            "--job",
+            str(job),
+            "--out",
+            str(tmp_path / "out"),
+            "--address",
+            address,
+            env={"FUYU_RAY_CONNECT_TIMEOUT_S": "5"},
+        )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == f"fuyu_ray: --address '{address}': no Ray cluster answered within 5.0 s"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"fuyu_ray: --address '{address}': no Ray cluster answered within 5.0 s"
+    )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("statuses, interrupted, aborted, expected", [
-    (["ok", "skipped", "ok"], False, None, 0),
-    (["ok", "failed"], False, None, 1),
-    (["ok", "oom"], False, None, 1),
-    (["timeout", "skipped"], False, None, 1),
-    (["ok", "ok"], False, "OSError: lost", 1),
-    (["ok", None], True, None, 130),
-    (["failed"], True, None, 130),
-    ([], False, None, 0),
-], ids=["ok-skipped", "failed", "oom", "timeout", "aborted", "interrupted", "interrupted-beats-failed", "empty"])
+@pytest.mark.parametrize(
+    "statuses, interrupted, aborted, expected",
+    [
+        (["ok", "skipped", "ok"], False, None, 0),
+        (["ok", "failed"], False, None, 1),
+        (["ok", "oom"], False, None, 1),
+        (["timeout", "skipped"], False, None, 1),
+        (["ok", "ok"], False, "OSError: lost", 1),
+        (["ok", None], True, None, 130),
+        (["failed"], True, None, 130),
+        ([], False, None, 0),
+    ],
+    ids=["ok-skipped", "failed", "oom", "timeout", "aborted", "interrupted", "interrupted-beats-failed", "empty"],
+)
 def test_the_exit_status_table(statuses, interrupted, aborted, expected):
     from fuyu_ray.grid import exit_status
 

@@ -8,20 +8,26 @@ import sys
 from dataclasses import fields
 
 import pytest
+from conftest import ROOT
 
 from fuyu_ray.cells import Cell, expand
 from fuyu_ray.spec import AXES, DatasetSource, TaskOverride, load_job, parse_job
-
-from conftest import ROOT
 
 
 def test_cell_ids_are_stable_across_processes():
     job = load_job(ROOT / "jobs/smoke.yaml")
     here = [c.cell_id for c in expand(job).cells]
     there = subprocess.run(
-        [sys.executable, "-c", "from fuyu_ray.cells import expand; from fuyu_ray.spec import load_job;"
-         "print(' '.join(c.cell_id for c in expand(load_job('jobs/smoke.yaml')).cells))"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "from fuyu_ray.cells import expand; from fuyu_ray.spec import load_job;"
+            "print(' '.join(c.cell_id for c in expand(load_job('jobs/smoke.yaml')).cells))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert here == there
     assert len(set(here)) == len(here)
@@ -48,8 +54,18 @@ def test_sweeps_cross_only_their_own_axes():
 
 
 RAW = {
-    "name": "ids", "model": "tiny", "weights": "pretrained", "limit": 4,
-    "base": {"device": "cpu", "dataset": "textvqa", "batch_size": 2, "image_size": 224, "seq_len": 200, "optimization": "fp32"},
+    "name": "ids",
+    "model": "tiny",
+    "weights": "pretrained",
+    "limit": 4,
+    "base": {
+        "device": "cpu",
+        "dataset": "textvqa",
+        "batch_size": 2,
+        "image_size": 224,
+        "seq_len": 200,
+        "optimization": "fp32",
+    },
     "sweeps": {"only": {"batch_size": [2]}},
 }
 
@@ -100,11 +116,14 @@ def test_cell_id_changes_with_each_setting(change):
     assert changed.cell_id != only_cell(copy.deepcopy(RAW)).cell_id, change
 
 
-@pytest.mark.parametrize("other", [
-    {"datasets": {"coco": "lmms-lab/COCO-Caption2017"}},
-    {"tasks": {"scienceqa": {"max_new_tokens": 3}}},
-    {"name": "renamed"},
-])
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"datasets": {"coco": "lmms-lab/COCO-Caption2017"}},
+        {"tasks": {"scienceqa": {"max_new_tokens": 3}}},
+        {"name": "renamed"},
+    ],
+)
 def test_settings_of_another_task_or_the_report_leave_the_id_alone(other):
     """Else an edit for one dataset would make every other cell run again."""
     assert only_cell({**copy.deepcopy(RAW), **other}).cell_id == only_cell(copy.deepcopy(RAW)).cell_id

@@ -15,11 +15,10 @@ import time
 import polars as pl
 import pytest
 import ray
+from conftest import ROOT, run_grid, write_job
 from ray.cluster_utils import Cluster
 
 from fuyu_ray.store import TEMP_MARK
-
-from conftest import ROOT, run_grid, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +35,17 @@ def cluster():
 
 
 def standin_job(tmp_path, model: str, batches: list[int], extra: str = "") -> str:
-    return str(write_job(tmp_path, "faults", model, f"  batch: {{batch_size: {batches}}}\n", "weights: random\nlimit: 1\n" + extra,
-                         device="cuda", optimization="fp16"))
+    return str(
+        write_job(
+            tmp_path,
+            "faults",
+            model,
+            f"  batch: {{batch_size: {batches}}}\n",
+            "weights: random\nlimit: 1\n" + extra,
+            device="cuda",
+            optimization="fp16",
+        )
+    )
 
 
 def cells(out) -> pl.DataFrame:
@@ -47,7 +55,10 @@ def cells(out) -> pl.DataFrame:
 def start_driver(job: str, out, address: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "fuyu_ray.grid", "--job", job, "--out", str(out), "--address", address],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -105,7 +116,12 @@ def test_killing_an_actor_mid_cell_gives_exactly_one_failed_record_and_the_rerun
 
 
 def test_oom_timeout_and_cuda_errors_are_recorded_and_the_grid_goes_on(cluster, tmp_path):
-    job = standin_job(tmp_path, "standin:sleep=0.2,oom_at_batch=2,hang_at_batch=3,cuda_error_at_batch=5", [1, 2, 3, 4, 5, 6], "cell_timeout_s: 4\n")
+    job = standin_job(
+        tmp_path,
+        "standin:sleep=0.2,oom_at_batch=2,hang_at_batch=3,cuda_error_at_batch=5",
+        [1, 2, 3, 4, 5, 6],
+        "cell_timeout_s: 4\n",
+    )
     out = tmp_path / "out"
     result = run_grid("--job", job, "--out", str(out), "--address", cluster[0].address)
     assert result.returncode == 1

@@ -22,9 +22,8 @@ import jsonschema
 import pytest
 import ray
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
-
 from conftest import ROOT
+from ray.autoscaler._private.util import prepare_config, validate_config
 
 CLUSTER_YAML = ROOT / "cluster.yaml"
 SCHEMA = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
@@ -82,6 +81,7 @@ def broken(mutate):
         config = aws_config()
         mutate(config)
         return config
+
     return make
 
 
@@ -114,7 +114,13 @@ def _more_min_than_max(config):
         (broken(_unknown_head), ValueError),
         (broken(_more_min_than_max), ValueError),
     ],
-    ids=["misspelled-top-level-key", "node-type-without-node_config", "gpu-count-as-text", "unknown-head-type", "min-over-max"],
+    ids=[
+        "misspelled-top-level-key",
+        "node-type-without-node_config",
+        "gpu-count-as-text",
+        "unknown-head-type",
+        "min-over-max",
+    ],
 )
 def test_broken_copies_fail_the_launcher_checks(make, error):
     with pytest.raises(error):
@@ -165,7 +171,9 @@ def test_every_node_type_names_an_instance_and_its_resources():
 def test_one_image_set_by_hand_for_every_node_type():
     """Without an ImageId Ray falls back to an Ubuntu 18.04 DLAMI, too old for fuyu_ray's Python;
     and Ray needs the same Python version on every node."""
-    images = {node_type["node_config"].get("ImageId", "") for node_type in aws_config()["available_node_types"].values()}
+    images = {
+        node_type["node_config"].get("ImageId", "") for node_type in aws_config()["available_node_types"].values()
+    }
     assert len(images) == 1
     assert images.pop().lower() not in ("", "latest_dlami")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ROOT, run_grid, write_job
 
 from fuyu_ray import compare as cmp
 from fuyu_ray.cells import Cell
@@ -28,15 +29,19 @@ from fuyu_ray.spec import DatasetSource, Point, TaskOverride
 from fuyu_ray.standin import StandInRunner, parse_behaviour
 from fuyu_ray.store import ResultStore
 
-from conftest import ROOT, run_grid, write_job
-
 # The stand-in's model name carries its sleep, so runs at two speeds match on everything else.
 WITHOUT_MODEL = "device,dataset,batch_size,image_size,seq_len,optimization"
 
 
 def standin_cell(sleep: float, batches: int = 20, device: str = "cpu", batch_size: int = 1) -> Cell:
-    return Cell(f"standin:sleep={sleep},batches={batches}", "random", 1,
-                Point(device, "textvqa", batch_size, 224, 200, "fp32"), DatasetSource(), TaskOverride())
+    return Cell(
+        f"standin:sleep={sleep},batches={batches}",
+        "random",
+        1,
+        Point(device, "textvqa", batch_size, 224, 200, "fp32"),
+        DatasetSource(),
+        TaskOverride(),
+    )
 
 
 def write_folder(out: Path, results: list[CellResult]) -> Path:
@@ -72,6 +77,7 @@ def rows(out: Path) -> list[dict]:
 
 # --- the stand-in records what compare needs -----------------------------------------------------
 
+
 def test_standin_records_every_timed_batch_with_real_jitter():
     assert parse_behaviour("standin:sleep=0.05,batches=20").batches == 20
     assert parse_behaviour("standin:sleep=0.05").batches == 1
@@ -94,6 +100,7 @@ def test_setting_keys_are_the_cells_settings():
 
 # --- acceptance: a known slowdown, and no change where there is none ------------------------------
 
+
 @pytest.fixture(scope="module")
 def speed_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("speed")
@@ -109,7 +116,9 @@ def test_a_20_percent_slowdown_is_found(speed_runs, capsys):
     assert code == 0, err
     [row] = rows(speed_runs["slower"] / "compare")
     with capsys.disabled():
-        print(f"\nslowdown: ratio {row['latency_ratio']:.4f} [{row['latency_ci_low']:.4f}, {row['latency_ci_high']:.4f}]")
+        print(
+            f"\nslowdown: ratio {row['latency_ratio']:.4f} [{row['latency_ci_low']:.4f}, {row['latency_ci_high']:.4f}]"
+        )
     assert row["latency_ratio"] == pytest.approx(1.20, abs=0.03)
     assert 1.0 < row["latency_ci_low"] <= row["latency_ratio"] <= row["latency_ci_high"] < 1.25
     assert row["latency_n_base"] == row["latency_n_new"] == 20
@@ -119,19 +128,44 @@ def test_a_20_percent_slowdown_is_found(speed_runs, capsys):
     assert (speed_runs["slower"] / "compare" / "compare.png").stat().st_size > 1000
     assert (speed_runs["slower"] / "compare" / "compare.md").read_text() in out
 
-    code, _, _ = run_compare(capsys, speed_runs["base"], speed_runs["slower"], "--match", WITHOUT_MODEL,
-                             "--fail-on-regression", "--out", speed_runs["slower"] / "gate")
+    code, _, _ = run_compare(
+        capsys,
+        speed_runs["base"],
+        speed_runs["slower"],
+        "--match",
+        WITHOUT_MODEL,
+        "--fail-on-regression",
+        "--out",
+        speed_runs["slower"] / "gate",
+    )
     assert code == 1
     # The other way round it is a speed-up, and not a regression.
-    code, _, _ = run_compare(capsys, speed_runs["slower"], speed_runs["base"], "--match", WITHOUT_MODEL,
-                             "--fail-on-regression", "--out", speed_runs["base"] / "reverse")
+    code, _, _ = run_compare(
+        capsys,
+        speed_runs["slower"],
+        speed_runs["base"],
+        "--match",
+        WITHOUT_MODEL,
+        "--fail-on-regression",
+        "--out",
+        speed_runs["base"] / "reverse",
+    )
     assert code == 0
     assert rows(speed_runs["base"] / "reverse")[0]["speed_verdict"] == "faster"
 
 
 def test_a_slowdown_under_the_threshold_is_no_clear_change(speed_runs, capsys):
-    code, _, _ = run_compare(capsys, speed_runs["base"], speed_runs["slower"], "--match", WITHOUT_MODEL,
-                             "--threshold", "25", "--out", speed_runs["slower"] / "t25")
+    code, _, _ = run_compare(
+        capsys,
+        speed_runs["base"],
+        speed_runs["slower"],
+        "--match",
+        WITHOUT_MODEL,
+        "--threshold",
+        "25",
+        "--out",
+        speed_runs["slower"] / "t25",
+    )
     assert code == 0
     row = rows(speed_runs["slower"] / "t25")[0]
     assert row["latency_ci_low"] > 1 and row["speed_verdict"] == "no clear change"
@@ -146,6 +180,7 @@ def test_two_runs_of_the_same_settings_show_no_change(speed_runs, capsys):
 
 
 # --- acceptance: a known accuracy loss, found and sized -------------------------------------------
+
 
 class ClockMeter(EnergyMeter):
     """A counter that gains 10 J every second of wall time, so each pass's energy is its length."""
@@ -165,11 +200,17 @@ class MeteredRunner(CellRunner):
 def tiny_scienceqa(tmp_path_factory):
     """A real run of the trained tiny model on ScienceQA (48 samples), and one small cell whose energy
     window is repeated, both through the real CellRunner."""
-    cell = Cell("tiny", "pretrained", 48, Point("cpu", "scienceqa", 16, 224, 200, "fp32"), DatasetSource(), TaskOverride())
+    cell = Cell(
+        "tiny", "pretrained", 48, Point("cpu", "scienceqa", 16, 224, 200, "fp32"), DatasetSource(), TaskOverride()
+    )
     runner = MeteredRunner(cell.variant, min_energy_window_s=0.0)
     result = runner.run(cell)
-    runner.min_energy_window_s = 2 * max(result.record.column("latency_batches_s")[0].as_py())  # > two passes of one sample
-    small = Cell("tiny", "pretrained", 1, Point("cpu", "scienceqa", 1, 224, 200, "fp32"), DatasetSource(), TaskOverride())
+    runner.min_energy_window_s = 2 * max(
+        result.record.column("latency_batches_s")[0].as_py()
+    )  # > two passes of one sample
+    small = Cell(
+        "tiny", "pretrained", 1, Point("cpu", "scienceqa", 1, 224, 200, "fp32"), DatasetSource(), TaskOverride()
+    )
     repeated = runner.run(small)
     return tmp_path_factory.mktemp("tiny"), result, repeated
 
@@ -196,7 +237,9 @@ def corrupt(result: CellResult, fraction: float, seed: int = 0) -> tuple[CellRes
     letters = "ABCDEFGH"
     for i in chosen:
         sample = samples[i]
-        sample["prediction"] = next(l for l in letters[: len(sample["choices"])] if l != letters[sample["answer_index"]])
+        sample["prediction"] = next(
+            letter for letter in letters[: len(sample["choices"])] if letter != letters[sample["answer_index"]]
+        )
         sample["generation"] = sample["prediction"]
         sample["score"] = 0.0
     row = result.record.to_pylist()[0]
@@ -214,14 +257,18 @@ def test_a_quarter_of_answers_corrupted_is_found_and_sized(tiny_scienceqa, capsy
     assert code == 1, err
     [row] = rows(new / "compare")
     with capsys.disabled():
-        print(f"\naccuracy: {row['accuracy_base']:.4f} -> {row['accuracy_new']:.4f}, difference {row['accuracy_difference']:+.4f} "
-              f"[{row['accuracy_ci_low']:+.4f}, {row['accuracy_ci_high']:+.4f}], McNemar p={row['accuracy_p_value']:.2g}, "
-              f"{row['accuracy_test']}")
+        print(
+            f"\naccuracy: {row['accuracy_base']:.4f} -> {row['accuracy_new']:.4f}, difference "
+            f"{row['accuracy_difference']:+.4f} "
+            f"[{row['accuracy_ci_low']:+.4f}, {row['accuracy_ci_high']:+.4f}], McNemar "
+            f"p={row['accuracy_p_value']:.2g}, "
+            f"{row['accuracy_test']}"
+        )
     assert row["accuracy_verdict"] == "worse"
     assert row["accuracy_difference"] == pytest.approx(expected)
     assert row["accuracy_ci_low"] <= expected <= row["accuracy_ci_high"] < 0
     assert row["accuracy_test"].startswith("exact McNemar (12 lost, 0 gained)")
-    assert row["accuracy_p_value"] == pytest.approx(2 * 0.5 ** 12)
+    assert row["accuracy_p_value"] == pytest.approx(2 * 0.5**12)
     assert row["accuracy_n_base"] == 48
     assert "McNemar p=" in out and "**worse**" in out
     # The same samples against themselves: no change at all.
@@ -264,13 +311,16 @@ def test_energy_ratio_bootstraps_over_repeats():
 
 # --- matching ------------------------------------------------------------------------------------
 
+
 def test_cells_match_across_hardware_with_match(tmp_path, capsys):
     cpu = standin_run(tmp_path / "cpu", standin_cell(0.02, batches=10, device="cpu"))
     gpu = standin_run(tmp_path / "gpu", standin_cell(0.02, batches=10, device="cuda"))
     code, _, err = run_compare(capsys, cpu, gpu)
     assert code == 2 and err.startswith("fuyu_ray: no common cells") and err.count("\n") == 1
     assert not (gpu / "compare").exists()
-    code, out, err = run_compare(capsys, cpu, gpu, "--match", "model,dataset,batch_size,image_size,seq_len,optimization")
+    code, out, err = run_compare(
+        capsys, cpu, gpu, "--match", "model,dataset,batch_size,image_size,seq_len,optimization"
+    )
     assert code == 0, err
     [row] = rows(gpu / "compare")
     assert row["side"] == "both" and (row["base_device"], row["new_device"]) == ("cpu", "cuda")
@@ -297,8 +347,9 @@ def test_an_ambiguous_match_is_bad_input(tmp_path, capsys):
 def test_a_cell_broken_in_new_is_listed_and_a_regression(tmp_path, capsys):
     cell = standin_cell(0.01, 5)
     base = standin_run(tmp_path / "base", cell)
-    failed = CellResult(cell_batch(outcome_row({**cell.settings(), "model_label": "x"}, "oom", "CUDA out of memory")),
-                        sample_table([]))
+    failed = CellResult(
+        cell_batch(outcome_row({**cell.settings(), "model_label": "x"}, "oom", "CUDA out of memory")), sample_table([])
+    )
     new = write_folder(tmp_path / "new", [failed])
     code, out, _ = run_compare(capsys, base, new, "--fail-on-regression")
     assert code == 1
@@ -326,7 +377,10 @@ def test_measurement_quality_warns_when_present_and_not_clean(tmp_path, capsys):
     with_quality(new / "cells.parquet", "disturbed: other processes took 30% of the CPU")
     code, out, _ = run_compare(capsys, base, new)
     assert code == 0
-    assert rows(new / "compare")[0]["warnings"] == "NEW measurement_quality: disturbed: other processes took 30% of the CPU"
+    assert (
+        rows(new / "compare")[0]["warnings"]
+        == "NEW measurement_quality: disturbed: other processes took 30% of the CPU"
+    )
     assert "## Warnings" in out and "(see warnings)" in out
     with_quality(new / "cells.parquet", "clean")
     run_compare(capsys, base, new)
@@ -345,15 +399,19 @@ def test_uris_and_folders_without_aggregates(tmp_path, capsys):
 
 # --- bad input -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, message", [
-    (["{missing}", "{run}"], "BASE {missing}: no such folder"),
-    (["{run}", "{empty}"], "NEW {empty}: no cells here"),
-    (["{run}", "{run}", "--match", "dataset,gpu"], "--match: unknown key 'gpu'"),
-    (["{run}", "{run}", "--match", ","], "--match needs at least one key"),
-    (["{run}", "{run}", "--threshold", "-1"], "--threshold must be a percentage >= 0"),
-    (["{run}", "{run}", "--threshold", "five"], "argument --threshold: invalid float value"),
-    (["{run}"], "the following arguments are required: NEW"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{missing}", "{run}"], "BASE {missing}: no such folder"),
+        (["{run}", "{empty}"], "NEW {empty}: no cells here"),
+        (["{run}", "{run}", "--match", "dataset,gpu"], "--match: unknown key 'gpu'"),
+        (["{run}", "{run}", "--match", ","], "--match needs at least one key"),
+        (["{run}", "{run}", "--threshold", "-1"], "--threshold must be a percentage >= 0"),
+        (["{run}", "{run}", "--threshold", "five"], "argument --threshold: invalid float value"),
+        (["{run}"], "the following arguments are required: NEW"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     run = standin_run(tmp_path / "run", standin_cell(0.01, 2))
     (tmp_path / "empty").mkdir()
@@ -367,8 +425,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
 
 
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "fuyu_ray.compare", str(tmp_path / "nope"), str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "fuyu_ray.compare", str(tmp_path / "nope"), str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr == f"fuyu_ray: BASE {tmp_path / 'nope'}: no such folder\n"
     assert list(tmp_path.iterdir()) == []
@@ -376,17 +439,36 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
 
 # --- end to end ----------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_grid_run_against_a_slower_one(tmp_path):
     """BASE from the real driver (Ray, actor, report); NEW the same cell 20% slower, compared from the command line."""
-    job = write_job(tmp_path, "compare-base", "standin:sleep=0.05,batches=20", "  batch: {batch_size: [1]}\n",
-                    "weights: random\nlimit: 1\n")
+    job = write_job(
+        tmp_path,
+        "compare-base",
+        "standin:sleep=0.05,batches=20",
+        "  batch: {batch_size: [1]}\n",
+        "weights: random\nlimit: 1\n",
+    )
     result = run_grid("--job", str(job), "--out", str(tmp_path / "base"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     standin_run(tmp_path / "new", standin_cell(0.06))
-    compared = subprocess.run([sys.executable, "-m", "fuyu_ray.compare", str(tmp_path / "base"), str(tmp_path / "new"),
-                               "--match", WITHOUT_MODEL, "--fail-on-regression"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    compared = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fuyu_ray.compare",
+            str(tmp_path / "base"),
+            str(tmp_path / "new"),
+            "--match",
+            WITHOUT_MODEL,
+            "--fail-on-regression",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert compared.returncode == 1, compared.stderr
     [row] = rows(tmp_path / "new" / "compare")
     assert row["latency_n_base"] == 20 and row["latency_verdict"] == "slower"

@@ -16,9 +16,8 @@ import time
 import polars as pl
 import psutil
 import pytest
-from ray.cluster_utils import Cluster
-
 from conftest import ROOT, run_grid, write_job
+from ray.cluster_utils import Cluster
 
 pytestmark = pytest.mark.slow
 
@@ -45,11 +44,31 @@ def running_cell(marker: str) -> psutil.Process | None:
 
 
 def test_a_worker_killed_mid_cell_costs_one_cell_while_its_restart_waits_for_resources(crowded_node, tmp_path):
-    job = write_job(tmp_path, "crowded", "standin:sleep=1", "  variants: {optimization: [fp32, fp16], batch_size: [1, 2, 3, 4]}\n",
-                    "weights: random\nlimit: 1\n")
+    job = write_job(
+        tmp_path,
+        "crowded",
+        "standin:sleep=1",
+        "  variants: {optimization: [fp32, fp16], batch_size: [1, 2, 3, 4]}\n",
+        "weights: random\nlimit: 1\n",
+    )
     out = tmp_path / "out"
-    driver = subprocess.Popen([sys.executable, "-m", "fuyu_ray.grid", "--job", str(job), "--out", str(out), "--address",
-                               crowded_node.address], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fuyu_ray.grid",
+            "--job",
+            str(job),
+            "--out",
+            str(out),
+            "--address",
+            crowded_node.address,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     victim = None
     while victim is None and time.monotonic() < deadline and driver.poll() is None:

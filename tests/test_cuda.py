@@ -100,8 +100,12 @@ def batches(parts):
     made = [Image.new("RGB", (224, 224), (200, 10, 10)), Image.effect_noise((224, 224), 60).convert("RGB")]
 
     def batch(texts):
-        inputs = processor(images=[made[i % 2] for i in range(len(texts))], text=texts, return_tensors="pt",
-                           size={"height": 240, "width": 240})
+        inputs = processor(
+            images=[made[i % 2] for i in range(len(texts))],
+            text=texts,
+            return_tensors="pt",
+            size={"height": 240, "width": 240},
+        )
         return {k: v.to("cuda") for k, v in inputs.items() if isinstance(v, torch.Tensor)}
 
     return {
@@ -121,8 +125,9 @@ def test_compiled_decoder_with_cuda_graphs_matches_generate(parts, batches):
 
     model, _ = parts
     prompt_len = max(inputs["input_ids"].shape[1] for inputs in batches.values())
-    decoder = StaticGreedyDecoder(model, max_batch=MAX_BATCH, prompt_len=prompt_len, max_new_tokens=NEW_TOKENS,
-                                  compiled=True, device="cuda")
+    decoder = StaticGreedyDecoder(
+        model, max_batch=MAX_BATCH, prompt_len=prompt_len, max_new_tokens=NEW_TOKENS, compiled=True, device="cuda"
+    )
     assert all(step.mode == "reduce-overhead" for step in decoder.steps)  # CUDA graphs
     assert decoder.warm_up(batches["one"])[2] == WARM_UP_RUNS
     assert decoder.compilations == 2
@@ -130,8 +135,13 @@ def test_compiled_decoder_with_cuda_graphs_matches_generate(parts, batches):
     for _ in range(2):  # replayed graphs, twice over: a replay must not overwrite what the last one returned
         for name in ("a", "b", "one"):
             calls = []
-            got = decoder.generate(batches[name], NEW_TOKENS, eos_token_id=model.config.eos_token_id, ignore_eos=True,
-                                   on_token=lambda: calls.append(1))
+            got = decoder.generate(
+                batches[name],
+                NEW_TOKENS,
+                eos_token_id=model.config.eos_token_id,
+                ignore_eos=True,
+                on_token=lambda: calls.append(1),
+            )
             expected = reference(model, batches[name])
             assert got.device.type == "cuda"
             assert torch.equal(got, expected), name

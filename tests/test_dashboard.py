@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import run_grid, write_job
 
 pytestmark = pytest.mark.slow
@@ -29,9 +28,22 @@ def head():
     for `ray start` when RAY_AUTH_MODE=token), in its own process group so that it goes away whole."""
     port = free_port()
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={DASHBOARD_PORT}", "--disable-usage-stats"],
-        env={**os.environ, **TOKEN_AUTH}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={DASHBOARD_PORT}",
+            "--disable-usage-stats",
+        ],
+        env={**os.environ, **TOKEN_AUTH},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         assert eventually(lambda: dashboard_up(), timeout=90), "the head's dashboard never came up"
@@ -83,7 +95,13 @@ def eventually(read, timeout: float = 60.0):
 
 
 def test_the_dashboard_shows_the_job_by_name_and_tasks_by_cell(head, tmp_path):
-    job = write_job(tmp_path, "dashboard-check", "standin:sleep=0.2", "  batch: {batch_size: [1, 2]}\n", "weights: random\nlimit: 1\n")
+    job = write_job(
+        tmp_path,
+        "dashboard-check",
+        "standin:sleep=0.2",
+        "  batch: {batch_size: [1, 2]}\n",
+        "weights: random\nlimit: 1\n",
+    )
     out = tmp_path / "out"
     result = run_grid("--job", str(job), "--out", str(out), "--address", head, env=TOKEN_AUTH)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -95,7 +113,10 @@ def test_the_dashboard_shows_the_job_by_name_and_tasks_by_cell(head, tmp_path):
     assert refused.value.code in (401, 403)
 
     def our_job():
-        return next((j for j in get("/api/jobs/", token) if (j.get("metadata") or {}).get("job_name") == "dashboard-check"), None)
+        return next(
+            (j for j in get("/api/jobs/", token) if (j.get("metadata") or {}).get("job_name") == "dashboard-check"),
+            None,
+        )
 
     listed = eventually(our_job)
     assert listed is not None, "the job is not listed with its name"
@@ -104,19 +125,33 @@ def test_the_dashboard_shows_the_job_by_name_and_tasks_by_cell(head, tmp_path):
     assert "-m fuyu_ray.grid --job" in listed["entrypoint"]
 
     def cell_tasks():
-        tasks = get(f"/api/v0/tasks?limit=1000&filter_keys=job_id&filter_predicates=%3D&filter_values={listed['job_id']}", token)
+        tasks = get(
+            f"/api/v0/tasks?limit=1000&filter_keys=job_id&filter_predicates=%3D&filter_values={listed['job_id']}", token
+        )
         names = [t["name"] for t in tasks["data"]["result"]["result"]]
         return [n for n in names if n.startswith("CellWorker.run cpu fp32 textvqa batch=")]
 
     names = eventually(lambda: len(cell_tasks()) >= 2 and cell_tasks())
-    assert names and {n.split(" image=")[0] for n in names} == {"CellWorker.run cpu fp32 textvqa batch=1",
-                                                                 "CellWorker.run cpu fp32 textvqa batch=2"}
+    assert names and {n.split(" image=")[0] for n in names} == {
+        "CellWorker.run cpu fp32 textvqa batch=1",
+        "CellWorker.run cpu fp32 textvqa batch=2",
+    }
 
 
 def test_a_head_that_wants_a_token_the_driver_lacks_is_one_line_and_exit_2(head, tmp_path):
-    job = write_job(tmp_path, "no-token", "standin:sleep=0.1", "  batch: {batch_size: [1]}\n", "weights: random\nlimit: 1\n")
-    result = run_grid("--job", str(job), "--out", str(tmp_path / "out"), "--address", head, env={"RAY_AUTH_MODE": "disabled"},
-                      timeout=120)
+    job = write_job(
+        tmp_path, "no-token", "standin:sleep=0.1", "  batch: {batch_size: [1]}\n", "weights: random\nlimit: 1\n"
+    )
+    result = run_grid(
+        "--job",
+        str(job),
+        "--out",
+        str(tmp_path / "out"),
+        "--address",
+        head,
+        env={"RAY_AUTH_MODE": "disabled"},
+        timeout=120,
+    )
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("fuyu_ray:")]
     assert len(lines) == 1 and "token" in lines[0] and "RAY_AUTH_MODE=token" in lines[0]

@@ -12,11 +12,10 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ROOT
 
 from fuyu_ray.data import load_samples, synthetic_rows
 from fuyu_ray.spec import DatasetSource
-
-from conftest import ROOT
 
 TASKS = ("textvqa", "scienceqa", "coco")
 REAL_COLUMNS = {
@@ -49,7 +48,9 @@ def test_synthetic_rows_have_the_real_columns(task):
 @pytest.mark.parametrize("task", TASKS)
 def test_save_to_disk_fixture_loads_like_the_real_set(tmp_path, task):
     path = tmp_path / task
-    datasets.DatasetDict({"validation": fixture_dataset(task), "test": fixture_dataset(task), "val": fixture_dataset(task)}).save_to_disk(str(path))
+    datasets.DatasetDict(
+        {"validation": fixture_dataset(task), "test": fixture_dataset(task), "val": fixture_dataset(task)}
+    ).save_to_disk(str(path))
     loaded = load_samples(task, DatasetSource(str(path)), limit=3)
     expected = load_samples(task, DatasetSource("synthetic"), limit=3).samples
     assert [s.question for s in loaded.samples] == [s.question for s in expected]
@@ -85,7 +86,13 @@ def test_hub_id_honours_offline_mode():
         "except Exception as exc:\n    print(type(exc).__name__, exc)"
     )
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert "offline" in result.stdout.lower(), result.stdout + result.stderr
     assert time.monotonic() - started < 60  # no network retries

@@ -1,4 +1,5 @@
-"""The `compile` preset's generator: static cache, fixed shapes, compiled prefill and decode, same tokens as `generate`."""
+"""The `compile` preset's generator: static cache, fixed shapes, compiled prefill and decode,
+same tokens as `generate`."""
 
 from __future__ import annotations
 
@@ -85,9 +86,18 @@ def test_eager_decoder_matches_generate_token_for_token(parts, batches, name):
     decoder = decoder_for(model, batches, compiled=False)  # "one" and "b" get extra left padding
     expected = full_length_reference(model, batches[name])
     calls = []
-    got = decoder.generate(batches[name], NEW_TOKENS, eos_token_id=model.config.eos_token_id, ignore_eos=True,
-                           on_token=lambda: calls.append(1))
-    assert got.shape == expected.shape == (batches[name]["input_ids"].shape[0], batches[name]["input_ids"].shape[1] + NEW_TOKENS)
+    got = decoder.generate(
+        batches[name],
+        NEW_TOKENS,
+        eos_token_id=model.config.eos_token_id,
+        ignore_eos=True,
+        on_token=lambda: calls.append(1),
+    )
+    assert (
+        got.shape
+        == expected.shape
+        == (batches[name]["input_ids"].shape[0], batches[name]["input_ids"].shape[1] + NEW_TOKENS)
+    )
     assert torch.equal(got, expected)
     assert len(calls) == NEW_TOKENS
     assert decoder.compile_s == 0.0 and decoder.recompiles == 0
@@ -103,8 +113,13 @@ def test_compiled_decoder_matches_generate_without_recompiling(parts, batches, c
 
     for name in ("a", "b", "one"):  # two prompt lengths at full batch, and one row padded up to MAX_BATCH
         calls = []
-        got = decoder.generate(batches[name], NEW_TOKENS, eos_token_id=model.config.eos_token_id, ignore_eos=True,
-                               on_token=lambda: calls.append(1))
+        got = decoder.generate(
+            batches[name],
+            NEW_TOKENS,
+            eos_token_id=model.config.eos_token_id,
+            ignore_eos=True,
+            on_token=lambda: calls.append(1),
+        )
         assert torch.equal(got, full_length_reference(model, batches[name])), name
         assert len(calls) == NEW_TOKENS
     assert decoder.recompiles == 0
@@ -146,7 +161,9 @@ def test_later_decoders_compile_static_graphs_without_host_syncs(parts, batches,
     model, _ = parts
     torch._logging.set_logs(dynamic=logging.INFO, post_grad_graphs=True)  # both go to stderr
     try:
-        other = decoder_for(model, batches, compiled=True, prompt_len=longest(batches) + 3)  # after the module's decoder
+        other = decoder_for(
+            model, batches, compiled=True, prompt_len=longest(batches) + 3
+        )  # after the module's decoder
         with torch._inductor.config.patch(fx_graph_cache=False):  # a cache hit would log no graph
             got = other.generate(batches["a"], NEW_TOKENS, ignore_eos=True)
     finally:

@@ -139,9 +139,7 @@ def test_run_until_min_window_stops_at_max_repeats_and_notes_short_window() -> N
     clock = FakeClock()
     meter = NvmlEnergyMeter(nvml=FakeNvml(clock))
 
-    result = run_until_min_window(
-        lambda: clock.advance(0.1), meter, min_seconds=1.0, clock=clock, max_repeats=3
-    )
+    result = run_until_min_window(lambda: clock.advance(0.1), meter, min_seconds=1.0, clock=clock, max_repeats=3)
 
     assert result.repeats == 3
     assert result.joules == pytest.approx(FAKE_WATTS * 0.3)

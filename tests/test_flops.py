@@ -34,7 +34,12 @@ def test_tiny_real_processor_batch_matches(tmp_path):
     processor = tiny.build_processor(tiny.build_tokenizer())
     config = tiny.build_config(processor.tokenizer)
     model = FuyuForCausalLM(config).eval()
-    batch = processor(images=[Image.new("RGB", (224, 224))], text=["What word is written?\n"], return_tensors="pt", size={"height": 240, "width": 240})
+    batch = processor(
+        images=[Image.new("RGB", (224, 224))],
+        text=["What word is written?\n"],
+        return_tensors="pt",
+        size={"height": 240, "width": 240},
+    )
     counted = count_flops(lambda: model(**batch))
     expected = fuyu_prefill_flops(config, patches=64, tokens=batch["input_ids"].shape[1])
     assert abs(counted - expected) / expected < 0.02
@@ -50,7 +55,9 @@ def test_full_size_fuyu_8b_on_the_meta_device():
     width = config.patch_size * config.patch_size * config.num_channels
     patches = torch.zeros(64, width, device="meta")
     embeddings = torch.zeros(1, 91, config.text_config.hidden_size, device="meta")
-    counted = count_flops(lambda: model.model.vision_embed_tokens(patches)) + count_flops(lambda: model(inputs_embeds=embeddings))
+    counted = count_flops(lambda: model.model.vision_embed_tokens(patches)) + count_flops(
+        lambda: model(inputs_embeds=embeddings)
+    )
     expected = fuyu_prefill_flops(config, patches=64, tokens=91)
     assert abs(counted - expected) / expected < 0.02
     assert 1.45e12 < counted < 1.6e12  # the anchors' FlopCounterMode figure for this prefill: 1.52 TFLOP

@@ -7,7 +7,6 @@ import subprocess
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import run_grid, write_job
 
 pytestmark = pytest.mark.slow
@@ -17,7 +16,9 @@ pytestmark = pytest.mark.slow
 def tiny_disk(tmp_path):
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=90k", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=90k", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
     yield mount_point
@@ -45,7 +46,13 @@ def one_error_line(result) -> str:
 
 
 def test_a_full_disk_is_one_line_keeps_finished_cells_and_a_rerun_finishes(tiny_disk, tmp_path):
-    job = write_job(tmp_path, "full", "standin:sleep=0.05", "  batch: {batch_size: [1, 2, 3, 4, 5, 6]}\n", "weights: random\nlimit: 1\n")
+    job = write_job(
+        tmp_path,
+        "full",
+        "standin:sleep=0.05",
+        "  batch: {batch_size: [1, 2, 3, 4, 5, 6]}\n",
+        "weights: random\nlimit: 1\n",
+    )
     out = tiny_disk / "out"
     result = run_grid("--job", str(job), "--out", str(out))
     assert result.returncode == 1
@@ -64,7 +71,9 @@ def test_a_full_disk_is_one_line_keeps_finished_cells_and_a_rerun_finishes(tiny_
 
 def test_an_out_that_turns_read_only_is_one_line_and_loses_nothing(tiny_disk, tmp_path):
     remount(tiny_disk, "size=4m")
-    job = write_job(tmp_path, "readonly", "standin:sleep=0.05", "  batch: {batch_size: [1, 2]}\n", "weights: random\nlimit: 1\n")
+    job = write_job(
+        tmp_path, "readonly", "standin:sleep=0.05", "  batch: {batch_size: [1, 2]}\n", "weights: random\nlimit: 1\n"
+    )
     out = tiny_disk / "out"
     assert run_grid("--job", str(job), "--out", str(out)).returncode == 0
     before = {p.name: p.read_bytes() for p in (out / "cells").glob("*.parquet")}

@@ -8,7 +8,6 @@ import sys
 from collections import Counter
 
 import pyarrow.parquet as pq
-
 from conftest import ROOT
 
 BLOCKED = ("ray", "polars", "datasets", "rich", "matplotlib")  # PyYAML comes with transformers
@@ -28,17 +27,37 @@ def test_gpu_check_runs_in_process_without_the_cluster_stack(tmp_path):
     blocker = "import sys; sys.modules.update({name: None for name in %r}); " % (BLOCKED,)
     code = blocker + "from fuyu_ray.gpu_check import main; sys.exit(main(sys.argv[1:]))"
     result = subprocess.run(
-        [sys.executable, "-c", code, "--job", str(small), "--out", str(tmp_path / "out"), "--model", "tiny", "--device", "cpu"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-c",
+            code,
+            "--job",
+            str(small),
+            "--out",
+            str(tmp_path / "out"),
+            "--model",
+            "tiny",
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     cells = [pq.read_table(p).to_pylist()[0] for p in (tmp_path / "out" / "cells").glob("*.parquet")]
     by_status = Counter(c["status"] for c in cells)
-    assert by_status == {"ok": 4, "skipped": 2}, [(c["optimization"], c["seq_len"], c["status"], c["error"]) for c in cells]
+    assert by_status == {"ok": 4, "skipped": 2}, [
+        (c["optimization"], c["seq_len"], c["status"], c["error"]) for c in cells
+    ]
     ok = [c for c in cells if c["status"] == "ok"]
     assert all(c["accuracy"] is None and c["accuracy_note"] == "random weights" for c in ok)
     assert all(c["generated_tokens_mean"] == 10 for c in ok)  # forced to 10, as the targets are
-    assert {(c["optimization"], c["image_tokens"]) for c in ok if c["image_width"] == 1920} == {("fp16", 2340), ("compile", 2340)}
+    assert {(c["optimization"], c["image_tokens"]) for c in ok if c["image_width"] == 1920} == {
+        ("fp16", 2340),
+        ("compile", 2340),
+    }
     skipped = {c["optimization"]: c["error"] for c in cells if c["status"] == "skipped"}
     assert "FlashAttention-2" in skipped["flash_attention_2"] and "same workload" in skipped["fp16"]
     text = (tmp_path / "out" / "summary.md").read_text()
@@ -48,7 +67,9 @@ def test_gpu_check_runs_in_process_without_the_cluster_stack(tmp_path):
 def test_bad_gpu_check_job_is_one_line(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    result = subprocess.run([sys.executable, "-m", "fuyu_ray.gpu_check", "--job", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "fuyu_ray.gpu_check", "--job", str(bad)], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -56,16 +77,27 @@ def test_the_targets_cells_run_first_then_the_presets_then_the_seeds_sweeps():
     from fuyu_ray.gpu_check import DEFAULT_JOB, image_label, load_plain_job, ordered_cells
 
     cells = ordered_cells(load_plain_job(DEFAULT_JOB, None, None))
-    points = [(c.point.optimization, c.point.batch_size, image_label(c.point.image_size), c.point.dataset, c.point.seq_len)
-              for c in cells]
+    points = [
+        (c.point.optimization, c.point.batch_size, image_label(c.point.image_size), c.point.dataset, c.point.seq_len)
+        for c in cells
+    ]
     assert points[:6] == [
-        ("fp16", 1, "224", "textvqa", 200), ("compile", 1, "224", "textvqa", 200),
-        ("fp16", 16, "224", "textvqa", 200), ("compile", 16, "224", "textvqa", 200),
-        ("fp16", 1, "1920x1080", "textvqa", 200), ("compile", 1, "1920x1080", "textvqa", 200),
+        ("fp16", 1, "224", "textvqa", 200),
+        ("compile", 1, "224", "textvqa", 200),
+        ("fp16", 16, "224", "textvqa", 200),
+        ("compile", 16, "224", "textvqa", 200),
+        ("fp16", 1, "1920x1080", "textvqa", 200),
+        ("compile", 1, "1920x1080", "textvqa", 200),
     ]
     # The other presets at the targets' points, one model at a time, then the seed's sweeps on the baseline.
-    assert [p[:2] for p in points[6:12]] == [("bf16", 1), ("bf16", 16), ("eager", 1), ("eager", 16),
-                                              ("flash_attention_2", 1), ("flash_attention_2", 16)]
+    assert [p[:2] for p in points[6:12]] == [
+        ("bf16", 1),
+        ("bf16", 16),
+        ("eager", 1),
+        ("eager", 16),
+        ("flash_attention_2", 1),
+        ("flash_attention_2", 16),
+    ]
     assert {p[0] for p in points[12:]} == {"fp16"}
     assert "sdpa" not in {p[0] for p in points}  # fp16 under another name: float16, SDPA, not compiled
     assert len(points) == len(set(points))  # a cell two sweeps share runs once
@@ -79,7 +111,14 @@ def test_a_cell_past_its_deadline_stops_with_the_reason():
     from fuyu_ray.spec import DatasetSource, Point, TaskOverride
 
     runner = CellRunner(Variant("tiny", "random", "cpu", "fp32"), min_energy_window_s=0.01)
-    cell = Cell("tiny", "random", 2, Point("cpu", "textvqa", 1, 224, 200, "fp32"), DatasetSource(), TaskOverride(max_new_tokens=2))
+    cell = Cell(
+        "tiny",
+        "random",
+        2,
+        Point("cpu", "textvqa", 1, 224, 200, "fp32"),
+        DatasetSource(),
+        TaskOverride(max_new_tokens=2),
+    )
     row = runner.run(cell, deadline=time.perf_counter() - 5).record.to_pylist()[0]
     assert row["status"] == "timeout"
     assert row["error"].startswith("stopped after the warm-up: past its deadline by")
@@ -96,7 +135,8 @@ def test_the_budget_refuses_what_it_cannot_cover_and_caps_each_deadline():
     now[0] = 500.0  # 50 s left
     assert budget.deadline(60.0) == 550.0  # never past the budget's end
     assert budget.refusal("this cell", 100.0) == (
-        "not started: this cell needs about 100 s and 50 s were left of the GPU check's 450 s budget")
+        "not started: this cell needs about 100 s and 50 s were left of the GPU check's 450 s budget"
+    )
     unlimited = Budget(started=0.0, seconds=None, clock=lambda: 1e9)
     assert unlimited.refusal("this cell", 1e6) is None and unlimited.deadline(60.0) is None
 
@@ -106,35 +146,49 @@ def test_cells_the_budget_cannot_cover_are_skipped_with_the_reason_and_a_summary
 
     job = load_plain_job(ROOT / "jobs/gpu-check.json", "tiny", "cpu")
     rows = run(job, str(tmp_path / "out"), log=lambda line: None, budget_s=1e-9)
-    assert rows and all(r["status"] == "skipped" and "budget" in r["error"] and r["error"].startswith("not started") for r in rows)
+    assert rows and all(
+        r["status"] == "skipped" and "budget" in r["error"] and r["error"].startswith("not started") for r in rows
+    )
     assert len(list((tmp_path / "out" / "cells").glob("*.parquet"))) == len(rows)
     assert "budget" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def row(optimization, batch, image=(224, 224), **figures):
-    return {"status": "ok", "dataset": "textvqa", "image_size": image[0] if image[0] == image[1] else None,
-            "image_width": image[0], "image_height": image[1], "seq_len": 200, "batch_size": batch,
-            "optimization": optimization, **figures}
+    return {
+        "status": "ok",
+        "dataset": "textvqa",
+        "image_size": image[0] if image[0] == image[1] else None,
+        "image_width": image[0],
+        "image_height": image[1],
+        "seq_len": 200,
+        "batch_size": batch,
+        "optimization": optimization,
+        **figures,
+    }
 
 
 def test_targets_are_read_off_the_best_preset_at_each_point():
     from fuyu_ray.gpu_check import targets
 
     rows = [
-        row("fp16", 1, latency_s=0.236), row("compile", 1, latency_s=0.050, first_token_top1_match=1.0, first_token_max_logit_diff=0.0312),
+        row("fp16", 1, latency_s=0.236),
+        row("compile", 1, latency_s=0.050, first_token_top1_match=1.0, first_token_max_logit_diff=0.0312),
         row("fp16", 16, energy_j_per_sample=6.5, prefill_roofline_ratio=0.57),
         row("compile", 16, energy_j_per_sample=3.2, prefill_roofline_ratio=0.72),
         {**row("compile", 16, energy_j_per_sample=0.1), "dataset": "coco"},  # another point: not a target
-        row("fp16", 1, (1920, 1080), ttft_s=0.131), row("compile", 1, (1920, 1080), ttft_s=0.0874),
+        row("fp16", 1, (1920, 1080), ttft_s=0.131),
+        row("compile", 1, (1920, 1080), ttft_s=0.0874),
     ]
     assert targets(rows) == [
         "Targets (textvqa, 10 generated tokens):",
         "- batch 1, image 224, latency: 50.0 ms (compile); target <= 66 ms: met",
         "- batch 16, image 224, energy: 3.20 J/sample (compile); target <= 3.0: missed",
         "- batch 16, image 224, prefill compute: 72% of the matrix rate (compile); target >= 70%: met",
-        "- batch 1, image 1920x1080 (2,340 image tokens), time to first token: 87.4 ms (compile; compile 87.4 ms, fp16 131.0 ms); "
+        "- batch 1, image 1920x1080 (2,340 image tokens), time to first token: 87.4 ms (compile; compile 87.4 "
+        "ms, fp16 131.0 ms); "
         "target <= 100 ms: met",
-        "- first-token agreement, compile vs stock generate, batch 1, image 224: top-1 match 100%, largest logit difference 0.0312",
+        "- first-token agreement, compile vs stock generate, batch 1, image 224: top-1 match 100%, largest logit "
+        "difference 0.0312",
     ]
     assert targets([]) == []
     assert targets(rows[:1], on_gpu=False) == [
@@ -147,7 +201,16 @@ def test_product_files_speak_of_the_projects_own_goals():
     import re
 
     words = re.compile(r"\b(issues?|tickets?|sessions?)\b", re.IGNORECASE)
-    paths = [*sorted((ROOT / "fuyu_ray").glob("*.py")), *sorted((ROOT / "jobs").iterdir()), ROOT / "README.md", ROOT / "Makefile"]
-    found = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in paths
-             for n, line in enumerate(p.read_text().splitlines(), 1) if words.search(line)]
+    paths = [
+        *sorted((ROOT / "fuyu_ray").glob("*.py")),
+        *sorted((ROOT / "jobs").iterdir()),
+        ROOT / "README.md",
+        ROOT / "Makefile",
+    ]
+    found = [
+        f"{p.relative_to(ROOT)}:{n}: {line.strip()}"
+        for p in paths
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if words.search(line)
+    ]
     assert found == []

@@ -9,15 +9,32 @@ import time
 import polars as pl
 import pytest
 import torch
-
 from conftest import run_grid, write_job
 
 pytestmark = pytest.mark.slow
 
 REQUIRED_CELL_COLUMNS = {
-    "cell_id", "model", "weights", "device", "batch_size", "image_size", "seq_len", "optimization", "dataset",
-    "status", "error", "n_samples", "latency_s", "energy_j_per_sample", "flops_per_sample", "accuracy",
-    "node_id", "started_at", "finished_at", "energy_note", "accuracy_note",
+    "cell_id",
+    "model",
+    "weights",
+    "device",
+    "batch_size",
+    "image_size",
+    "seq_len",
+    "optimization",
+    "dataset",
+    "status",
+    "error",
+    "n_samples",
+    "latency_s",
+    "energy_j_per_sample",
+    "flops_per_sample",
+    "accuracy",
+    "node_id",
+    "started_at",
+    "finished_at",
+    "energy_note",
+    "accuracy_note",
 }
 REQUIRED_SAMPLE_COLUMNS = {"cell_id", "sample_id", "prompt", "prediction", "references", "score"}
 
@@ -36,8 +53,15 @@ def test_default_job_writes_every_output(smoke_run):
 def test_every_section_of_the_seed_is_in_the_summary(smoke_run):
     out, _ = smoke_run
     summary = (out / "summary.md").read_text()
-    for title in ("Device Tests", "Batch Tests", "Image Size Tests", "Sequence Length Tests", "Optimization Tests",
-                  "How this was measured", "Harness"):
+    for title in (
+        "Device Tests",
+        "Batch Tests",
+        "Image Size Tests",
+        "Sequence Length Tests",
+        "Optimization Tests",
+        "How this was measured",
+        "Harness",
+    ):
         assert f"## {title}" in summary, title
 
 
@@ -82,7 +106,9 @@ def test_progress_is_one_plain_line_per_cell_off_a_terminal(smoke_run):
 
 
 def test_rerun_skips_done_cells_and_force_recomputes(tmp_path):
-    job = write_job(tmp_path, "resume", "tiny", "  batch: {batch_size: [1, 2]}\n  again: {batch_size: [2]}\n", "limit: 2\n")
+    job = write_job(
+        tmp_path, "resume", "tiny", "  batch: {batch_size: [1, 2]}\n  again: {batch_size: [2]}\n", "limit: 2\n"
+    )
     out = tmp_path / "out"
     first = run_grid("--job", str(job), "--out", str(out))
     assert first.returncode == 0, first.stderr[-2000:]
@@ -107,8 +133,15 @@ def test_rerun_skips_done_cells_and_force_recomputes(tmp_path):
 
 
 def test_gpu_cells_on_a_cluster_without_gpus_are_skipped_not_waited_on(tmp_path):
-    job = write_job(tmp_path, "gpu", "standin:sleep=0.1", "  batch: {batch_size: [1, 2]}\n", "weights: random\nlimit: 1\n",
-                    device="cuda", optimization="fp16")
+    job = write_job(
+        tmp_path,
+        "gpu",
+        "standin:sleep=0.1",
+        "  batch: {batch_size: [1, 2]}\n",
+        "weights: random\nlimit: 1\n",
+        device="cuda",
+        optimization="fp16",
+    )
     started = time.monotonic()
     # A fresh local Ray that sees no GPU, on any machine: Ray counts only the GPUs CUDA_VISIBLE_DEVICES lists.
     result = run_grid("--job", str(job), "--out", str(tmp_path / "out"), timeout=300, env={"CUDA_VISIBLE_DEVICES": ""})

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import torch
 
 from fuyu_ray.cells import Variant
-import itertools
-
 from fuyu_ray.hardware import ChipPeak, best_loop_seconds, chip_peak, measure_peaks, peak_overrides, roofline_columns
 from fuyu_ray.presets import PRESETS
 
@@ -44,7 +43,9 @@ def test_measured_peaks_become_the_limits(monkeypatch):
 
 def test_peaks_are_measured_as_work_over_time():
     ticks = itertools.count()  # every clock read is one second later: each timed loop takes 1 s
-    peak = measure_peaks("cpu", matrix_side=64, copy_bytes=1 << 20, repeats=3, warm_up_s=0, clock=lambda: float(next(ticks)))
+    peak = measure_peaks(
+        "cpu", matrix_side=64, copy_bytes=1 << 20, repeats=3, warm_up_s=0, clock=lambda: float(next(ticks))
+    )
     assert peak.fp16_tflops == 2 * 64**3 * 3 / 1e12  # 3 products of 64 x 64 matrices in 1 s
     assert peak.bandwidth_gbps == 2 * (1 << 20) * 3 / 1e9  # 3 copies of 1 MiB, read and written, in 1 s
     real = measure_peaks("cpu", matrix_side=64, copy_bytes=1 << 20, repeats=3, warm_up_s=0.01)
@@ -52,9 +53,25 @@ def test_peaks_are_measured_as_work_over_time():
 
 
 def test_the_best_loop_counts_after_the_warm_up():
-    calls, readings = [], iter([0.0, 0.5, 1.0,  # warm-up: calls until the clock reaches 1 s (2 calls)
-                                10.0, 14.0, 20.0, 22.0, 30.0, 33.0])  # three timed loops: 4 s, 2 s, 3 s
-    seconds = best_loop_seconds(lambda: calls.append(1), "cpu", repeats=5, trials=3, warm_up_s=1.0, clock=lambda: next(readings))
+    calls, readings = (
+        [],
+        iter(
+            [
+                0.0,
+                0.5,
+                1.0,  # warm-up: calls until the clock reaches 1 s (2 calls)
+                10.0,
+                14.0,
+                20.0,
+                22.0,
+                30.0,
+                33.0,
+            ]
+        ),
+    )  # three timed loops: 4 s, 2 s, 3 s
+    seconds = best_loop_seconds(
+        lambda: calls.append(1), "cpu", repeats=5, trials=3, warm_up_s=1.0, clock=lambda: next(readings)
+    )
     assert seconds == 2.0
     assert len(calls) == 2 + 3 * 5
 
@@ -72,7 +89,9 @@ class TinyLM(torch.nn.Module):
 def test_ratios_against_the_limits(monkeypatch):
     monkeypatch.setenv("FUYU_RAY_PEAK_BANDWIDTH_GBPS", "1000")  # 1 TB/s
     monkeypatch.setenv("FUYU_RAY_PEAK_TFLOPS", "100")
-    loaded = SimpleNamespace(model=TinyLM().half(), variant=Variant("m", "random", "cuda", "fp16"), preset=PRESETS["fp16"])
+    loaded = SimpleNamespace(
+        model=TinyLM().half(), variant=Variant("m", "random", "cuda", "fp16"), preset=PRESETS["fp16"]
+    )
     flops = {"flops_per_sample": 1e12}
     columns = roofline_columns("Unknown GPU", loaded, 0.02, 4e-6, flops, batch_size=2)
     assert abs(columns["decode_roofline_ratio"] - 1e-6 / 4e-6) < 1e-9  # 1 MB at 1 TB/s = 1 us, measured 4 us

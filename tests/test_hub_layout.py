@@ -5,27 +5,32 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+from conftest import run_grid
+from hub_layout import SCIENCEQA_FEATURES, make_coco, make_scienceqa, make_textvqa, scienceqa_rows, write_shards
 
 from fuyu_ray.data import DatasetNotFound, load_samples
 from fuyu_ray.scoring import NO_REFERENCES, score
 from fuyu_ray.spec import DatasetSource
 
-from conftest import run_grid
-from hub_layout import SCIENCEQA_FEATURES, make_coco, make_scienceqa, make_textvqa, scienceqa_rows, write_shards
-
 
 @pytest.fixture(scope="module", params=[True, False], ids=["with-readme", "without-readme"])
 def hub(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
-    return {"textvqa": make_textvqa(root, with_readme=request.param), "scienceqa": make_scienceqa(root, with_readme=request.param),
-            "coco": make_coco(root, with_readme=request.param)}
+    return {
+        "textvqa": make_textvqa(root, with_readme=request.param),
+        "scienceqa": make_scienceqa(root, with_readme=request.param),
+        "coco": make_coco(root, with_readme=request.param),
+    }
 
 
 def test_textvqa_reads_the_named_split_only(hub):
     validation = load_samples("textvqa", DatasetSource(str(hub["textvqa"]), split="validation"), limit=6)
     assert [int(s.sample_id) for s in validation.samples] == list(range(200_000, 200_006))
     assert all(len(s.references) == 10 for s in validation.samples)
-    assert "split validation" in validation.description and "data/validation-00000-of-00002.parquet" in validation.description
+    assert (
+        "split validation" in validation.description
+        and "data/validation-00000-of-00002.parquet" in validation.description
+    )
     assert "data/test-" not in validation.description and "data/train-" not in validation.description
 
     test = load_samples("textvqa", DatasetSource(str(hub["textvqa"]), split="test"), limit=3)
@@ -40,15 +45,24 @@ def test_the_default_split_is_the_tasks_own(hub):
 
 @pytest.mark.parametrize("split", ["validation", "test"])
 def test_scienceqa_reads_the_named_config_and_split(hub, split):
-    loaded = load_samples("scienceqa", DatasetSource(str(hub["scienceqa"]), split=split, config="ScienceQA-IMG"), limit=5)
+    loaded = load_samples(
+        "scienceqa", DatasetSource(str(hub["scienceqa"]), split=split, config="ScienceQA-IMG"), limit=5
+    )
     expected = scienceqa_rows(split, "ScienceQA-IMG", 5)
-    assert [(s.choices, s.answer_index) for s in loaded.samples] == [(tuple(r["choices"]), r["answer"]) for r in expected]
+    assert [(s.choices, s.answer_index) for s in loaded.samples] == [
+        (tuple(r["choices"]), r["answer"]) for r in expected
+    ]
     assert not loaded.skipped
-    assert "[ScienceQA-IMG]" in loaded.description and f"ScienceQA-IMG/{split}-00000-of-00001.parquet" in loaded.description
+    assert (
+        "[ScienceQA-IMG]" in loaded.description
+        and f"ScienceQA-IMG/{split}-00000-of-00001.parquet" in loaded.description
+    )
 
 
 def test_text_only_rows_are_skipped_and_rows_with_images_take_their_place(hub):
-    loaded = load_samples("scienceqa", DatasetSource(str(hub["scienceqa"]), split="test", config="ScienceQA-FULL"), limit=3)
+    loaded = load_samples(
+        "scienceqa", DatasetSource(str(hub["scienceqa"]), split="test", config="ScienceQA-FULL"), limit=3
+    )
     with_images = [r for r in scienceqa_rows("test", "ScienceQA-FULL", 8) if r["image"] is not None][:3]
     assert [s.choices for s in loaded.samples] == [tuple(r["choices"]) for r in with_images]
     assert len(loaded.skipped) == 3 and all("no image" in reason for _, reason in loaded.skipped)
@@ -72,12 +86,15 @@ def test_coco_test_split_has_no_references_and_is_not_scored(hub):
     assert result.accuracy is None and result.note == NO_REFERENCES and result.per_sample == [None] * 3
 
 
-@pytest.mark.parametrize("task, source, expected", [
-    ("textvqa", {"split": "validaton"}, "no split 'validaton'"),
-    ("coco", {"split": "validation"}, "it has splits ['test', 'val']"),
-    ("scienceqa", {"config": "ScienceQA-IMAGE"}, "no config 'ScienceQA-IMAGE'"),
-    ("scienceqa", {"config": "ScienceQA-IMG", "split": "dev"}, "it has splits ['test', 'train', 'validation']"),
-])
+@pytest.mark.parametrize(
+    "task, source, expected",
+    [
+        ("textvqa", {"split": "validaton"}, "no split 'validaton'"),
+        ("coco", {"split": "validation"}, "it has splits ['test', 'val']"),
+        ("scienceqa", {"config": "ScienceQA-IMAGE"}, "no config 'ScienceQA-IMAGE'"),
+        ("scienceqa", {"config": "ScienceQA-IMG", "split": "dev"}, "it has splits ['test', 'train', 'validation']"),
+    ],
+)
 def test_a_split_or_config_that_does_not_exist_names_the_ones_that_do(hub, task, source, expected):
     with pytest.raises(DatasetNotFound) as error:
         load_samples(task, DatasetSource(str(hub[task]), **source), limit=1)
@@ -85,6 +102,7 @@ def test_a_split_or_config_that_does_not_exist_names_the_ones_that_do(hub, task,
 
 
 # --- through the driver, as a user runs it ------------------------------------------------------
+
 
 def job_file(tmp_path, name: str, datasets_block: str, sweep: str) -> str:
     path = tmp_path / f"{name}.yaml"
@@ -105,11 +123,14 @@ def hub_with_readme(tmp_path_factory):
 @pytest.mark.slow
 def test_a_job_naming_splits_and_configs_runs_every_cell_on_them(hub_with_readme, tmp_path):
     hub = hub_with_readme
-    job = job_file(tmp_path, "hub-copies",
-                   f"  textvqa: {{source: {hub['textvqa']}, split: validation}}\n"
-                   f"  scienceqa: {{source: {hub['scienceqa']}, config: ScienceQA-IMG, split: test}}\n"
-                   f"  coco: {{source: {hub['coco']}, split: val}}\n",
-                   "{dataset: [textvqa, scienceqa, coco]}")
+    job = job_file(
+        tmp_path,
+        "hub-copies",
+        f"  textvqa: {{source: {hub['textvqa']}, split: validation}}\n"
+        f"  scienceqa: {{source: {hub['scienceqa']}, config: ScienceQA-IMG, split: test}}\n"
+        f"  coco: {{source: {hub['coco']}, split: val}}\n",
+        "{dataset: [textvqa, scienceqa, coco]}",
+    )
     out = tmp_path / "out"
     result = run_grid("--job", job, "--out", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -123,15 +144,22 @@ def test_a_job_naming_splits_and_configs_runs_every_cell_on_them(hub_with_readme
     expected = {tuple(r["choices"]) for r in scienceqa_rows("test", "ScienceQA-IMG", 8)}
     assert set(map(tuple, samples.filter(pl.col("dataset") == "scienceqa").get_column("choices").to_list())) <= expected
     summary = (out / "summary.md").read_text()
-    assert "ScienceQA-IMG/test-00000-of-00001.parquet" in summary and "data/validation-00000-of-00002.parquet" in summary
+    assert (
+        "ScienceQA-IMG/test-00000-of-00001.parquet" in summary and "data/validation-00000-of-00002.parquet" in summary
+    )
 
 
 @pytest.mark.slow
-def test_splits_without_answers_are_timed_with_null_accuracy_and_a_missing_split_is_bad_input(hub_with_readme, tmp_path):
+def test_splits_without_answers_are_timed_with_null_accuracy_and_a_missing_split_is_bad_input(
+    hub_with_readme, tmp_path
+):
     hub = hub_with_readme
-    job = job_file(tmp_path, "test-splits",
-                   f"  textvqa: {{source: {hub['textvqa']}, split: test}}\n  coco: {{source: {hub['coco']}, split: test}}\n",
-                   "{dataset: [textvqa, coco]}")
+    job = job_file(
+        tmp_path,
+        "test-splits",
+        f"  textvqa: {{source: {hub['textvqa']}, split: test}}\n  coco: {{source: {hub['coco']}, split: test}}\n",
+        "{dataset: [textvqa, coco]}",
+    )
     out = tmp_path / "out"
     result = run_grid("--job", job, "--out", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -15,7 +15,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import ROOT
 
 SERVER_LIFETIME_S = 120.0
@@ -97,10 +96,17 @@ class SilentServer:
 
 def run_loads(server: SilentServer, tmp_path, **env) -> tuple[subprocess.CompletedProcess, float]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    environ.update(HF_ENDPOINT=f"http://127.0.0.1:{server.port}", HF_HOME=str(tmp_path / "hf_home"),
-                   HF_HUB_ETAG_TIMEOUT="1", HF_HUB_DOWNLOAD_TIMEOUT="1", **env)
+    environ.update(
+        HF_ENDPOINT=f"http://127.0.0.1:{server.port}",
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_HUB_ETAG_TIMEOUT="1",
+        HF_HUB_DOWNLOAD_TIMEOUT="1",
+        **env,
+    )
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", LOADS], cwd=ROOT, capture_output=True, text=True, timeout=180, env=environ)
+    result = subprocess.run(
+        [sys.executable, "-c", LOADS], cwd=ROOT, capture_output=True, text=True, timeout=180, env=environ
+    )
     return result, time.monotonic() - started
 
 
@@ -143,7 +149,9 @@ def test_hub_access_is_decided_once_per_source(monkeypatch, tmp_path):
     probes = []
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(models, "_hub_access", {})
-    monkeypatch.setattr(models, "_probe_hub", lambda source: probes.append(source) or "the hub did not answer (ConnectTimeout)")
+    monkeypatch.setattr(
+        models, "_probe_hub", lambda source: probes.append(source) or "the hub did not answer (ConnectTimeout)"
+    )
     for _ in range(3):
         assert models.hub_access("org/a") == (True, "the hub did not answer (ConnectTimeout)")
         assert models.hub_access("org/b")[0] is True

@@ -1,4 +1,5 @@
-"""`image_size` as S or "WxH": parsing, cell identity, image tokens, Fuyu's processor at 1920x1080, and a cell on tiny."""
+"""`image_size` as S or "WxH": parsing, cell identity, image tokens, Fuyu's processor at 1920x1080,
+and a cell on tiny."""
 
 from __future__ import annotations
 
@@ -14,8 +15,17 @@ from fuyu_ray.runner import image_token_count, padded_dims
 from fuyu_ray.spec import DatasetSource, JobError, Point, TaskOverride, image_dims, image_size_value, parse_job
 
 GOOD = {
-    "name": "sizes", "model": "tiny", "limit": 2,
-    "base": {"device": "cpu", "dataset": "textvqa", "batch_size": 1, "image_size": 224, "seq_len": 200, "optimization": "fp32"},
+    "name": "sizes",
+    "model": "tiny",
+    "limit": 2,
+    "base": {
+        "device": "cpu",
+        "dataset": "textvqa",
+        "batch_size": 1,
+        "image_size": 224,
+        "seq_len": 200,
+        "optimization": "fp32",
+    },
     "sweeps": {"image": {"image_size": [224, "224x224", "1920x1080", " 1000 X 500 "]}},
 }
 
@@ -93,7 +103,10 @@ def test_fuyus_processor_keeps_a_1920x1080_image_whole_and_shrinks_a_larger_one_
     width, height = padded_dims("1920x1080")
     for image, size in (
         (Image.effect_noise((1920, 1080), 60).convert("RGB"), None),
-        (Image.effect_noise((1920, 1080), 60).convert("RGB"), {"height": height, "width": width}),  # as prepare_batches asks
+        (
+            Image.effect_noise((1920, 1080), 60).convert("RGB"),
+            {"height": height, "width": width},
+        ),  # as prepare_batches asks
         (Image.new("RGB", (2560, 1440), (20, 200, 20)), None),
     ):
         inputs = processor(images=[image], text=["What?\n"], return_tensors="pt", **({"size": size} if size else {}))
@@ -108,8 +121,14 @@ def test_fuyus_processor_keeps_a_1920x1080_image_whole_and_shrinks_a_larger_one_
 def test_a_1920x1080_cell_runs_on_tiny_with_its_own_image_tokens():
     from fuyu_ray.runner import CellRunner
 
-    cell = Cell("tiny", "random", 2, Point("cpu", "textvqa", 1, "1920x1080", 200, "fp32"), DatasetSource(),
-                TaskOverride(max_new_tokens=3))
+    cell = Cell(
+        "tiny",
+        "random",
+        2,
+        Point("cpu", "textvqa", 1, "1920x1080", 200, "fp32"),
+        DatasetSource(),
+        TaskOverride(max_new_tokens=3),
+    )
     runner = CellRunner(cell.variant, min_energy_window_s=0.01)
     row = runner.run(cell).record.to_pylist()[0]
     assert row["status"] == "ok", row["error"]

@@ -115,11 +115,14 @@ def test_the_sampler_thread_samples_through_the_window():
     assert result.samples >= 5 and result.sm_clock_min_mhz < result.sm_clock_max_mhz
 
 
-@pytest.mark.parametrize("batches, disturbed", [
-    ([0.10, 0.11, 0.10, 0.09, 0.10, 0.10], False),
-    ([0.10, 0.30, 0.10, 0.35, 0.10, 0.10], True),
-    ([0.10, 0.30], False),  # too few batches to judge
-])
+@pytest.mark.parametrize(
+    "batches, disturbed",
+    [
+        ([0.10, 0.11, 0.10, 0.09, 0.10, 0.10], False),
+        ([0.10, 0.30, 0.10, 0.35, 0.10, 0.10], True),
+        ([0.10, 0.30], False),  # too few batches to judge
+    ],
+)
 def test_unsteady_timings_are_flagged_only_with_enough_batches(batches, disturbed):
     result = verdict(QualityThresholds(), None, None, batches)
     assert result.startswith("disturbed: CV") == disturbed

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from conftest import ROOT, write_job
 
 pytestmark = pytest.mark.slow
@@ -37,9 +36,21 @@ def head():
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{dashboard}"
     deadline = time.monotonic() + 90
@@ -59,9 +70,27 @@ def submit(url: str, env: dict, job: Path | None, out: Path, *extra: str) -> sub
     deadline = time.monotonic() + 120
     while True:
         result = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(ROOT), *extra, "--",
-             "python", "-m", "fuyu_ray.grid", *job_args, "--out", str(out)],
-            env=env, capture_output=True, text=True, timeout=900,
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                url,
+                "--working-dir",
+                str(ROOT),
+                *extra,
+                "--",
+                "python",
+                "-m",
+                "fuyu_ray.grid",
+                *job_args,
+                "--out",
+                str(out),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         # A new head answers `ray job list` before its job agent takes submissions.
         if "No available agent to submit job" not in result.stdout + result.stderr or time.monotonic() > deadline:
@@ -85,23 +114,44 @@ def test_ray_job_submit_runs_the_default_job_and_logs_a_line_per_cell(head, tmp_
 def test_ray_job_stop_ends_cleanly_and_a_rerun_resumes(head, tmp_path):
     url, env = head
     out = tmp_path / "report"
-    job = write_job(tmp_path, "stopped", "standin:sleep=1", f"  batch: {{batch_size: {list(range(1, 11))}}}\n", "limit: 1\n")
+    job = write_job(
+        tmp_path, "stopped", "standin:sleep=1", f"  batch: {{batch_size: {list(range(1, 11))}}}\n", "limit: 1\n"
+    )
     assert submit(url, env, job, out, "--no-wait", "--submission-id", "fuyu-stop-test").returncode == 0
     deadline = time.monotonic() + 120
     while not ((out / "cells").exists() and len(list((out / "cells").glob("*.parquet"))) >= 2):
         if time.monotonic() > deadline:
-            logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", url, "fuyu-stop-test"], env=env,
-                                  capture_output=True, text=True, timeout=60)
+            logs = subprocess.run(
+                [str(BIN / "ray"), "job", "logs", "--address", url, "fuyu-stop-test"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             raise AssertionError(f"no two cells in 120 s; job logs:\n{logs.stdout[-3000:]}{logs.stderr[-2000:]}")
         time.sleep(0.5)
-    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", url, "fuyu-stop-test"], env=env, capture_output=True, text=True, timeout=120)
+    stop = subprocess.run(
+        [str(BIN / "ray"), "job", "stop", "--address", url, "fuyu-stop-test"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert stop.returncode == 0, stop.stderr[-2000:]
     done = len(list((out / "cells").glob("*.parquet")))
     assert done < 10
-    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", url, "fuyu-stop-test"], env=env, capture_output=True, text=True, timeout=60)
+    logs = subprocess.run(
+        [str(BIN / "ray"), "job", "logs", "--address", url, "fuyu-stop-test"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "interrupted: finished cells are on disk" in logs.stdout
     # The dashboard lists the submission's record: the driver put the job's facts in its metadata.
-    listed = subprocess.run([str(BIN / "ray"), "job", "list", "--address", url], env=env, capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        [str(BIN / "ray"), "job", "list", "--address", url], env=env, capture_output=True, text=True, timeout=60
+    )
     entry = next(line for line in listed.stdout.split("JobDetails(") if "fuyu-stop-test" in line)
     assert "'job_name': 'stopped'" in entry and "'cells_total': '10'" in entry, entry
 

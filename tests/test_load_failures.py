@@ -7,9 +7,8 @@ import json
 
 import polars as pl
 import pytest
-from ray.cluster_utils import Cluster
-
 from conftest import run_grid, write_job
+from ray.cluster_utils import Cluster
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +26,15 @@ def broken_processor(tmp_path_factory):
     from transformers import FuyuConfig
 
     folder = tmp_path_factory.mktemp("broken-processor")
-    FuyuConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128, vocab_size=512).save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({"processor_class": "FuyuProcessor",
-                                                                 "image_processor_type": "FuyuImageProcessor"}))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"processor_class": "FuyuProcessor", "tokenizer_class": "LlamaTokenizer"}))
+    FuyuConfig(
+        hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128, vocab_size=512
+    ).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps({"processor_class": "FuyuProcessor", "image_processor_type": "FuyuImageProcessor"})
+    )
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"processor_class": "FuyuProcessor", "tokenizer_class": "LlamaTokenizer"})
+    )
     (folder / "tokenizer.json").write_text("{ this is not json")
     return folder
 
@@ -40,7 +44,9 @@ def grid_cells(out) -> pl.DataFrame:
 
 
 @pytest.mark.parametrize("model", ["missing", "broken"])
-def test_a_model_that_cannot_load_fails_each_cell_with_the_cause_without_restarts(local_ray, tmp_path, broken_processor, model):
+def test_a_model_that_cannot_load_fails_each_cell_with_the_cause_without_restarts(
+    local_ray, tmp_path, broken_processor, model
+):
     path = tmp_path / "no-such-model" if model == "missing" else broken_processor
     job = write_job(tmp_path, "unloadable", str(path), "  batch: {batch_size: [1, 2, 3]}\n", "limit: 1\n")
     out = tmp_path / "out"
@@ -55,7 +61,12 @@ def test_a_model_that_cannot_load_fails_each_cell_with_the_cause_without_restart
     assert ("no such folder" if model == "missing" else "transformers checkpoint") in error
     assert table.get_column("actor").n_unique() == 1 and table.get_column("actor")[0].endswith(tuple("0123456789"))
     assert "restarting" not in result.stdout and "dead for good" not in result.stdout  # no restarts, no fresh actors
-    failures = (out / "summary.md").read_text().split("## Failed, out-of-memory and timed-out cells", 1)[1].split("\n## ", 1)[0]
+    failures = (
+        (out / "summary.md")
+        .read_text()
+        .split("## Failed, out-of-memory and timed-out cells", 1)[1]
+        .split("\n## ", 1)[0]
+    )
     assert failures.count("could not be loaded") == 1  # once, grouped
 
     rerun = run_grid("--job", str(job), "--out", str(out), "--address", local_ray)
@@ -63,8 +74,13 @@ def test_a_model_that_cannot_load_fails_each_cell_with_the_cause_without_restart
 
 
 def test_a_dataset_path_that_does_not_exist_fails_its_cells_with_the_path(local_ray, tmp_path):
-    job = write_job(tmp_path, "no-data", "tiny", "  batch: {batch_size: [1, 2]}\n",
-                    f"limit: 2\ndatasets:\n  textvqa: {tmp_path / 'gone'}\n")
+    job = write_job(
+        tmp_path,
+        "no-data",
+        "tiny",
+        "  batch: {batch_size: [1, 2]}\n",
+        f"limit: 2\ndatasets:\n  textvqa: {tmp_path / 'gone'}\n",
+    )
     out = tmp_path / "out"
     result = run_grid("--job", str(job), "--out", str(out), "--address", local_ray)
     assert result.returncode == 1
@@ -73,8 +89,13 @@ def test_a_dataset_path_that_does_not_exist_fails_its_cells_with_the_path(local_
 
 
 def test_dry_run_names_each_missing_source_on_a_worker_and_writes_nothing(local_ray, tmp_path):
-    job = write_job(tmp_path, "dry", str(tmp_path / "no-such-model"), "  tasks: {dataset: [textvqa, coco]}\n",
-                    f"limit: 2\ndatasets:\n  textvqa: {tmp_path / 'gone'}\n  coco: synthetic\n")
+    job = write_job(
+        tmp_path,
+        "dry",
+        str(tmp_path / "no-such-model"),
+        "  tasks: {dataset: [textvqa, coco]}\n",
+        f"limit: 2\ndatasets:\n  textvqa: {tmp_path / 'gone'}\n  coco: synthetic\n",
+    )
     out = tmp_path / "out"
     result = run_grid("--job", str(job), "--out", str(out), "--address", local_ray, "--dry-run")
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
@@ -89,7 +110,9 @@ def test_dry_run_names_each_missing_source_on_a_worker_and_writes_nothing(local_
 def test_dry_run_of_the_default_job_lists_25_cells_with_the_skips_and_exits_0(local_ray, tmp_path):
     result = run_grid("--job", "jobs/smoke.yaml", "--out", str(tmp_path / "out"), "--address", local_ray, "--dry-run")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    cells = [line for line in result.stdout.splitlines() if line.startswith("  ") and ": " in line and "worker" not in line]
+    cells = [
+        line for line in result.stdout.splitlines() if line.startswith("  ") and ": " in line and "worker" not in line
+    ]
     assert len(cells) == 25
     skipped = [line for line in cells if ": skip: " in line]
     assert any(" cuda " in line and "no node in the cluster has" in line for line in skipped)

@@ -53,8 +53,10 @@ def test_a_batch_splits_into_prefill_and_decode_on_the_host_clock():
 
 def test_batches_of_different_speeds_give_their_own_figures():
     clock = FakeClock()
-    timings = [time_batch(stand_in_model(clock, prefill_s=p, token_s=t, tokens=n), "cpu", clock=clock)[1]
-               for p, t, n in ((0.020, 0.010, 4), (0.040, 0.005, 9), (0.010, 0.020, 2))]
+    timings = [
+        time_batch(stand_in_model(clock, prefill_s=p, token_s=t, tokens=n), "cpu", clock=clock)[1]
+        for p, t, n in ((0.020, 0.010, 4), (0.040, 0.005, 9), (0.010, 0.020, 2))
+    ]
     assert [t.steps for t in timings] == [4, 9, 2]
     assert [t.prefill_s for t in timings] == pytest.approx([0.020, 0.040, 0.010])
     assert [t.decode_s_per_token for t in timings] == pytest.approx([0.010, 0.005, 0.020])

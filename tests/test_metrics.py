@@ -24,6 +24,7 @@ needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="PTBTokeniz
 
 # --------------------------------------------------------------------------- VQA normalisation
 
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
@@ -60,8 +61,17 @@ def test_normalize_vqa_answer(raw, expected):
 
 @pytest.mark.parametrize(
     ("prediction", "reference"),
-    [("two", "2"), ("the dog", "dog"), ("1,000", "1000"), ("Nike's", "nike's"), ("yes.", "yes"),
-     ("yes\n", "yes"), ("e-mail", "e mail"), ("USA", "u.s.a."), ("3.5", "3.5")],
+    [
+        ("two", "2"),
+        ("the dog", "dog"),
+        ("1,000", "1000"),
+        ("Nike's", "nike's"),
+        ("yes.", "yes"),
+        ("yes\n", "yes"),
+        ("e-mail", "e mail"),
+        ("USA", "u.s.a."),
+        ("3.5", "3.5"),
+    ],
 )
 def test_equivalent_answers_score_one(prediction, reference):
     assert vqa_accuracy(prediction, [reference] * 10) == 1.0
@@ -277,6 +287,7 @@ def test_python_and_java_tokenizers_agree():
 
 
 # --------------------------------------------------------------------------- intervals
+
 
 def test_wilson_known_values():
     lo, hi = wilson_interval(8, 10)

@@ -7,19 +7,21 @@ import subprocess
 import sys
 import time
 
+from conftest import ROOT
+
 from fuyu_ray import tiny
 from fuyu_ray.cells import Cell, Variant
 from fuyu_ray.models import full_size_config, load_model
 from fuyu_ray.runner import CellRunner
 from fuyu_ray.spec import DatasetSource, Point, TaskOverride
 
-from conftest import ROOT
-
 
 def test_a_local_directory_loads_with_from_pretrained_and_runs_a_cell():
     directory = str(tiny.ensure_checkpoint())
     runner = CellRunner(Variant(directory, "pretrained", "cpu", "fp32"))
-    cell = Cell(directory, "pretrained", 4, Point("cpu", "textvqa", 2, 224, 200, "fp32"), DatasetSource(), TaskOverride())
+    cell = Cell(
+        directory, "pretrained", 4, Point("cpu", "textvqa", 2, 224, 200, "fp32"), DatasetSource(), TaskOverride()
+    )
     row = runner.run(cell).record.to_pylist()[0]
     assert row["status"] == "ok" and row["model_label"] == directory
     assert row["accuracy"] >= 0.5  # the trained weights came through
@@ -33,7 +35,11 @@ def test_random_weights_take_the_full_size_config_and_null_accuracy():
 
 def test_fuyu_8b_config_offline_is_the_full_size_architecture():
     config = full_size_config("adept/fuyu-8b-not-in-any-cache")
-    assert (config.text_config.hidden_size, config.text_config.num_hidden_layers, config.text_config.vocab_size) == (4096, 36, 262144)
+    assert (config.text_config.hidden_size, config.text_config.num_hidden_layers, config.text_config.vocab_size) == (
+        4096,
+        36,
+        262144,
+    )
 
 
 def test_a_hub_id_with_hf_hub_offline_fails_the_cell_fast_with_the_reason():
@@ -44,7 +50,13 @@ def test_a_hub_id_with_hf_hub_offline_fails_the_cell_fast_with_the_reason():
         "except OSError as exc:\n    print('OSError', exc)\n"
     )
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(ROOT / ".no-such-hf-home")})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(ROOT / ".no-such-hf-home")},
+    )
     assert "OSError" in result.stdout, result.stdout + result.stderr[-2000:]
     assert time.monotonic() - started < 60

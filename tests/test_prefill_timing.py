@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from fuyu_ray import tiny
-from fuyu_ray.measure import BatchTiming, TokenClock, time_batch
+from fuyu_ray.measure import BatchTiming, time_batch
 from fuyu_ray.runner import Batch, generate, latency_columns
 
 
@@ -49,10 +49,16 @@ def test_without_marks_there_is_no_prefill_compute():
 
 
 def test_latency_columns_keep_the_old_names_and_add_the_two_figures():
-    timings = [BatchTiming(0.1, 0.05, 0.01, 5, 0.03), BatchTiming(0.2, 0.07, 0.01, 5, 0.04), BatchTiming(0.3, 0.09, 0.01, 5, 0.05)]
+    timings = [
+        BatchTiming(0.1, 0.05, 0.01, 5, 0.03),
+        BatchTiming(0.2, 0.07, 0.01, 5, 0.04),
+        BatchTiming(0.3, 0.09, 0.01, 5, 0.05),
+    ]
     columns = latency_columns(timings, 2, None, None, 1)
     assert columns["prefill_s"] == columns["ttft_s"] == pytest.approx(0.07)
-    assert columns["prefill_compute_s"] == pytest.approx(0.04) and columns["prefill_compute_p90_s"] == pytest.approx(0.05)
+    assert columns["prefill_compute_s"] == pytest.approx(0.04) and columns["prefill_compute_p90_s"] == pytest.approx(
+        0.05
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +69,12 @@ def stock():
     torch.manual_seed(0)
     model = FuyuForCausalLM(tiny.build_config(tokenizer)).eval()
     processor = tiny.build_processor(tokenizer)
-    inputs = processor(images=[Image.new("RGB", (224, 224), (200, 10, 10))], text=["What is it?\n"], return_tensors="pt",
-                       size={"height": 240, "width": 240})
+    inputs = processor(
+        images=[Image.new("RGB", (224, 224), (200, 10, 10))],
+        text=["What is it?\n"],
+        return_tensors="pt",
+        size={"height": 240, "width": 240},
+    )
     inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     loaded = SimpleNamespace(model=model, eos_token_id=tokenizer.eos_token_id, tokenizer=tokenizer, attention="sdpa")
     return loaded, Batch(inputs, [0], inputs["input_ids"].shape[1])

@@ -15,8 +15,17 @@ from fuyu_ray.spec import DatasetSource, Point, TaskOverride
 CPU_PRESETS = ["fp32", "fp16", "bf16", "eager", "sdpa", "compile"]
 
 
-def cell(optimization: str, batch_size: int = 4, limit: int = 8, dataset: str = "scienceqa", seq_len: int = 200) -> Cell:
-    return Cell("tiny", "pretrained", limit, Point("cpu", dataset, batch_size, 224, seq_len, optimization), DatasetSource(), TaskOverride())
+def cell(
+    optimization: str, batch_size: int = 4, limit: int = 8, dataset: str = "scienceqa", seq_len: int = 200
+) -> Cell:
+    return Cell(
+        "tiny",
+        "pretrained",
+        limit,
+        Point("cpu", dataset, batch_size, 224, seq_len, optimization),
+        DatasetSource(),
+        TaskOverride(),
+    )
 
 
 @pytest.mark.parametrize("name", CPU_PRESETS)
@@ -31,7 +40,11 @@ def test_preset_configuration_is_applied(name):
 def test_flash_attention_2_is_skipped_on_cpu_with_the_reason():
     with pytest.raises(PresetUnsupported, match="CUDA"):
         load_model(Variant("tiny", "pretrained", "cpu", "flash_attention_2"))
-    record = CellRunner(Variant("tiny", "pretrained", "cpu", "flash_attention_2")).run(cell("flash_attention_2")).record.to_pylist()[0]
+    record = (
+        CellRunner(Variant("tiny", "pretrained", "cpu", "flash_attention_2"))
+        .run(cell("flash_attention_2"))
+        .record.to_pylist()[0]
+    )
     assert record["status"] == "skipped" and "CUDA" in record["error"]
 
 

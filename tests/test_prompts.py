@@ -40,7 +40,7 @@ def kept(prompt_text: str) -> tuple[list[str], list[str]]:
     assert prompt_text.endswith(TAIL), prompt_text
     body = prompt_text[: -len(TAIL)]
     if body.startswith("Context: "):
-        context, question = body[len("Context: "):].split("\n", 1)
+        context, question = body[len("Context: ") :].split("\n", 1)
         return context.split(), question.split()
     return [], body.split()
 
@@ -72,16 +72,16 @@ def test_every_cap_keeps_a_context_suffix_before_it_touches_the_question():
         prompt = build_prompt(SCIENCEQA, sample(), seq_len, words)
         kept_context, kept_question = kept(prompt.text)
         assert prompt.text_tokens == words(prompt.text) <= seq_len, seq_len
-        assert kept_context == context[len(context) - len(kept_context):], seq_len  # a suffix: cut from the start
-        assert kept_question == question[len(question) - len(kept_question):], seq_len
+        assert kept_context == context[len(context) - len(kept_context) :], seq_len  # a suffix: cut from the start
+        assert kept_question == question[len(question) - len(kept_question) :], seq_len
         if kept_question != question:
             assert kept_context == [], seq_len  # the question is cut only once the context is gone
         # Nothing more than needed was cut: one more word back would break the cap.
         if kept_context != context or kept_question != question:
             if kept_question == question:
-                back = rendered(context[len(context) - len(kept_context) - 1:], question)
+                back = rendered(context[len(context) - len(kept_context) - 1 :], question)
             else:
-                back = rendered([], question[len(question) - len(kept_question) - 1:])
+                back = rendered([], question[len(question) - len(kept_question) - 1 :])
             assert words(back) > seq_len, seq_len
 
 
@@ -115,14 +115,16 @@ def test_with_the_real_tokenizer_the_cap_holds_and_the_order_is_the_same(count_t
         prompt = build_prompt(SCIENCEQA, sample(), seq_len, count_tokens)
         assert prompt.text_tokens == count_tokens(prompt.text) <= seq_len
         kept_context, kept_question = kept(prompt.text)
-        assert kept_context == CONTEXT.split()[5 - len(kept_context):]
-        assert kept_question == QUESTION.split()[len(QUESTION.split()) - len(kept_question):]
+        assert kept_context == CONTEXT.split()[5 - len(kept_context) :]
+        assert kept_question == QUESTION.split()[len(QUESTION.split()) - len(kept_question) :]
         assert kept_question == QUESTION.split() or kept_context == []
         assert prompt.truncated == (seq_len < full)
 
 
 def test_textvqa_and_coco_templates_are_the_defaults():
-    textvqa = build_prompt(TaskSettings.for_task("textvqa", TaskOverride()), sample(hint="", question="what word is it?"), 200, words)
+    textvqa = build_prompt(
+        TaskSettings.for_task("textvqa", TaskOverride()), sample(hint="", question="what word is it?"), 200, words
+    )
     assert textvqa.text == "What word is it?\nAnswer the question using a single word or phrase.\n"
     coco = build_prompt(TaskSettings.for_task("coco", TaskOverride()), sample(hint="", question="ignored"), 200, words)
     assert coco.text == DEFAULT_TEMPLATES["coco"] + "\n" and not coco.truncated

@@ -33,7 +33,9 @@ def test_latency_is_per_batch_median_p90_mean_and_n():
     assert columns["latency_mean_s"] == pytest.approx(0.40)
     assert columns["latency_n"] == 5
     assert columns["prefill_s"] == pytest.approx(0.06) and columns["prefill_p90_s"] == pytest.approx(0.08)
-    assert columns["decode_s_per_token"] == pytest.approx(0.030) and columns["decode_p90_s_per_token"] == pytest.approx(0.050)
+    assert columns["decode_s_per_token"] == pytest.approx(0.030) and columns["decode_p90_s_per_token"] == pytest.approx(
+        0.050
+    )
     assert (columns["first_call_s"], columns["warmup_s"], columns["warmup_batches"]) == (2.5, 3.0, 2)
 
 
@@ -64,14 +66,18 @@ def test_energy_is_the_window_shared_out_over_its_batches_and_rows():
 
 
 def test_no_idle_power_gives_no_above_idle_figures():
-    columns = energy_columns(WindowResult(60.0, 2.0, 1, None), NoEnergyMeter("x"), idle_w=None, n_batches=3, batch_size=2)
+    columns = energy_columns(
+        WindowResult(60.0, 2.0, 1, None), NoEnergyMeter("x"), idle_w=None, n_batches=3, batch_size=2
+    )
     assert columns["energy_j_per_sample"] == pytest.approx(10.0)
     assert "energy_above_idle_j_per_batch" not in columns and "energy_above_idle_j_per_sample" not in columns
 
 
 def test_an_unread_counter_gives_no_energy_and_its_reason():
     meter = NoEnergyMeter("no counter on this device")
-    columns = energy_columns(WindowResult(None, 2.0, 1, meter.unavailable_reason), meter, idle_w=None, n_batches=3, batch_size=2)
+    columns = energy_columns(
+        WindowResult(None, 2.0, 1, meter.unavailable_reason), meter, idle_w=None, n_batches=3, batch_size=2
+    )
     assert columns["energy_note"] == "no counter on this device"
     assert not any(key.startswith("energy_j") or key.startswith("energy_above") for key in columns)
 

@@ -17,7 +17,6 @@ def test_exceptions_map_to_statuses():
     assert status == "failed" and error.startswith("ValueError: bad row")
 
 
-
 def wrapped_by_a_compiler(cause: BaseException) -> BaseException:
     """What Dynamo/Inductor raise when the code they compile fails: their own error, from the cause."""
     try:

@@ -14,7 +14,14 @@ from fuyu_ray.spec import DatasetSource, Point, TaskOverride
 
 def make_cells(optimization: str, batches: list[int]) -> list[Cell]:
     return [
-        Cell("standin", "random", 1, Point("cpu", "textvqa", batch, 224, 200, optimization), DatasetSource(), TaskOverride())
+        Cell(
+            "standin",
+            "random",
+            1,
+            Point("cpu", "textvqa", batch, 224, 200, optimization),
+            DatasetSource(),
+            TaskOverride(),
+        )
         for batch in batches
     ]
 
@@ -93,6 +100,9 @@ class FakeActor:
             call.value = (cell_batch(row), sample_table([]))
 
     def _answer_ping(self, call: Call) -> None:
+        if self.pool.pending_forever:
+            call.done = False  # an actor whose creation waits for resources: its ping neither answers nor fails
+            return
         if self.phase == "dead":
             call.failure = CallFailed("ActorDiedError: the actor died", actor_lost=True)
         elif getattr(self, "old_answers", 0) > 0:
@@ -109,11 +119,22 @@ class FakeActor:
 
 
 class FakePool:
-    def __init__(self, script: dict | None = None, restart_quiet_pings: int = 0, max_restarts: int = 2,
-                 stale_answers: int = 0, unplaceable: str | None = None):
+    def __init__(
+        self,
+        script: dict | None = None,
+        restart_quiet_pings: int = 0,
+        max_restarts: int = 2,
+        stale_answers: int = 0,
+        unplaceable: str | None = None,
+    ):
         self.script = dict(script or {})
-        self.restart_quiet_pings, self.max_restarts, self.stale_answers = restart_quiet_pings, max_restarts, stale_answers
+        self.restart_quiet_pings, self.max_restarts, self.stale_answers = (
+            restart_quiet_pings,
+            max_restarts,
+            stale_answers,
+        )
         self.reason = unplaceable
+        self.pending_forever = False
         self.actors: list[FakeActor] = []
         self.calls: list[Call] = []
         self.kills: list[tuple[str, bool]] = []
@@ -151,8 +172,14 @@ class FakePool:
 
 def run(pool: FakePool, cells: list[Cell], actors: int = 1, timeout_s: float = 100.0):
     records, messages = [], []
-    scheduler = Scheduler(pool, lambda record, samples: records.append(record.to_pylist()[0]), lambda cell: None, timeout_s,
-                          on_message=messages.append, clock=pool.clock)
+    scheduler = Scheduler(
+        pool,
+        lambda record, samples: records.append(record.to_pylist()[0]),
+        lambda cell: None,
+        timeout_s,
+        on_message=messages.append,
+        clock=pool.clock,
+    )
     scheduler.run(cells, lambda variant: actors)
     return records, messages
 
@@ -194,8 +221,13 @@ def test_a_variant_whose_actors_keep_dying_gives_each_remaining_cell_a_record_wi
     script = {("fp32", b): "crash" for b in (1, 2)}
     pool = FakePool(script=script, max_restarts=0)
     records, _ = run(pool, make_cells("fp32", [1, 2, 3, 4]) + make_cells("fp16", [1]))
-    assert statuses(records) == {("fp32", 1): "failed", ("fp32", 2): "failed", ("fp32", 3): "failed",
-                                 ("fp32", 4): "failed", ("fp16", 1): "ok"}
+    assert statuses(records) == {
+        ("fp32", 1): "failed",
+        ("fp32", 2): "failed",
+        ("fp32", 3): "failed",
+        ("fp32", 4): "failed",
+        ("fp16", 1): "ok",
+    }
     given_up = [r for r in records if r["batch_size"] in (3, 4)]
     assert all("dead for good" in r["error"] and "no restarts left" in r["error"] for r in given_up)
     assert len(pool.actors) == 3  # fp32's first, its one fresh replacement, and fp16's
@@ -254,3 +286,20 @@ def test_a_waiting_actor_is_retired_once_the_others_have_taken_every_cell():
     assert sorted(statuses(records).values()) == ["failed", "ok", "ok"]
     assert all(actor.killed for actor in pool.actors)
     assert pool.now < 100  # not the hours the restart would have waited
+
+
+def test_an_actor_still_waiting_to_be_created_when_its_node_leaves_gives_its_cells_a_cause():
+    pool = FakePool()
+    pool.pending_forever = True
+    original_wait = pool.wait
+
+    def wait_and_lose_the_gpu_node(calls, timeout):
+        if pool.now > 30:
+            pool.reason = "no node in the cluster has CPU=1, GPU=1 (device cuda)"
+        return original_wait(calls, timeout)
+
+    pool.wait = wait_and_lose_the_gpu_node
+    records, _ = run(pool, make_cells("fp16", [1, 2]))
+    assert [r["status"] for r in records] == ["failed", "failed"]
+    assert all("cannot be placed: no node in the cluster has CPU=1, GPU=1" in r["error"] for r in records)
+    assert pool.now < 100

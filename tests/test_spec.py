@@ -10,8 +10,17 @@ from fuyu_ray.spec import AXES, JobError, load_job, parse_job
 
 ORIGIN = "jobs/edge.yaml"
 GOOD = {
-    "name": "edge", "model": "tiny", "limit": 2,
-    "base": {"device": "cpu", "dataset": "textvqa", "batch_size": 1, "image_size": 224, "seq_len": 200, "optimization": "fp32"},
+    "name": "edge",
+    "model": "tiny",
+    "limit": 2,
+    "base": {
+        "device": "cpu",
+        "dataset": "textvqa",
+        "batch_size": 1,
+        "image_size": 224,
+        "seq_len": 200,
+        "optimization": "fp32",
+    },
     "sweeps": {"batch": {"batch_size": [1, 2]}},
 }
 
@@ -103,16 +112,29 @@ def test_an_unknown_base_axis_is_named():
     assert job_error(edited(base={**GOOD["base"], "colour": "red"})).startswith(f"{ORIGIN}: base.colour: unknown axis")
 
 
-@pytest.mark.parametrize("raw, culprit", [
-    (edited(sweeps={}), "sweeps"),
-    (edited(sweeps={"batch": {"batch_size": []}}), "sweeps.batch.batch_size"),
-    (edited(sweeps={"batch": {"batch_size": 4}}), "sweeps.batch.batch_size"),
-    (edited(base=[1, 2]), "base"),
-    (edited(datasets={"textvqa": {"split": "test"}}), "datasets.textvqa.source"),
-    (edited(tasks={"textvqa": None}), "tasks.textvqa"),
-    (edited(tasks={"textvqa": {"template": False}}), "tasks.textvqa.template"),
-    (edited(weights=True), "weights"),
-], ids=["no-sweeps", "empty-list", "scalar-not-list", "base-list", "source-missing", "task-null", "template-bool", "weights-bool"])
+@pytest.mark.parametrize(
+    "raw, culprit",
+    [
+        (edited(sweeps={}), "sweeps"),
+        (edited(sweeps={"batch": {"batch_size": []}}), "sweeps.batch.batch_size"),
+        (edited(sweeps={"batch": {"batch_size": 4}}), "sweeps.batch.batch_size"),
+        (edited(base=[1, 2]), "base"),
+        (edited(datasets={"textvqa": {"split": "test"}}), "datasets.textvqa.source"),
+        (edited(tasks={"textvqa": None}), "tasks.textvqa"),
+        (edited(tasks={"textvqa": {"template": False}}), "tasks.textvqa.template"),
+        (edited(weights=True), "weights"),
+    ],
+    ids=[
+        "no-sweeps",
+        "empty-list",
+        "scalar-not-list",
+        "base-list",
+        "source-missing",
+        "task-null",
+        "template-bool",
+        "weights-bool",
+    ],
+)
 def test_other_malformed_values_are_named(raw, culprit):
     assert job_error(raw).startswith(f"{ORIGIN}: {culprit}: ")
 
@@ -130,9 +152,9 @@ def test_a_falsy_non_mapping_for_datasets_or_tasks_is_named(key, value):
 
 
 def test_every_cell_column_is_in_the_readmes_column_list():
-    from fuyu_ray.records import CELL_SCHEMA
-
     from conftest import ROOT
+
+    from fuyu_ray.records import CELL_SCHEMA
 
     columns = (ROOT / "README.md").read_text().split("## Columns of `cells.parquet`", 1)[1].split("\n## ", 1)[0]
     assert [name for name in CELL_SCHEMA.names if f"`{name}`" not in columns] == []

@@ -19,7 +19,9 @@ def test_tokenizer_emits_the_leading_piece_that_fuyu_processor_strips(processor)
     tokenizer = processor.tokenizer
     ids = tokenizer("|SPEAKER||SPEAKER||NEWLINE|", add_special_tokens=False)["input_ids"]
     assert tokenizer.convert_ids_to_tokens(ids) == ["▁", "|SPEAKER|", "|SPEAKER|", "|NEWLINE|"]
-    assert tokenizer.convert_ids_to_tokens(tokenizer("Hi\n<0x04>", add_special_tokens=False)["input_ids"])[-1] == "<0x04>"
+    assert (
+        tokenizer.convert_ids_to_tokens(tokenizer("Hi\n<0x04>", add_special_tokens=False)["input_ids"])[-1] == "<0x04>"
+    )
 
 
 def test_config_image_token_is_the_tokenizers_speaker(processor):
@@ -31,7 +33,12 @@ def test_config_image_token_is_the_tokenizers_speaker(processor):
 @pytest.mark.parametrize("size", [224, 336, 448])
 def test_image_token_count_is_rows_times_cols_plus_one(processor, size):
     image = Image.new("RGB", (size, size), (200, 10, 10))
-    inputs = processor(images=[image], text=["What?\n"], return_tensors="pt", size={"height": padded_side(size), "width": padded_side(size)})
+    inputs = processor(
+        images=[image],
+        text=["What?\n"],
+        return_tensors="pt",
+        size={"height": padded_side(size), "width": padded_side(size)},
+    )
     ids = inputs["input_ids"][0].tolist()
     vocab = processor.tokenizer.get_vocab()
     image_tokens = ids.count(vocab["|SPEAKER|"]) + ids.count(vocab["|NEWLINE|"])
