@@ -227,6 +227,23 @@ def coefficient_of_variation(values: list[float]) -> float | None:
     return statistics.stdev(values) / mean if mean > 0 else None
 
 
+def noise_series(
+    batch_seconds: list[float], batches_per_pass: int, decode_s_per_token: list[float | None]
+) -> list[float]:
+    """What the timings' spread is judged on: how each batch varied from its own median across the
+    repeated passes of the window; with a single pass, the decode time per token. Either way a cell
+    whose batches differ in length (prompts, answers that stop early) is not taken for unsteady."""
+    passes = len(batch_seconds) // batches_per_pass if batches_per_pass else 0
+    if passes >= 2:
+        series = []
+        for position in range(batches_per_pass):
+            runs = batch_seconds[position::batches_per_pass][:passes]
+            middle = statistics.median(runs)
+            series += [value / middle for value in runs] if middle > 0 else []
+        return series
+    return [value for value in decode_s_per_token if value is not None]
+
+
 def settled(recent: list[float], tolerance: float, window: int = 3) -> bool:
     """The last `window` warm-up batches agree within `tolerance` of their median."""
     if len(recent) < window:
@@ -239,10 +256,9 @@ def settled(recent: list[float], tolerance: float, window: int = 3) -> bool:
 # --- the verdict --------------------------------------------------------------------------------
 
 
-def verdict(
-    thresholds: QualityThresholds, host: HostWindow | None, gpu: GpuSamples | None, batch_seconds: list[float]
-) -> str:
-    """`clean`, or `disturbed: ` and every reason that crossed its threshold."""
+def verdict(thresholds: QualityThresholds, host: HostWindow | None, gpu: GpuSamples | None, series: list[float]) -> str:
+    """`clean`, or `disturbed: ` and every reason that crossed its threshold. `series` is what the
+    timings' spread is judged on (see noise_series)."""
     reasons = []
     if host is not None and host.other_cpu_share is not None and host.other_cpu_share > thresholds.max_other_cpu_share:
         reasons.append(f"other processes used {host.other_cpu_share:.0%} of the worker's cores")
@@ -252,7 +268,7 @@ def verdict(
         for reason, share in sorted(gpu.throttled_share().items()):
             if share > thresholds.max_throttled_share:
                 reasons.append(f"{reason} throttling for {share:.0%} of the window")
-    cv = coefficient_of_variation(batch_seconds)
-    if cv is not None and len(batch_seconds) >= thresholds.min_batches_for_cv and cv > thresholds.max_cv:
-        reasons.append(f"CV {cv:.2f} over {len(batch_seconds)} batches")
+    cv = coefficient_of_variation(series)
+    if cv is not None and len(series) >= thresholds.min_batches_for_cv and cv > thresholds.max_cv:
+        reasons.append(f"CV {cv:.2f} over {len(series)} batches")
     return f"disturbed: {'; '.join(reasons)}" if reasons else CLEAN

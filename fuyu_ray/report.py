@@ -17,8 +17,12 @@ from fuyu_ray.spec import AXES, JobSpec
 from fuyu_ray.store import ResultStore
 
 AXIS_TITLES = {
-    "device": "Device", "dataset": "Dataset", "batch_size": "Batch size", "image_size": "Image size",
-    "seq_len": "Seq len", "optimization": "Optimization",
+    "device": "Device",
+    "dataset": "Dataset",
+    "batch_size": "Batch size",
+    "image_size": "Image size",
+    "seq_len": "Seq len",
+    "optimization": "Optimization",
 }
 DATASET_TITLES = {"coco": "COCO", "scienceqa": "ScienceQA", "textvqa": "TextVQA"}
 PROBLEM_STATUSES = ("failed", "oom", "timeout")
@@ -43,7 +47,9 @@ ACCURACY_LEGEND = {
 
 
 def write_report(store: ResultStore, job: JobSpec, grid: Grid, run_info: dict[str, Any]) -> pl.DataFrame:
-    ids = list(dict.fromkeys(cell_id for section in grid.sections.values() for cell_id in section))  # grid.cells' order, no hashing
+    ids = list(
+        dict.fromkeys(cell_id for section in grid.sections.values() for cell_id in section)
+    )  # grid.cells' order, no hashing
     cells = in_order(pl.from_arrow(store.read_cells(ids)), ids)
     store.write_table("cells.parquet", cells.to_arrow())
     store.write_samples(ids, "samples.parquet")  # streamed from the cell files: never all in memory
@@ -61,6 +67,7 @@ def in_order(cells: pl.DataFrame, ids: list[str]) -> pl.DataFrame:
 
 
 # --- formatting -----------------------------------------------------------------------------
+
 
 def fmt_seconds(value: float | None) -> str:
     if value is None:
@@ -129,9 +136,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 # --- sections -------------------------------------------------------------------------------
 
+
 def section_rows(cells: pl.DataFrame, grid: Grid, sweep: str) -> list[dict]:
     ids = grid.sections[sweep]
-    by_id = {row["cell_id"]: row for row in cells.filter(pl.col("cell_id").is_in(ids)).to_dicts()} if not cells.is_empty() else {}
+    by_id = (
+        {row["cell_id"]: row for row in cells.filter(pl.col("cell_id").is_in(ids)).to_dicts()}
+        if not cells.is_empty()
+        else {}
+    )
     return [by_id[cell_id] for cell_id in ids if cell_id in by_id]
 
 
@@ -151,7 +163,12 @@ def sweep_table(job: JobSpec, sweep: str, rows: list[dict]) -> str:
         return dataset_pivot_table(varied, rows)
     keys = varied
     header = [AXIS_TITLES[a] for a in keys] + [
-        "Latency s/batch (median, p90, n)", "Prefill s", "Decode s/token", "Energy J/sample", "FLOPs/sample", "Accuracy [95% CI]",
+        "Latency s/batch (median, p90, n)",
+        "Prefill s",
+        "Decode s/token",
+        "Energy J/sample",
+        "FLOPs/sample",
+        "Accuracy [95% CI]",
     ]
     compare = "optimization" in varied
     if compare:
@@ -164,13 +181,19 @@ def sweep_table(job: JobSpec, sweep: str, rows: list[dict]) -> str:
     for row in rows:
         reference = references.get(tuple(row[a] for a in keys if a != "optimization"), {})
         line = [row[a] for a in keys] + [
-            fmt_latency(row), fmt_seconds(row["prefill_s"]), fmt_seconds(row["decode_s_per_token"]),
-            fmt_energy(row), fmt_flops(row["flops_per_sample"]), fmt_accuracy(row),
+            fmt_latency(row),
+            fmt_seconds(row["prefill_s"]),
+            fmt_seconds(row["decode_s_per_token"]),
+            fmt_energy(row),
+            fmt_flops(row["flops_per_sample"]),
+            fmt_accuracy(row),
         ]
         if compare:
-            line += [percent_of(row["latency_s"], reference.get("latency_s")),
-                     percent_of(row["flops_per_sample"], reference.get("flops_per_sample")),
-                     percent_of(row["energy_j_per_sample"], reference.get("energy_j_per_sample"))]
+            line += [
+                percent_of(row["latency_s"], reference.get("latency_s")),
+                percent_of(row["flops_per_sample"], reference.get("flops_per_sample")),
+                percent_of(row["energy_j_per_sample"], reference.get("energy_j_per_sample")),
+            ]
         table_rows.append(line)
     return markdown_table(header, table_rows)
 
@@ -200,33 +223,50 @@ def measurement_notes(cells: pl.DataFrame) -> list[str]:
     ok = cells.filter(pl.col("status") == "ok")
     if ok.is_empty():
         return ["No cell finished, so nothing was measured."]
+
     def values(column: str) -> str:
         return listed(ok.get_column(column).drop_nulls().unique().sort().to_list()) or "none"
 
     notes = [
-        f"- Latency: wall time of `generate` for one batch (prefill + decode), after {values('warmup_batches')} untimed warm-up batch(es) per cell; "
+        f"- Latency: wall time of `generate` for one batch (prefill + decode), after {values('warmup_batches')} "
+        "untimed warm-up batch(es) per cell; "
         f"CUDA is synchronised around each batch, CPU uses `perf_counter`. Each cell times every batch of its samples "
-        f"(batches per pass: {values('n_batches')}; timed batches per cell: {values('latency_n')}); the table shows the median, p90 and n.",
-        "- Prefill is the time to the first generated token (TTFT); decode is seconds per further token, from per-token timestamps "
-        "(CUDA events on GPU, read after the batch, so that no per-token wait on the GPU is counted; `perf_counter` on CPU).",
-        f"- Generation: greedy, max_new_tokens {values('max_new_tokens')} by task; mean generated tokens per sample {values('generated_tokens_mean')}; "
+        f"(batches per pass: {values('n_batches')}; timed batches per cell: {values('latency_n')}); the table shows "
+        "the median, p90 and n.",
+        "- Prefill is the time to the first generated token (TTFT); decode is seconds per further token, from "
+        "per-token timestamps "
+        "(CUDA events on GPU, read after the batch, so that no per-token wait on the GPU is counted; "
+        "`perf_counter` on CPU).",
+        f"- Generation: greedy, max_new_tokens {values('max_new_tokens')} by task; mean generated tokens per sample "
+        f"{values('generated_tokens_mean')}; "
         f"share of rows that stopped at EOS: {values('eos_fraction')}.",
-        f"- Energy methods used: {values('energy_method')}. Notes: {values('energy_note')}. Counter windows are extended to at least "
+        f"- Energy methods used: {values('energy_method')}. Notes: {values('energy_note')}. Counter windows are "
+        "extended to at least "
         f"the job's min_energy_window_s by repeating the cell's batches (repeats used: {values('energy_repeats')}).",
-        "- FLOPs: counted by `torch.utils.flop_counter.FlopCounterMode` over one prefill forward of the cell's real first batch, "
-        "divided by its rows. FLOPs = 2 x multiply-accumulates (the seed's \"806.5 G\" was MACs); `macs_per_sample` is in cells.parquet.",
-        f"- Dtypes: {values('dtype')}; attention implementations: {values('attention')}; torch threads per CPU worker: {values('torch_threads')}.",
-        f"- Generation paths: {values('decoder')}. Warm-up is untimed: `first_call_s` is its first batch, `warmup_s` all of it "
+        "- FLOPs: counted by `torch.utils.flop_counter.FlopCounterMode` over one prefill forward of the cell's "
+        "real first batch, "
+        'divided by its rows. FLOPs = 2 x multiply-accumulates (the seed\'s "806.5 G" was MACs); `macs_per_sample` '
+        "is in cells.parquet.",
+        f"- Dtypes: {values('dtype')}; attention implementations: {values('attention')}; torch threads per CPU "
+        f"worker: {values('torch_threads')}.",
+        f"- Generation paths: {values('decoder')}. Warm-up is untimed: `first_call_s` is its first batch, "
+        "`warmup_s` all of it "
         "(for a compiled path: the compiles, also in `compile_s`, and the CUDA-graph recording); `recompiles` counts "
         "compiles during the timed batches.",
-        f"- Hosts: {values('hostname')}; CPU: {values('cpu_model')}; GPU: {values('gpu_name')} (driver {values('driver_version')}).",
-        f"- Accuracy metrics: {values('accuracy_metric')}; 95% intervals are Wilson for proportions and a percentile bootstrap (1000 resamples) "
+        f"- Hosts: {values('hostname')}; CPU: {values('cpu_model')}; GPU: {values('gpu_name')} (driver "
+        f"{values('driver_version')}).",
+        f"- Accuracy metrics: {values('accuracy_metric')}; 95% intervals are Wilson for proportions and a "
+        "percentile bootstrap (1000 resamples) "
         f"for VQA accuracy and CIDEr. Caption tokenizer: {values('caption_tokenizer')}.",
     ]
     return notes
 
 
-SEED_SECTION_NAMES = {"batch": "Batch", "batch_size": "Batch", "seq_len": "Sequence Length"}  # as the seed report names them
+SEED_SECTION_NAMES = {
+    "batch": "Batch",
+    "batch_size": "Batch",
+    "seq_len": "Sequence Length",
+}  # as the seed report names them
 
 
 def section_title(sweep: str) -> str:
@@ -240,14 +280,28 @@ def disturbed_section(cells: pl.DataFrame) -> list[str]:
     marked = cells.filter(pl.col("measurement_quality").str.starts_with("disturbed"))
     if marked.is_empty():
         return []
-    rows = [(r["cell_id"], r["device"], r["optimization"], r["dataset"], r["batch_size"],
-             r["measurement_quality"].removeprefix("disturbed: ")) for r in marked.iter_rows(named=True)]
-    return ["## Disturbed measurements", "",
-            f"{marked.height} of {cells.filter(pl.col('status') == 'ok').height} measured cells carry a {DISTURBED_MARK.strip()}: "
-            "their figures were taken while other processes, throttling or unsteady timings disturbed them "
-            "(thresholds in the README, 'Was a measurement disturbed?'). "
-            "`python -m fuyu_ray.grid --remeasure-disturbed` measures them again.", "",
-            *capped_table(["cell_id", "device", "optimization", "dataset", "batch", "reasons"], rows, "disturbed cells")]
+    rows = [
+        (
+            r["cell_id"],
+            r["device"],
+            r["optimization"],
+            r["dataset"],
+            r["batch_size"],
+            r["measurement_quality"].removeprefix("disturbed: "),
+        )
+        for r in marked.iter_rows(named=True)
+    ]
+    return [
+        "## Disturbed measurements",
+        "",
+        f"{marked.height} of {cells.filter(pl.col('status') == 'ok').height} measured cells carry a "
+        f"{DISTURBED_MARK.strip()}: "
+        "their figures were taken while other processes, throttling or unsteady timings disturbed them "
+        "(thresholds in the README, 'Was a measurement disturbed?'). "
+        "`python -m fuyu_ray.grid --remeasure-disturbed` measures them again.",
+        "",
+        *capped_table(["cell_id", "device", "optimization", "dataset", "batch", "reasons"], rows, "disturbed cells"),
+    ]
 
 
 def sweep_section(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str, plots: dict[str, str]) -> list[str]:
@@ -257,8 +311,11 @@ def sweep_section(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str, plo
     else:
         rows = section_rows(cells, grid, sweep)
         lines += [sweep_table(job, sweep, rows), ""]
-        cut = [f"{DATASET_TITLES[r['dataset']]} at seq_len {r['seq_len']}: {r['truncated_prompts']}/{r['n_samples']}"
-               for r in rows if r.get("truncated_prompts")]
+        cut = [
+            f"{DATASET_TITLES[r['dataset']]} at seq_len {r['seq_len']}: {r['truncated_prompts']}/{r['n_samples']}"
+            for r in rows
+            if r.get("truncated_prompts")
+        ]
         if cut:
             lines += ["Prompts cut to seq_len: " + listed(cut).replace(", ", "; ") + ".", ""]
     if sweep in plots:
@@ -302,7 +359,8 @@ def axis_key(axis: str) -> str:
 
 def sweep_frame(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str) -> tuple[pl.DataFrame, dict[str, list[str]]]:
     """The sweep's cells on disk in the sweep's order, with each varied axis's value as the job writes it
-    (_axis_<axis>; a "WxH" image, whose record has no image_size, as "WxH"), and each axis's values in the job's order."""
+    (_axis_<axis>; a "WxH" image, whose record has no image_size, as "WxH"), and each axis's values in
+    the job's order."""
     varied = varied_axes(job, sweep)
     values = {a: list(dict.fromkeys(str(v) for v in job.sweeps[sweep][a])) for a in varied}
     order = pl.DataFrame({"cell_id": list(grid.sections[sweep])}, schema={"cell_id": pl.String})
@@ -312,9 +370,11 @@ def sweep_frame(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str) -> tu
 
     def written(axis: str) -> pl.Expr:
         if axis == "image_size":
-            return (pl.when(pl.col("image_size").is_null())
-                    .then(pl.format("{}x{}", pl.col("image_width"), pl.col("image_height")))
-                    .otherwise(pl.col("image_size").cast(pl.String)))
+            return (
+                pl.when(pl.col("image_size").is_null())
+                .then(pl.format("{}x{}", pl.col("image_width"), pl.col("image_height")))
+                .otherwise(pl.col("image_size").cast(pl.String))
+            )
         return pl.col(axis).cast(pl.String)
 
     return frame.with_columns(written(a).alias(axis_key(a)) for a in varied), values
@@ -337,24 +397,40 @@ def large_sweep_lines(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str)
     others = [a for a in axes[2:]]
     extremes = f"the {EXTREMES} best and {EXTREMES} worst cells"
     if len(axes) >= 2:
-        how = (f"Per metric below: a table over {AXIS_TITLES[axes[0]].lower()} and {AXIS_TITLES[axes[1]].lower()}"
-               + (f" (the median over {', '.join(AXIS_TITLES[a].lower() for a in others)})" if others else "") + f", then {extremes}.")
+        how = (
+            f"Per metric below: a table over {AXIS_TITLES[axes[0]].lower()} and {AXIS_TITLES[axes[1]].lower()}"
+            + (f" (the median over {', '.join(AXIS_TITLES[a].lower() for a in others)})" if others else "")
+            + f", then {extremes}."
+        )
     else:
         step = ordinal(thinning_step(len(values[axes[0]]), FULL_TABLE_ROWS))
-        how = (f"Below: {len(thinned(values[axes[0]], FULL_TABLE_ROWS))} of its {len(values[axes[0]])} {AXIS_TITLES[axes[0]].lower()} "
-               f"values (every {step} and the last), then per metric {extremes}.")
+        how = (
+            f"Below: {len(thinned(values[axes[0]], FULL_TABLE_ROWS))} of its {len(values[axes[0]])} "
+            f"{AXIS_TITLES[axes[0]].lower()} "
+            f"values (every {step} and the last), then per metric {extremes}."
+        )
     lines = [
         f"{total:,} cells ({shape} values): too many for a row each. {how} Every cell is a row of cells.parquet "
-        "(its samples are in samples.parquet), and the plot shows every value.", "",
+        "(its samples are in samples.parquet), and the plot shows every value.",
+        "",
     ]
     counts = frame.group_by("status").len().sort("len", descending=True).rows() if not frame.is_empty() else []
     missing = total - frame.height
-    lines += ["Cells: " + ", ".join([f"{n:,} {status}" for status, n in counts] + ([f"{missing:,} not run yet"] if missing else [])) + ".", ""]
+    lines += [
+        "Cells: "
+        + ", ".join([f"{n:,} {status}" for status, n in counts] + ([f"{missing:,} not run yet"] if missing else []))
+        + ".",
+        "",
+    ]
     ok = frame.filter(pl.col("status") == "ok") if not frame.is_empty() else frame
     datasets = values.get("dataset", [None])
     if len(axes) < 2:
         shown = set(thinned(values[axes[0]], FULL_TABLE_ROWS))
-        rows = frame.filter(pl.col(axis_key(axes[0])).is_in(shown)).drop([axis_key(a) for a in varied]).to_dicts() if not frame.is_empty() else []
+        rows = (
+            frame.filter(pl.col(axis_key(axes[0])).is_in(shown)).drop([axis_key(a) for a in varied]).to_dicts()
+            if not frame.is_empty()
+            else []
+        )
         lines += [sweep_table(job, sweep, rows), ""]
     for column, title, better in METRICS:
         for dataset in datasets:
@@ -362,7 +438,11 @@ def large_sweep_lines(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str)
             data = subset.filter(pl.col(column).is_not_null()) if not subset.is_empty() else subset
             lines += [f"### {title}" + (f", {DATASET_TITLES.get(dataset, dataset)}" if dataset is not None else ""), ""]
             if data.is_empty():
-                why = notes(frame, "energy_note" if column.startswith("energy") else "accuracy_note") if column != "latency_s" else []
+                why = (
+                    notes(frame, "energy_note" if column.startswith("energy") else "accuracy_note")
+                    if column != "latency_s"
+                    else []
+                )
                 lines += [f"No cell recorded it{' (' + '; '.join(why) + ')' if why else ''}.", ""]
                 continue
             if len(axes) >= 2:
@@ -388,7 +468,9 @@ def pivot_value(column: str, dataset: str | None, value: float | None) -> str:
     return f"{value:.3f}"
 
 
-def pivot_lines(data: pl.DataFrame, column: str, rows_axis: str, columns_axis: str, values: dict[str, list[str]]) -> list[str]:
+def pivot_lines(
+    data: pl.DataFrame, column: str, rows_axis: str, columns_axis: str, values: dict[str, list[str]]
+) -> list[str]:
     """The median of `column` per (rows_axis, columns_axis) setting, on at most PIVOT_ROWS x PIVOT_COLUMNS values."""
     medians = data.group_by(axis_key(rows_axis), axis_key(columns_axis)).agg(pl.col(column).median())
     lookup = {(r, c): v for r, c, v in medians.rows()}
@@ -397,9 +479,12 @@ def pivot_lines(data: pl.DataFrame, column: str, rows_axis: str, columns_axis: s
     header = [f"{AXIS_TITLES[rows_axis]} ↓ {AXIS_TITLES[columns_axis]} →", *shown_columns]
     table = [[r, *(pivot_value(column, dataset, lookup.get((r, c))) for c in shown_columns)] for r in shown_rows]
     lines = [markdown_table(header, table), ""]
-    left_out = [f"{len(shown)} of {len(values[a])} {AXIS_TITLES[a].lower()} values (every {ordinal(thinning_step(len(values[a]), limit))} and the last)"
-                for a, shown, limit in ((rows_axis, shown_rows, PIVOT_ROWS), (columns_axis, shown_columns, PIVOT_COLUMNS))
-                if len(shown) < len(values[a])]
+    left_out = [
+        f"{len(shown)} of {len(values[a])} {AXIS_TITLES[a].lower()} values (every "
+        f"{ordinal(thinning_step(len(values[a]), limit))} and the last)"
+        for a, shown, limit in ((rows_axis, shown_rows, PIVOT_ROWS), (columns_axis, shown_columns, PIVOT_COLUMNS))
+        if len(shown) < len(values[a])
+    ]
     if left_out:
         lines += [f"Shown: {' and '.join(left_out)}; the plot has them all.", ""]
     return lines
@@ -411,7 +496,10 @@ def extremes_lines(data: pl.DataFrame, column: str, title: str, better: str, axe
     picks = list(range(n)) if n <= 2 * EXTREMES else [*range(EXTREMES), *range(n - EXTREMES, n)]
     rows = ranked[picks].to_dicts()
     header = ["Rank", *[AXIS_TITLES[a] for a in axes], title, "cell_id"]
-    table = [[f"{i + 1:,} of {n:,}", *[row[axis_key(a)] for a in axes], metric_text(column, row), row["cell_id"]] for i, row in zip(picks, rows)]
+    table = [
+        [f"{i + 1:,} of {n:,}", *[row[axis_key(a)] for a in axes], metric_text(column, row), row["cell_id"]]
+        for i, row in zip(picks, rows)
+    ]
     return [f"Best and worst ({better} is better):", "", markdown_table(header, table), ""]
 
 
@@ -419,7 +507,12 @@ def grouped_problems(problems: pl.DataFrame, shown_ids: int = 4) -> list[tuple]:
     """One row per distinct error: a model that cannot load fails every cell of its variant alike."""
     groups = problems.group_by("status", "error", maintain_order=True).agg(pl.col("cell_id"))
     return [
-        (status, shortened(error), len(ids), ", ".join(ids[:shown_ids]) + (f" and {len(ids) - shown_ids} more" if len(ids) > shown_ids else ""))
+        (
+            status,
+            shortened(error),
+            len(ids),
+            ", ".join(ids[:shown_ids]) + (f" and {len(ids) - shown_ids} more" if len(ids) > shown_ids else ""),
+        )
         for status, error, ids in groups.rows()
     ]
 
@@ -443,26 +536,43 @@ def capped_table(header: list[str], rows: list, what: str, limit: int = TABLE_RO
 
 
 def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str, Any], plots: dict[str, str]) -> str:
-    labels = listed(cells.get_column("model_label").drop_nulls().unique(maintain_order=True).to_list()) if not cells.is_empty() else job.model
+    labels = (
+        listed(cells.get_column("model_label").drop_nulls().unique(maintain_order=True).to_list())
+        if not cells.is_empty()
+        else job.model
+    )
     parts = [
         f"# {job.name}: {labels or job.model}",
         "",
         f"Job file `{run_info.get('job_file')}`, {len(grid.cells)} cells, model `{job.model}` ({job.weights} weights), "
-        f"fuyu_ray {run_info.get('fuyu_ray_version')} at commit {run_info.get('git_commit')}, finished {run_info.get('finished_at')}.",
+        f"fuyu_ray {run_info.get('fuyu_ray_version')} at commit {run_info.get('git_commit')}, finished "
+        f"{run_info.get('finished_at')}.",
         "",
     ]
-    sources = cells.select("dataset", "dataset_description").unique().drop_nulls().sort("dataset").rows() if not cells.is_empty() else []
+    sources = (
+        cells.select("dataset", "dataset_description").unique().drop_nulls().sort("dataset").rows()
+        if not cells.is_empty()
+        else []
+    )
     if sources:
         parts += ["Data: " + "; ".join(f"{DATASET_TITLES[d]} from {desc}" for d, desc in sources), ""]
-        parts += ["Accuracy columns: " + "; ".join(f"{DATASET_TITLES[d]} = {ACCURACY_LEGEND[d]}" for d, _ in sources)
-                  + ". Brackets hold the 95% interval; n is the number of scored samples.", ""]
+        parts += [
+            "Accuracy columns: "
+            + "; ".join(f"{DATASET_TITLES[d]} = {ACCURACY_LEGEND[d]}" for d, _ in sources)
+            + ". Brackets hold the 95% interval; n is the number of scored samples.",
+            "",
+        ]
     budget = SECTIONS_BYTES
     for sweep in job.sweeps:
         section = sweep_section(job, grid, cells, sweep, plots)
         size = sum(len(line.encode()) + 1 for line in section)
         if size > budget:
-            section = [f"## {section_title(sweep)}", "", f"Left out to keep this file short: its {len(grid.sections[sweep]):,} cells "
-                       "are rows of cells.parquet.", ""]
+            section = [
+                f"## {section_title(sweep)}",
+                "",
+                f"Left out to keep this file short: its {len(grid.sections[sweep]):,} cells are rows of cells.parquet.",
+                "",
+            ]
         else:
             budget -= size
         parts += section
@@ -473,13 +583,22 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
     problems = cells.filter(pl.col("status").is_in(PROBLEM_STATUSES)) if not cells.is_empty() else cells
     skipped = cells.filter(pl.col("status") == "skipped") if not cells.is_empty() else cells
     if not problems.is_empty():
-        parts += ["## Failed, out-of-memory and timed-out cells", "", "They are retried on the next run unless --no-retry-failed.", ""]
+        parts += [
+            "## Failed, out-of-memory and timed-out cells",
+            "",
+            "They are retried on the next run unless --no-retry-failed.",
+            "",
+        ]
         parts += capped_table(["status", "error", "cells", "cell ids"], grouped_problems(problems), "distinct errors")
     parts += disturbed_section(cells)
     if not skipped.is_empty():
         parts += ["## Skipped cells", ""]
         reasons = skipped.group_by("device", "optimization", "error").len().sort("device", "optimization").rows()
-        parts += capped_table(["device", "optimization", "reason", "cells"], [(d, o, shortened(e), n) for d, o, e, n in reasons], "reasons")
+        parts += capped_table(
+            ["device", "optimization", "reason", "cells"],
+            [(d, o, shortened(e), n) for d, o, e, n in reasons],
+            "reasons",
+        )
     parts += ["## How this was measured", "", *measurement_notes(cells), ""]
     parts += ["## Prompts", "", *prompt_lines(cells), ""]
     parts += ["## Harness", "", harness_line(run_info), ""]
@@ -494,15 +613,26 @@ def roofline_section(cells: pl.DataFrame) -> list[str]:
     rows = (
         cells.filter(pl.col("decode_roofline_ratio").is_not_null())
         .group_by("optimization", "batch_size", "image_size")
-        .agg(pl.col("decode_roofline_ratio").median(), pl.col("prefill_roofline_ratio").median(), pl.col("roofline_note").first())
+        .agg(
+            pl.col("decode_roofline_ratio").median(),
+            pl.col("prefill_roofline_ratio").median(),
+            pl.col("roofline_note").first(),
+        )
         .sort("optimization", "batch_size", "image_size")
     )
     table = [[o, b, i, fmt_number(d, 2), fmt_number(p, 2), note] for o, b, i, d, p, note in rows.rows()]
     return [
-        "## Roofline", "",
+        "## Roofline",
+        "",
         "Decode: time to read the weights once at peak bandwidth / measured seconds per token. "
-        "Prefill: its FLOPs at peak matrix rate / measured prefill time. 1.00 is the chip's limit.", "",
-        *capped_table(["Optimization", "Batch", "Image", "Decode / limit", "Prefill / limit", "Peaks"], table, "settings", FULL_TABLE_ROWS),
+        "Prefill: its FLOPs at peak matrix rate / measured prefill time. 1.00 is the chip's limit.",
+        "",
+        *capped_table(
+            ["Optimization", "Batch", "Image", "Decode / limit", "Prefill / limit", "Peaks"],
+            table,
+            "settings",
+            FULL_TABLE_ROWS,
+        ),
     ]
 
 
@@ -517,16 +647,29 @@ def per_node_section(cells: pl.DataFrame) -> list[str]:
         .sort("node_id")
     )
     table = [[n[:12], h, g or "-", c, ok, fmt_seconds(lat)] for n, h, g, c, ok, lat in rows.rows()]
-    return ["## Per node", "", *capped_table(["Node", "Host", "GPU", "Cells", "ok", "Median latency s"], table, "nodes", FULL_TABLE_ROWS)]
+    return [
+        "## Per node",
+        "",
+        *capped_table(["Node", "Host", "GPU", "Cells", "ok", "Median latency s"], table, "nodes", FULL_TABLE_ROWS),
+    ]
 
 
 def prompt_lines(cells: pl.DataFrame) -> list[str]:
     """The exact templates that ran, as recorded by the cells; the full prompt of every sample is in samples.parquet."""
     if cells.is_empty():
         return []
-    used = cells.filter(pl.col("prompt_template").is_not_null()).select("dataset", "prompt_template", "max_new_tokens").unique().sort("dataset")
-    lines = ["Fuyu's format: image tokens, `<s>`, the prompt below plus a newline, then the beginning-of-answer token `\\x04`; "
-             "the answer is the decoded text after it, stripped, greedy decoding, stopping at `|ENDOFTEXT|`.", ""]
+    used = (
+        cells.filter(pl.col("prompt_template").is_not_null())
+        .select("dataset", "prompt_template", "max_new_tokens")
+        .unique()
+        .sort("dataset")
+    )
+    lines = [
+        "Fuyu's format: image tokens, `<s>`, the prompt below plus a newline, then the beginning-of-answer token "
+        "`\\x04`; "
+        "the answer is the decoded text after it, stripped, greedy decoding, stopping at `|ENDOFTEXT|`.",
+        "",
+    ]
     for dataset, template, max_new in used.rows():
         lines += [f"- {DATASET_TITLES[dataset]} (max_new_tokens {max_new}): `{template!r}`"]
     return lines
@@ -536,8 +679,10 @@ def harness_line(run_info: dict[str, Any]) -> str:
     ratio = run_info.get("busy_ratio")
     return (
         f"wall {fmt_number(run_info.get('wall_s'), 1)} s over {run_info.get('workers')} worker(s); busy "
-        f"{fmt_number(run_info.get('busy_s'), 1)} s (model loads + cells); busy / (wall x workers) = {fmt_number(ratio, 2)}; "
-        f"{run_info.get('model_loads')} model load(s); {run_info.get('cells_run')} cell(s) run now, {run_info.get('cells_reused')} reused from disk. "
+        f"{fmt_number(run_info.get('busy_s'), 1)} s (model loads + cells); busy / (wall x workers) = "
+        f"{fmt_number(ratio, 2)}; "
+        f"{run_info.get('model_loads')} model load(s); {run_info.get('cells_run')} cell(s) run now, "
+        f"{run_info.get('cells_reused')} reused from disk. "
         f"Ray start-up took {fmt_number(run_info.get('ray_init_s'), 1)} s and is not in the wall time."
     )
 
@@ -546,12 +691,15 @@ SEED_GAPS = [
     "- COCO captions are scored (CIDEr-D and BLEU-4 with pycocoevalcap), per sample in samples.parquet.",
     "- Every figure states its spread and n; the how-it-was-measured notes above come from the recorded settings.",
     "- FLOPs are defined (2 x MACs, counted by torch) and energy says which counter it used, or why none.",
-    "- Prompts, answer extraction (text after the beginning-of-answer token) and metrics follow lmms-eval; each prompt is in samples.parquet.",
-    "- `seq_len` is defined: a cap on the text-prompt tokens (context first, then the start of the question); truncations are counted per cell.",
+    "- Prompts, answer extraction (text after the beginning-of-answer token) and metrics follow lmms-eval; each "
+    "prompt is in samples.parquet.",
+    "- `seq_len` is defined: a cap on the text-prompt tokens (context first, then the start of the question); "
+    "truncations are counted per cell.",
 ]
 
 
 # --- plots ----------------------------------------------------------------------------------
+
 
 def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFrame) -> dict[str, str]:
     import matplotlib
@@ -581,14 +729,20 @@ def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFram
             xs = [str(r[axis]) for r in subset]
             left.plot(xs, [r["latency_s"] for r in subset], marker="o", color=f"C{index}", label=f"latency {label}")
             if right is not None:
-                energy = [(x, r["energy_j_per_sample"]) for x, r in zip(xs, subset) if r["energy_j_per_sample"] is not None]
-                right.plot([x for x, _ in energy], [e for _, e in energy], "s--", color=f"C{index}", label=f"J/sample {label}")
+                energy = [
+                    (x, r["energy_j_per_sample"]) for x, r in zip(xs, subset) if r["energy_j_per_sample"] is not None
+                ]
+                right.plot(
+                    [x for x, _ in energy], [e for _, e in energy], "s--", color=f"C{index}", label=f"J/sample {label}"
+                )
         left.set_xlabel(AXIS_TITLES[axis])
         left.set_ylabel("latency per batch (s)")
         if right is not None:
             right.set_ylabel("energy per sample (J, dashed)")
         left.legend(loc="upper left", fontsize=7)
-        left.set_title(f"{sweep}: latency{' and energy' if right is not None else ''} against {AXIS_TITLES[axis].lower()}")
+        left.set_title(
+            f"{sweep}: latency{' and energy' if right is not None else ''} against {AXIS_TITLES[axis].lower()}"
+        )
         # The seed's file name for its one plot, which is the batch-size sweep's.
         name = "latency_energy_plot.png" if varied == ["batch_size"] else f"{sweep}.png"
         plots[sweep] = _save(store, figure, name)
@@ -601,8 +755,12 @@ def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFram
             subset = scored.filter(pl.col("dataset") == dataset)
             for optimization in sorted(subset.get_column("optimization").unique().to_list()):
                 points = subset.filter(pl.col("optimization") == optimization)
-                panel.scatter(points.get_column("latency_s").to_list(), points.get_column("accuracy").to_list(),
-                              label=optimization, color=f"C{PRESET_NAMES.index(optimization)}")
+                panel.scatter(
+                    points.get_column("latency_s").to_list(),
+                    points.get_column("accuracy").to_list(),
+                    label=optimization,
+                    color=f"C{PRESET_NAMES.index(optimization)}",
+                )
             panel.set_title(DATASET_TITLES[dataset])
             panel.set_xlabel("latency per batch (s)")
             panel.set_ylabel("CIDEr-D" if dataset == "coco" else "accuracy")
@@ -621,16 +779,29 @@ def large_sweep_plot(store: ResultStore, job: JobSpec, grid: Grid, ok: pl.DataFr
     varied = varied_axes(job, sweep)
     frame, values = sweep_frame(job, grid, ok, sweep)
     axes = main_axes(varied, values)
-    panels = [(column, title, dataset) for column, title, _ in METRICS for dataset in values.get("dataset", [None])
-              if not frame.is_empty() and not frame.filter(
-                  pl.col(column).is_not_null() & (pl.col("dataset") == dataset if dataset is not None else pl.lit(True))).is_empty()]
+    panels = [
+        (column, title, dataset)
+        for column, title, _ in METRICS
+        for dataset in values.get("dataset", [None])
+        if not frame.is_empty()
+        and not frame.filter(
+            pl.col(column).is_not_null() & (pl.col("dataset") == dataset if dataset is not None else pl.lit(True))
+        ).is_empty()
+    ]
     if not panels:
         return None
     columns = min(3, len(panels))
-    figure, grid_axes = plt.subplots(-(-len(panels) // columns), columns, figsize=(5.5 * columns, 4.5 * -(-len(panels) // columns)),
-                                     squeeze=False, layout="constrained")
+    figure, grid_axes = plt.subplots(
+        -(-len(panels) // columns),
+        columns,
+        figsize=(5.5 * columns, 4.5 * -(-len(panels) // columns)),
+        squeeze=False,
+        layout="constrained",
+    )
     for panel, (column, title, dataset) in zip(grid_axes.flat, panels):
-        data = frame.filter(pl.col(column).is_not_null() & (pl.col("dataset") == dataset if dataset is not None else pl.lit(True)))
+        data = frame.filter(
+            pl.col(column).is_not_null() & (pl.col("dataset") == dataset if dataset is not None else pl.lit(True))
+        )
         scale = 100 if column == "accuracy" and data.get_column("dataset")[0] != "coco" else 1  # as the tables show it
         label = title + (f", {DATASET_TITLES.get(dataset, dataset)}" if dataset is not None else "")
         if len(axes) >= 2:
@@ -643,7 +814,10 @@ def large_sweep_plot(store: ResultStore, job: JobSpec, grid: Grid, ok: pl.DataFr
                 matrix[row_index[r], column_index[c]] = v * scale
             image = panel.imshow(matrix, aspect="auto", origin="lower", interpolation="nearest", cmap="viridis")
             figure.colorbar(image, ax=panel)
-            for axis_values, set_ticks in ((values[columns_axis], panel.set_xticks), (values[rows_axis], panel.set_yticks)):
+            for axis_values, set_ticks in (
+                (values[columns_axis], panel.set_xticks),
+                (values[rows_axis], panel.set_yticks),
+            ):
                 shown = thinned(list(range(len(axis_values))), 12)
                 set_ticks(shown, [axis_values[i] for i in shown], fontsize=7)
             panel.set_xlabel(AXIS_TITLES[columns_axis])
@@ -663,7 +837,7 @@ def large_sweep_plot(store: ResultStore, job: JobSpec, grid: Grid, ok: pl.DataFr
             panel.set_xlabel(AXIS_TITLES[axis])
             panel.set_ylabel(label)
             panel.set_title(label, fontsize=9)
-    for panel in list(grid_axes.flat)[len(panels):]:
+    for panel in list(grid_axes.flat)[len(panels) :]:
         panel.set_visible(False)
     figure.suptitle(f"{sweep}: {len(grid.sections[sweep]):,} cells")
     return _save(store, figure, f"{sweep}.png", tight=False)

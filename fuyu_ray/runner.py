@@ -23,7 +23,15 @@ import torch
 from fuyu_ray import energy, hardware
 from fuyu_ray.cells import Cell, Variant
 from fuyu_ray.data import LoadedSamples, Sample, load_samples
-from fuyu_ray.interference import CLEAN, HostWindow, QualityThresholds, coefficient_of_variation, settled, verdict
+from fuyu_ray.interference import (
+    CLEAN,
+    HostWindow,
+    QualityThresholds,
+    coefficient_of_variation,
+    noise_series,
+    settled,
+    verdict,
+)
 from fuyu_ray.measure import BatchTiming, PeakMemory, count_flops, fuyu_prefill_flops, spread, time_batch
 from fuyu_ray.models import LoadedModel, PresetUnsupported, load_model
 from fuyu_ray.prompts import Prompt, TaskSettings, build_prompt
@@ -262,7 +270,7 @@ class CellRunner:
             gpu = sampler.stop() if sampler else None
             host.stop()
         clocks_end = self._clocks()
-        batch_seconds = [t.total_s for t in timings]
+        stability = noise_series([t.total_s for t in timings], len(batches), [t.decode_s_per_token for t in timings])
 
         latency = latency_columns(timings, point.batch_size, first_call_s, warmup_s, warmup_batches)
         predictions, generations, generated, stopped = decode_outputs(loaded, batches, first_pass, len(data.samples))
@@ -315,8 +323,8 @@ class CellRunner:
             "gpu_temp_end_c": clocks_end.get("temperature_c"),
             **host.columns(),
             **(gpu.columns() if gpu else {}),
-            "latency_cv": coefficient_of_variation(batch_seconds),
-            "measurement_quality": verdict(self.quality, host, gpu, batch_seconds),
+            "latency_cv": coefficient_of_variation(stability),
+            "measurement_quality": verdict(self.quality, host, gpu, stability),
         }
         samples = sample_rows(cell, data.samples, prompts, generations, predictions, task_score, generated)
         return row, samples

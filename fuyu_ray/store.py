@@ -8,6 +8,7 @@ is never read back and is replaced by the next write.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -114,8 +115,10 @@ class ResultStore:
         """cell_id -> the finished file of that cell in `sub`; temporary files are never read."""
         selector = pafs.FileSelector(self.path(sub), allow_not_found=True)
         return {
-            info.base_name.removesuffix(".parquet"): info for info in self.filesystem.get_file_info(selector)
-            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+            info.base_name.removesuffix(".parquet"): info
+            for info in self.filesystem.get_file_info(selector)
+            if info.type == pafs.FileType.File
+            and info.base_name.endswith(".parquet")
             and not info.base_name.startswith(TEMP_MARK)
         }
 
@@ -127,8 +130,13 @@ class ResultStore:
     def disturbed_cells(self) -> set[str]:
         """The cells on disk whose figures were taken while something disturbed them."""
         table = self._cells(self._files("cells"), ["cell_id", "measurement_quality"])
-        return {cell_id for cell_id, quality in zip(table.column("cell_id").to_pylist(), table.column("measurement_quality").to_pylist())
-                if (quality or "").startswith("disturbed")}
+        return {
+            cell_id
+            for cell_id, quality in zip(
+                table.column("cell_id").to_pylist(), table.column("measurement_quality").to_pylist()
+            )
+            if (quality or "").startswith("disturbed")
+        }
 
     def read_cells(self, cell_ids: Collection[str]) -> pa.Table:
         """The records of these cells, as far as they are on disk; refreshes INDEX when a cell file changed."""
@@ -150,20 +158,26 @@ class ResultStore:
         paths = [f.path for _, f in chosen]
         try:
             self._write_atomically(self.path(relative), lambda target: self._stream(paths, target, signature))
-        except SCAN_ERRORS as exc:
+        except scan_errors() as exc:
             # A sample file that does not read back whole is left out, as if it were not there;
             # when every one reads, writing failed (a full or read-only --out), and that is the error.
             readable = [path for path, table in zip(paths, self._each(paths, SAMPLE_SCHEMA)) if table is not None]
             if len(readable) == len(paths):
                 if isinstance(exc, (OSError, pa.ArrowException)):
                     raise
-                raise OSError(f"{self.path(relative)}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise OSError(f"{self.path(relative)}: {first}") from exc
             self._write_atomically(self.path(relative), lambda target: self._stream(readable, target, signature))
 
     # --- the index of cell files ------------------------------------------------------------
 
-    def _cells(self, files: dict[str, pafs.FileInfo], columns: list[str] | None, wanted: set[str] | None = None,
-               refresh_index: bool = False) -> pa.Table:
+    def _cells(
+        self,
+        files: dict[str, pafs.FileInfo],
+        columns: list[str] | None,
+        wanted: set[str] | None = None,
+        refresh_index: bool = False,
+    ) -> pa.Table:
         """Rows of the cell files in `files` (those named in `wanted`, if given): from INDEX where a
         file is unchanged since it was indexed, else from the file."""
         schema = _projected(CELL_SCHEMA, columns)
@@ -198,7 +212,11 @@ class ResultStore:
             return empty, True
         newest = info.mtime_ns - INDEX_MARGIN_NS
         keep = [
-            name in files and files[name].size == size and files[name].mtime_ns == mtime and mtime is not None and mtime <= newest
+            name in files
+            and files[name].size == size
+            and files[name].mtime_ns == mtime
+            and mtime is not None
+            and mtime <= newest
             for name, size, mtime in zip(*(table.column(k).to_pylist() for k in INDEX_KEYS))
         ]
         return table.filter(pa.array(keep, pa.bool_())), not all(keep)
@@ -224,7 +242,7 @@ class ResultStore:
             return target.empty_table()
         try:
             return self._scan_all(paths, schema, with_source).cast(target)
-        except SCAN_ERRORS:
+        except scan_errors():
             pass
         # Some file does not read back whole: read them one by one and leave that one out.
         tables = [table for table in self._each(paths, schema, with_source) if table is not None]
@@ -233,8 +251,9 @@ class ResultStore:
     def _scan_all(self, paths: list[str], schema: pa.Schema, with_source: bool) -> pa.Table:
         # A thousand files at a time: one scan of 10,000 one-row files of 120 columns holds 1.2 GB at
         # its peak (a chunk per file and column), a thousand at a time 0.3 GB, in the same time.
-        return pa.concat_tables([self._scan_some(paths[i:i + SCAN_FILES], schema, with_source)
-                                 for i in range(0, len(paths), SCAN_FILES)]).combine_chunks()
+        return pa.concat_tables(
+            [self._scan_some(paths[i : i + SCAN_FILES], schema, with_source) for i in range(0, len(paths), SCAN_FILES)]
+        ).combine_chunks()
 
     def _scan_some(self, paths: list[str], schema: pa.Schema, with_source: bool) -> pa.Table:
         if self._is_local():
@@ -266,12 +285,17 @@ class ResultStore:
             with self.filesystem.open_input_file(path) as handle:
                 table = pq.read_table(handle)
             # Older files may lack newer columns; give them nulls rather than failing the report.
-            columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema]
+            columns = [
+                table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+                for f in schema
+            ]
         except (OSError, pa.ArrowException):
             return None
         table = pa.Table.from_arrays(columns, schema=schema)
         if with_source:
-            table = table.append_column(SOURCE, pa.array([path.rsplit("/", 1)[-1].removesuffix(".parquet")] * table.num_rows, pa.string()))
+            table = table.append_column(
+                SOURCE, pa.array([path.rsplit("/", 1)[-1].removesuffix(".parquet")] * table.num_rows, pa.string())
+            )
         return table
 
     def _stream(self, paths: list[str], target: str, signature: str) -> None:
@@ -307,8 +331,9 @@ class ResultStore:
         except (OSError, pa.ArrowException):
             return False
         newest = info.mtime_ns - INDEX_MARGIN_NS
-        return (metadata.get(SOURCES_KEY.encode()) == signature.encode()
-                and all(f.mtime_ns is not None and f.mtime_ns <= newest for f in sources))
+        return metadata.get(SOURCES_KEY.encode()) == signature.encode() and all(
+            f.mtime_ns is not None and f.mtime_ns <= newest for f in sources
+        )
 
 
 SCAN_FILES = 1000  # files per scan
@@ -317,15 +342,15 @@ INDEX_KEYS = (SOURCE, "source_size", "source_mtime_ns")
 SOURCES_KEY = "fuyu_ray.sources"  # in samples.parquet's footer: a hash of the sample files it was made from
 
 
-def _scan_errors() -> tuple[type[BaseException], ...]:
+@functools.cache
+def scan_errors() -> tuple[type[BaseException], ...]:
+    """What a read of files that do not read back whole raises. Looked up only when something was raised,
+    so that writing cells (the GPU check) never imports Polars."""
     try:
         from polars.exceptions import PolarsError
     except ImportError:  # the GPU check's bare machine: no Polars, so only pyarrow reads
         return (OSError, pa.ArrowException)
     return (OSError, pa.ArrowException, PolarsError)
-
-
-SCAN_ERRORS = _scan_errors()
 
 
 def _ordered(cell_ids: Collection[str]) -> list[str]:
@@ -348,8 +373,12 @@ def _polars_scan(paths: list[str], schema: pa.Schema, with_source: bool):
     import polars as pl
 
     return pl.scan_parquet(
-        paths, schema=pl.from_arrow(schema.empty_table()).schema, glob=False,
-        missing_columns="insert", extra_columns="ignore", include_file_paths=SOURCE if with_source else None,
+        paths,
+        schema=pl.from_arrow(schema.empty_table()).schema,
+        glob=False,
+        missing_columns="insert",
+        extra_columns="ignore",
+        include_file_paths=SOURCE if with_source else None,
         cast_options=pl.ScanCastOptions(integer_cast=["upcast", "allow-float"], float_cast="upcast"),
     )
 
@@ -362,6 +391,7 @@ def _polars_cell_id(column: str):
 
 def cells_to_run(cells: Sequence[Cell], done: dict[str, str], force: bool, retry_failed: bool) -> list[Cell]:
     """Skipped cells are always looked at again: a GPU node may have joined since, and a skip is cheap."""
+
     def wanted(cell: Cell) -> bool:
         status = done.get(cell.cell_id)
         return force or status in (None, "skipped") or (retry_failed and status in RETRYABLE)

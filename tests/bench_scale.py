@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -93,23 +92,45 @@ def driver(figures_path: str, source: str | None, argv: list[str], profile: str 
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(profile)
-        Path(figures_path).write_text(json.dumps({
-            "report_s": sum(timings), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "fuyu_ray_from": report.__file__,
-        }))
+        Path(figures_path).write_text(
+            json.dumps(
+                {
+                    "report_s": sum(timings),
+                    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                    "fuyu_ray_from": report.__file__,
+                }
+            )
+        )
 
 
 def run_driver(job: Path, out: Path, work: Path, source: str | None, profile: str | None = None) -> dict:
     figures = work / "figures.json"
-    command = [sys.executable, __file__, "--as-driver", str(figures), *(["--source", source] if source else []),
-               *(["--profile", profile] if profile else []), "--", "--job", str(job), "--out", str(out)]
+    command = [
+        sys.executable,
+        __file__,
+        "--as-driver",
+        str(figures),
+        *(["--source", source] if source else []),
+        *(["--profile", profile] if profile else []),
+        "--",
+        "--job",
+        str(job),
+        "--out",
+        str(out),
+    ]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=source or ROOT, capture_output=True, text=True)
     whole_s = time.perf_counter() - started
     if result.returncode not in (0, 1) or not figures.exists():  # 1: some cell failed, and the report is written
         raise SystemExit(f"driver exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return {"whole_s": whole_s, "exit": result.returncode, **json.loads(figures.read_text()), "stderr_warnings": [
-        line for line in result.stderr.splitlines() if "Warning" in line and "ray" not in line.lower()]}
+    return {
+        "whole_s": whole_s,
+        "exit": result.returncode,
+        **json.loads(figures.read_text()),
+        "stderr_warnings": [
+            line for line in result.stderr.splitlines() if "Warning" in line and "ray" not in line.lower()
+        ],
+    }
 
 
 def disk_bytes(folder: Path) -> tuple[int, int]:
@@ -132,16 +153,25 @@ def measure(cells: int, sleep_s: float, work: Path, source: str | None, profile:
     rerun_info = json.loads((out / "run.json").read_text())
     per_cell = [disk_bytes(out / sub) for sub in ("cells", "samples")]
     return {
-        "cells": run["cells_total"], "cells_run": run["cells_run"], "rerun_cells_run": rerun_info["cells_run"],
-        "exit": first["exit"], "rerun_exit": rerun["exit"],
-        "execution_s": round(run["wall_s"], 1), "execution_ms_per_cell": round(1000 * run["wall_s"] / max(run["cells_run"], 1), 2),
+        "cells": run["cells_total"],
+        "cells_run": run["cells_run"],
+        "rerun_cells_run": rerun_info["cells_run"],
+        "exit": first["exit"],
+        "rerun_exit": rerun["exit"],
+        "execution_s": round(run["wall_s"], 1),
+        "execution_ms_per_cell": round(1000 * run["wall_s"] / max(run["cells_run"], 1), 2),
         "ray_init_s": round(run["ray_init_s"], 1),
-        "report_s": round(first["report_s"], 1), "rerun_report_s": round(rerun["report_s"], 1),
-        "whole_command_s": round(first["whole_s"], 1), "noop_rerun_whole_s": round(rerun["whole_s"], 1),
-        "driver_peak_rss_mb": round(first["peak_rss_bytes"] / 2**20), "rerun_driver_peak_rss_mb": round(rerun["peak_rss_bytes"] / 2**20),
-        "per_cell_files_bytes": sum(a for a, _ in per_cell), "per_cell_files_allocated_bytes": sum(b for _, b in per_cell),
+        "report_s": round(first["report_s"], 1),
+        "rerun_report_s": round(rerun["report_s"], 1),
+        "whole_command_s": round(first["whole_s"], 1),
+        "noop_rerun_whole_s": round(rerun["whole_s"], 1),
+        "driver_peak_rss_mb": round(first["peak_rss_bytes"] / 2**20),
+        "rerun_driver_peak_rss_mb": round(rerun["peak_rss_bytes"] / 2**20),
+        "per_cell_files_bytes": sum(a for a, _ in per_cell),
+        "per_cell_files_allocated_bytes": sum(b for _, b in per_cell),
         "per_cell_bytes": round(sum(a for a, _ in per_cell) / run["cells_total"]),
-        "out_bytes": disk_bytes(out)[0], "summary_md_bytes": (out / "summary.md").stat().st_size,
+        "out_bytes": disk_bytes(out)[0],
+        "summary_md_bytes": (out / "summary.md").stat().st_size,
         "warnings": sorted(set(first["stderr_warnings"] + rerun["stderr_warnings"])),
         "fuyu_ray_from": first["fuyu_ray_from"],
     }
@@ -150,7 +180,7 @@ def measure(cells: int, sleep_s: float, work: Path, source: str | None, profile:
 def main() -> int:
     if "--as-driver" in sys.argv:
         split = sys.argv.index("--")
-        own, argv = sys.argv[1:split], sys.argv[split + 1:]
+        own, argv = sys.argv[1:split], sys.argv[split + 1 :]
         figures = own[own.index("--as-driver") + 1]
         source = own[own.index("--source") + 1] if "--source" in own else None
         profile = own[own.index("--profile") + 1] if "--profile" in own else None
@@ -160,7 +190,11 @@ def main() -> int:
     parser.add_argument("--sleep", type=float, default=0.001)
     parser.add_argument("--keep", help="leave the results folders here instead of a temporary folder")
     parser.add_argument("--source", help="a checkout whose fuyu_ray the driver runs (default: this one)")
-    parser.add_argument("--profile", action="store_true", help="write cProfile statistics of each driver run beside the results (with --keep)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="write cProfile statistics of each driver run beside the results (with --keep)",
+    )
     args = parser.parse_args()
     source = str(Path(args.source).resolve()) if args.source else None
     with tempfile.TemporaryDirectory(prefix="fr-scale-", dir="/tmp") as scratch:

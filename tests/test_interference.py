@@ -10,7 +10,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from fuyu_ray.interference import CLEAN, GpuSampler, GpuSamples, HostWindow, QualityThresholds, settled, verdict
+from fuyu_ray.interference import (
+    CLEAN,
+    GpuSampler,
+    GpuSamples,
+    HostWindow,
+    QualityThresholds,
+    noise_series,
+    settled,
+    verdict,
+)
 
 
 def spin(seconds: float) -> None:
@@ -139,3 +148,15 @@ def test_thresholds_come_from_the_job_and_refuse_nonsense():
         QualityThresholds.from_mapping({"max_cpu": 1})
     with pytest.raises(ValueError, match="max_cv: must be a non-negative number"):
         QualityThresholds.from_mapping({"max_cv": "high"})
+
+
+def test_batches_of_different_lengths_are_not_unsteady_when_each_repeats_alike():
+    """Two passes over three batches of very different lengths, each batch the same both times."""
+    series = noise_series([0.1, 0.9, 0.3, 0.1, 0.9, 0.3], batches_per_pass=3, decode_s_per_token=[None] * 6)
+    assert series == pytest.approx([1.0] * 6)
+    unsteady = noise_series([0.1, 0.9, 0.3, 0.3, 0.3, 0.9], batches_per_pass=3, decode_s_per_token=[None] * 6)
+    assert "CV" in verdict(QualityThresholds(min_batches_for_cv=6), None, None, unsteady)
+
+
+def test_a_single_pass_is_judged_on_decode_time_per_token():
+    assert noise_series([0.1, 0.9], batches_per_pass=2, decode_s_per_token=[0.01, None]) == [0.01]

@@ -3,34 +3,67 @@ as a percentage of the sweep's first (original) optimization at the same other s
 
 from __future__ import annotations
 
-import pyarrow as pa
 import polars as pl
+import pyarrow as pa
 
 from fuyu_ray.cells import expand
 from fuyu_ray.records import CELL_SCHEMA, cell_batch, outcome_row
 from fuyu_ray.report import summarize
 from fuyu_ray.spec import parse_job
 
-RUN_INFO = {"job_file": "jobs/report.yaml", "wall_s": 10.0, "workers": 1, "busy_s": 9.0, "busy_ratio": 0.9, "model_loads": 3}
+RUN_INFO = {
+    "job_file": "jobs/report.yaml",
+    "wall_s": 10.0,
+    "workers": 1,
+    "busy_s": 9.0,
+    "busy_ratio": 0.9,
+    "model_loads": 3,
+}
 
 
 def job_and_grid(sweeps: dict):
-    job = parse_job({
-        "name": "report", "model": "tiny", "limit": 4,
-        "base": {"device": "cpu", "dataset": "scienceqa", "batch_size": 1, "image_size": 224, "seq_len": 200, "optimization": "fp32"},
-        "sweeps": sweeps,
-    }, "jobs/report.yaml")
+    job = parse_job(
+        {
+            "name": "report",
+            "model": "tiny",
+            "limit": 4,
+            "base": {
+                "device": "cpu",
+                "dataset": "scienceqa",
+                "batch_size": 1,
+                "image_size": 224,
+                "seq_len": 200,
+                "optimization": "fp32",
+            },
+            "sweeps": sweeps,
+        },
+        "jobs/report.yaml",
+    )
     return job, expand(job)
 
 
 def ok_row(cell, latency_s: float, flops: float, energy: float | None, accuracy: float = 0.5) -> dict:
     return {
-        **cell.settings(), "status": "ok", "error": None, "model_label": "tiny (built-in, trained on synthetic data)",
-        "dataset_description": "synthetic scienceqa", "n_samples": 4, "latency_s": latency_s, "latency_p90_s": latency_s * 1.5,
-        "latency_n": 4, "prefill_s": latency_s / 4, "decode_s_per_token": latency_s / 40, "flops_per_sample": flops,
-        "energy_j_per_sample": energy, "energy_note": None if energy is not None else "no counter here",
-        "accuracy": accuracy, "accuracy_ci_low": accuracy - 0.1, "accuracy_ci_high": accuracy + 0.1, "accuracy_n": 4,
-        "max_new_tokens": 16, "prompt_template": "{question}",
+        **cell.settings(),
+        "status": "ok",
+        "error": None,
+        "model_label": "tiny (built-in, trained on synthetic data)",
+        "dataset_description": "synthetic scienceqa",
+        "n_samples": 4,
+        "latency_s": latency_s,
+        "latency_p90_s": latency_s * 1.5,
+        "latency_n": 4,
+        "prefill_s": latency_s / 4,
+        "decode_s_per_token": latency_s / 40,
+        "flops_per_sample": flops,
+        "energy_j_per_sample": energy,
+        "energy_note": None if energy is not None else "no counter here",
+        "accuracy": accuracy,
+        "accuracy_ci_low": accuracy - 0.1,
+        "accuracy_ci_high": accuracy + 0.1,
+        "accuracy_n": 4,
+        "max_new_tokens": 16,
+        "prompt_template": "{question}",
     }
 
 
@@ -53,11 +86,15 @@ def by_optimization(grid, sweep: str) -> dict:
 def test_each_optimization_is_a_percentage_of_the_first_one():
     job, grid = job_and_grid({"optimization": {"optimization": ["fp32", "fp16", "bf16"]}})
     cells = by_optimization(grid, "optimization")
-    frame = cells_frame([
-        ok_row(cells["bf16"], latency_s=0.5, flops=2e9, energy=None),  # written in any order: the sweep's order counts
-        ok_row(cells["fp32"], latency_s=2.0, flops=4e9, energy=8.0, accuracy=0.75),
-        ok_row(cells["fp16"], latency_s=1.0, flops=4e9, energy=2.0),
-    ])
+    frame = cells_frame(
+        [
+            ok_row(
+                cells["bf16"], latency_s=0.5, flops=2e9, energy=None
+            ),  # written in any order: the sweep's order counts
+            ok_row(cells["fp32"], latency_s=2.0, flops=4e9, energy=8.0, accuracy=0.75),
+            ok_row(cells["fp16"], latency_s=1.0, flops=4e9, energy=2.0),
+        ]
+    )
     summary = summarize(job, grid, frame, RUN_INFO, {})
     header, *rows = section_table(summary, "Optimization Tests")
     assert header[0] == "Optimization" and header[-3:] == ["% latency", "% FLOPs", "% energy"]
@@ -79,10 +116,12 @@ def test_the_baseline_is_taken_within_each_setting_of_the_other_axes():
     job, grid = job_and_grid({"opt_by_batch": {"optimization": ["fp32", "fp16"], "batch_size": [1, 8]}})
     by_id = {cell.cell_id: cell for cell in grid.cells}
     latency = {("fp32", 1): 1.0, ("fp16", 1): 0.5, ("fp32", 8): 4.0, ("fp16", 8): 3.0}
-    frame = cells_frame([
-        ok_row(by_id[i], latency[(by_id[i].point.optimization, by_id[i].point.batch_size)], 1e9, 1.0)
-        for i in grid.sections["opt_by_batch"]
-    ])
+    frame = cells_frame(
+        [
+            ok_row(by_id[i], latency[(by_id[i].point.optimization, by_id[i].point.batch_size)], 1e9, 1.0)
+            for i in grid.sections["opt_by_batch"]
+        ]
+    )
     header, *rows = section_table(summarize(job, grid, frame, RUN_INFO, {}), "Opt By Batch Tests")
     assert header[:2] == ["Batch size", "Optimization"]
     percent = {(row[1], row[0]): row[header.index("% latency")] for row in rows}
@@ -92,11 +131,13 @@ def test_the_baseline_is_taken_within_each_setting_of_the_other_axes():
 def test_a_cell_that_did_not_finish_shows_its_status_and_is_listed():
     job, grid = job_and_grid({"optimization": {"optimization": ["fp32", "fp16", "compile"]}})
     cells = by_optimization(grid, "optimization")
-    frame = cells_frame([
-        ok_row(cells["fp32"], latency_s=2.0, flops=4e9, energy=None),
-        outcome_row(cells["fp16"].settings(), "oom", "OutOfMemoryError: CUDA out of memory"),
-        outcome_row(cells["compile"].settings(), "skipped", "no compiler here"),
-    ])
+    frame = cells_frame(
+        [
+            ok_row(cells["fp32"], latency_s=2.0, flops=4e9, energy=None),
+            outcome_row(cells["fp16"].settings(), "oom", "OutOfMemoryError: CUDA out of memory"),
+            outcome_row(cells["compile"].settings(), "skipped", "no compiler here"),
+        ]
+    )
     summary = summarize(job, grid, frame, RUN_INFO, {})
     header, *rows = section_table(summary, "Optimization Tests")
     assert [row[0] for row in rows] == ["fp32", "fp16", "compile"]
@@ -127,8 +168,15 @@ def test_a_dataset_sweep_puts_datasets_side_by_side():
     job, grid = job_and_grid({"image_size": {"image_size": [224, 336], "dataset": ["scienceqa", "textvqa"]}})
     rows = []
     for cell in grid.cells:
-        rows.append(ok_row(cell, latency_s=cell.point.image_size / 1000, flops=1e9, energy=None,
-                           accuracy=0.5 if cell.point.dataset == "scienceqa" else 0.25))
+        rows.append(
+            ok_row(
+                cell,
+                latency_s=cell.point.image_size / 1000,
+                flops=1e9,
+                energy=None,
+                accuracy=0.5 if cell.point.dataset == "scienceqa" else 0.25,
+            )
+        )
     header, *table = section_table(summarize(job, grid, cells_frame(rows), RUN_INFO, {}), "Image Size Tests")
     assert header == ["Image size", "ScienceQA", "ScienceQA latency", "TextVQA", "TextVQA latency"]
     assert [row[0] for row in table] == ["224", "336"]
@@ -150,10 +198,12 @@ def test_disturbed_figures_are_marked_and_listed_with_their_reasons():
     job, grid = job_and_grid({"batch": {"batch_size": [1, 2]}})
     first, second = grid.cells
     reason = "disturbed: other processes used 46% of the worker's cores"
-    frame = cells_frame([
-        {**ok_row(first, latency_s=1.0, flops=1e9, energy=None), "measurement_quality": reason},
-        {**ok_row(second, latency_s=1.0, flops=1e9, energy=None), "measurement_quality": "clean"},
-    ])
+    frame = cells_frame(
+        [
+            {**ok_row(first, latency_s=1.0, flops=1e9, energy=None), "measurement_quality": reason},
+            {**ok_row(second, latency_s=1.0, flops=1e9, energy=None), "measurement_quality": "clean"},
+        ]
+    )
     summary = summarize(job, grid, frame, RUN_INFO, {})
     rows = section_table(summary, "Batch Tests")[1:]
     assert [("†" in " ".join(row)) for row in rows] == [True, False]
@@ -163,6 +213,7 @@ def test_disturbed_figures_are_marked_and_listed_with_their_reasons():
 
 
 # --- sweeps too large for a row per cell ------------------------------------------------------
+
 
 def table_in(text: str) -> list[list[str]]:
     """The cells of the first markdown table in `text`, header first."""
@@ -178,17 +229,27 @@ def grid_rows(grid, sweep: str, failed_every: int = 0) -> list[dict]:
     for index, cell_id in enumerate(grid.sections[sweep]):
         cell = by_id[cell_id]
         if failed_every and index % failed_every == 1:
-            rows.append(outcome_row(cell.settings(), "failed", f"RuntimeError: simulated at batch {cell.point.batch_size}"))
+            rows.append(
+                outcome_row(cell.settings(), "failed", f"RuntimeError: simulated at batch {cell.point.batch_size}")
+            )
             continue
-        width, height = (int(v) for v in str(cell.point.image_size).split("x")) if "x" in str(cell.point.image_size) else (cell.point.image_size,) * 2
+        width, height = (
+            (int(v) for v in str(cell.point.image_size).split("x"))
+            if "x" in str(cell.point.image_size)
+            else (cell.point.image_size,) * 2
+        )
         latency = 0.001 * cell.point.batch_size * width * height / 224**2 * (1 + cell.point.seq_len / 100)
         rows.append(ok_row(cell, latency_s=latency, flops=1e9, energy=latency * 3, accuracy=1 / (1 + latency)))
     return rows
 
 
 def test_a_crossed_sweep_too_large_for_a_row_per_cell_gets_pivots_and_extremes_per_metric():
-    job, grid = job_and_grid({"grid": {"batch_size": list(range(1, 31)), "seq_len": [16, 32, 64], "image_size": [224, 336, 448, 560]}})
-    summary = summarize(job, grid, cells_frame(grid_rows(grid, "grid", failed_every=50)), RUN_INFO, {"grid": "plots/grid.png"})
+    job, grid = job_and_grid(
+        {"grid": {"batch_size": list(range(1, 31)), "seq_len": [16, 32, 64], "image_size": [224, 336, 448, 560]}}
+    )
+    summary = summarize(
+        job, grid, cells_frame(grid_rows(grid, "grid", failed_every=50)), RUN_INFO, {"grid": "plots/grid.png"}
+    )
     section = summary.split("## Grid Tests\n", 1)[1].split("\n## ", 1)[0]
     assert "360 cells (batch size 30 x image size 4 x seq len 3 values)" in section
     assert "Cells: 352 ok, 8 failed." in section
@@ -197,20 +258,33 @@ def test_a_crossed_sweep_too_large_for_a_row_per_cell_gets_pivots_and_extremes_p
         assert f"### {title}\n" in section
     pivot = table_in(section.split("### Latency s/batch\n", 1)[1].split("Best and worst")[0])  # the pivot's rows
     assert pivot[0] == ["Batch size ↓ Image size →", "224", "336", "448", "560"]
-    assert [row[0] for row in pivot[1:]] == [str(b) for b in range(1, 30, 2)] + ["30"]  # every 2nd batch size and the last
+    assert [row[0] for row in pivot[1:]] == [str(b) for b in range(1, 30, 2)] + [
+        "30"
+    ]  # every 2nd batch size and the last
     # The median over seq_len at batch 1, 224 px, of the ok cells (seq_len 32 failed): 0.001 * (1.16 + 1.64) / 2.
     assert pivot[1][1] == "0.0014"
-    assert "(the median over seq len)" in section and "Shown: 16 of 30 batch size values (every 2nd and the last)" in section
-    extremes = table_in(section.split("### Latency s/batch\n", 1)[1].split("### Energy")[0].split("Best and worst", 1)[1])
+    assert (
+        "(the median over seq len)" in section
+        and "Shown: 16 of 30 batch size values (every 2nd and the last)" in section
+    )
+    extremes = table_in(
+        section.split("### Latency s/batch\n", 1)[1].split("### Energy")[0].split("Best and worst", 1)[1]
+    )
     assert extremes[0] == ["Rank", "Batch size", "Image size", "Seq len", "Latency s/batch", "cell_id"]
     assert extremes[1][:4] == ["1 of 352", "1", "224", "16"] and extremes[-1][:4] == ["352 of 352", "30", "560", "64"]
     accuracy = section.split("### Accuracy\n", 1)[1]
-    assert "(higher is better)" in accuracy and table_in(accuracy.split("Best and worst", 1)[1])[1][1:4] == ["1", "224", "16"]
+    assert "(higher is better)" in accuracy and table_in(accuracy.split("Best and worst", 1)[1])[1][1:4] == [
+        "1",
+        "224",
+        "16",
+    ]
     assert summary.count("\n| ") < 200  # no row per cell anywhere
 
 
 def test_a_large_sweep_over_datasets_ranks_each_dataset_apart():
-    job, grid = job_and_grid({"grid": {"batch_size": list(range(1, 21)), "seq_len": [16, 32, 64], "dataset": ["scienceqa", "textvqa"]}})
+    job, grid = job_and_grid(
+        {"grid": {"batch_size": list(range(1, 21)), "seq_len": [16, 32, 64], "dataset": ["scienceqa", "textvqa"]}}
+    )
     summary = summarize(job, grid, cells_frame(grid_rows(grid, "grid")), RUN_INFO, {})
     for title in ("Latency s/batch, ScienceQA", "Latency s/batch, TextVQA", "Accuracy, ScienceQA", "Accuracy, TextVQA"):
         assert f"### {title}\n" in summary
@@ -255,10 +329,16 @@ def test_large_sweep_plots_are_heatmaps_without_layout_warnings(tmp_path):
     from fuyu_ray.report import write_plots
     from fuyu_ray.store import ResultStore
 
-    job, grid = job_and_grid({
-        "grid": {"batch_size": list(range(1, 41)), "seq_len": list(range(16, 216, 8)), "optimization": ["fp32", "bf16"]},
-        "long": {"batch_size": list(range(1, 301))},
-    })
+    job, grid = job_and_grid(
+        {
+            "grid": {
+                "batch_size": list(range(1, 41)),
+                "seq_len": list(range(16, 216, 8)),
+                "optimization": ["fp32", "bf16"],
+            },
+            "long": {"batch_size": list(range(1, 301))},
+        }
+    )
     store = ResultStore.at(str(tmp_path))
     store.ensure_dirs()
     rows = {row["cell_id"]: row for sweep in grid.sections for row in grid_rows(grid, sweep)}

@@ -21,7 +21,9 @@ def record(cell_id: str, status: str = "ok", **extra) -> pa.RecordBatch:
 
 
 def samples(cell_id: str, n: int) -> pa.Table:
-    return sample_table([{"cell_id": cell_id, "sample_id": f"{cell_id}-{i}", "prompt": "p" * 50, "score": i / 10} for i in range(n)])
+    return sample_table(
+        [{"cell_id": cell_id, "sample_id": f"{cell_id}-{i}", "prompt": "p" * 50, "score": i / 10} for i in range(n)]
+    )
 
 
 @pytest.fixture(params=["local", "other"])
@@ -67,7 +69,9 @@ def test_many_cells_read_back_as_one_table_with_only_the_columns_asked_for(store
 
 def test_older_files_without_newer_columns_give_nulls(store):
     store.write_cell(record("new", latency_s=1.0), sample_table([]))
-    old = pa.table({"cell_id": ["old"], "status": ["ok"], "latency_s": [2]})  # no other column, and an int where a float is now
+    old = pa.table(
+        {"cell_id": ["old"], "status": ["ok"], "latency_s": [2]}
+    )  # no other column, and an int where a float is now
     with store.filesystem.open_output_stream(store.path("cells/old.parquet")) as stream:
         pq.write_table(old, stream)  # as the earlier writer did: Arrow schema, statistics, dictionary pages
     table = store.read_cells({"old", "new"})
