@@ -49,7 +49,7 @@ class Cell:
     def variant(self) -> Variant:
         return Variant(self.model, self.weights, self.point.device, self.point.optimization)
 
-    @functools.cached_property  # hashed once per cell, not at each of the driver's ~9 look-ups (0.1 ms each)
+    @functools.cached_property  # hashed once per cell, not at each of the driver's ~9 look-ups (0.03 ms each)
     def cell_id(self) -> str:
         """Stable across runs and machines: a hash of everything that changes the cell's result."""
         return _short_hash(asdict(self))
@@ -94,7 +94,7 @@ def expand(job: JobSpec) -> Grid:
     cells: dict[str, Cell] = {}
     sections: dict[str, tuple[str, ...]] = {}
     for sweep_name, axes in job.sweeps.items():
-        ids = []
+        ids: dict[str, None] = {}
         for point in sweep_points(job.base, axes):
             cell = Cell(
                 model=job.model,
@@ -105,8 +105,7 @@ def expand(job: JobSpec) -> Grid:
                 task_override=job.tasks.get(point.dataset, TaskOverride()),
             )
             cells.setdefault(cell.cell_id, cell)
-            if cell.cell_id not in ids:
-                ids.append(cell.cell_id)
+            ids[cell.cell_id] = None  # an ordered set: a sweep lists a cell once
         sections[sweep_name] = tuple(ids)
     return Grid(cells=tuple(cells.values()), sections=sections)
 

@@ -12,20 +12,12 @@ import sys
 
 import ray
 
-from fuyu_ray.cells import Grid, Variant
-from fuyu_ray.execute import BENCH_NODE, actor_demand, missing_resources, node_resources
-from fuyu_ray.presets import PRESETS, resolve_attention
+from fuyu_ray.cells import Grid
+from fuyu_ray.execute import BENCH_NODE, node_resources, skip_reason
 from fuyu_ray.sources import SourceCheck, check_sources
 from fuyu_ray.spec import JobSpec
 
 CHECK_TIMEOUT_S = 300.0  # a worker of a kind may first have to start, on a cold node
-
-
-def skip_reason(variant: Variant, cpus_per_actor: int | None) -> str | None:
-    """Why the cluster would skip this variant's cells, as the run itself would decide."""
-    return resolve_attention(PRESETS[variant.optimization], variant.device)[1] or missing_resources(
-        variant, actor_demand(variant, cpus_per_actor)
-    )
 
 
 def checker_options(device: str) -> dict:

@@ -198,6 +198,13 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {lines[-1][:400] if lines else ''}"
 
 
+def skip_reason(variant: Variant, cpus_per_actor: int | None) -> str | None:
+    """Why this cluster can never run the variant's cells, or None."""
+    return resolve_attention(PRESETS[variant.optimization], variant.device)[1] or missing_resources(
+        variant, actor_demand(variant, cpus_per_actor)
+    )
+
+
 def execute(
     cells: list[Cell],
     on_record: Callable,
@@ -210,11 +217,11 @@ def execute(
 ) -> ExecutionStats:
     """Skip what this cluster can never run, then schedule the rest on Ray actors."""
     runnable = []
+    reasons: dict[Variant, str | None] = {}  # asked once per variant: it reads the cluster's nodes
     for cell in cells:
-        variant = cell.variant
-        reason = resolve_attention(PRESETS[variant.optimization], variant.device)[1] or missing_resources(
-            variant, actor_demand(variant, cpus_per_actor)
-        )
+        if cell.variant not in reasons:
+            reasons[cell.variant] = skip_reason(cell.variant, cpus_per_actor)
+        reason = reasons[cell.variant]
         if reason:
             on_record(*failed_cell(cell, "skipped", reason))
         else:
