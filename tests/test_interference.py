@@ -128,7 +128,7 @@ def test_the_sampler_thread_samples_through_the_window():
     "batches, disturbed",
     [
         ([0.10, 0.11, 0.10, 0.09, 0.10, 0.10], False),
-        ([0.10, 0.30, 0.10, 0.35, 0.10, 0.10], True),
+        ([0.10, 0.20, 0.30, 0.15, 0.25, 0.10], True),
         ([0.10, 0.30], False),  # too few batches to judge
     ],
 )
@@ -160,3 +160,10 @@ def test_batches_of_different_lengths_are_not_unsteady_when_each_repeats_alike()
 
 def test_a_single_pass_is_judged_on_decode_time_per_token():
     assert noise_series([0.1, 0.9], batches_per_pass=2, decode_s_per_token=[0.01, None]) == [0.01]
+
+
+def test_one_hiccup_among_many_batches_is_not_unsteadiness_but_many_are():
+    steady = [0.027] * 33 + [0.284]  # one batch ten times slower: the median does not move
+    assert verdict(QualityThresholds(), None, None, steady) == CLEAN
+    unsteady = [0.027, 0.06] * 17
+    assert verdict(QualityThresholds(), None, None, unsteady).startswith("disturbed: CV")
