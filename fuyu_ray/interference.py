@@ -260,10 +260,19 @@ def settled(recent: list[float], tolerance: float, window: int = 3) -> bool:
 # --- the verdict --------------------------------------------------------------------------------
 
 
-def verdict(thresholds: QualityThresholds, host: HostWindow | None, gpu: GpuSamples | None, series: list[float]) -> str:
+def verdict(
+    thresholds: QualityThresholds,
+    host: HostWindow | None,
+    gpu: GpuSamples | None,
+    series: list[float],
+    unsettled_warmup: int | None = None,
+) -> str:
     """`clean`, or `disturbed: ` and every reason that crossed its threshold. `series` is what the
-    timings' spread is judged on (see noise_series)."""
+    timings' spread is judged on (see noise_series); `unsettled_warmup`, the warm-up batches spent
+    without the timings ever settling: whatever kept them from it may not have stopped."""
     reasons = []
+    if unsettled_warmup:
+        reasons.append(f"warm-up never settled in {unsettled_warmup} batches")
     if host is not None and host.other_cpu_share is not None and host.other_cpu_share > thresholds.max_other_cpu_share:
         reasons.append(f"other processes used {host.other_cpu_share:.0%} of the worker's cores")
     if gpu is not None and gpu.samples:

@@ -239,10 +239,11 @@ class CellRunner:
         clocks = self._clocks()
         compile_s_before = decoder.compile_s if decoder else 0.0
         with PeakMemory(point.device) as memory:
+            warmup_settled = True
             if decoder:  # until its graphs are compiled and (on CUDA) recorded
                 first_call_s, warmup_s, warmup_batches = decoder.warm_up(batches[0].inputs)
             else:  # until the timings settle, within a cap: a cold cache or a busy start is not the cell
-                first_call_s, warmup_s, warmup_batches = settle(
+                first_call_s, warmup_s, warmup_batches, warmup_settled = settle(
                     lambda: warm_up(run_batch, batches[0], point.device), self.quality
                 )
             check_deadline("after the warm-up")
@@ -324,7 +325,9 @@ class CellRunner:
             **host.columns(),
             **(gpu.columns() if gpu else {}),
             "latency_cv": coefficient_of_variation(stability),
-            "measurement_quality": verdict(self.quality, host, gpu, stability),
+            "measurement_quality": verdict(
+                self.quality, host, gpu, stability, unsettled_warmup=None if warmup_settled else warmup_batches
+            ),
         }
         samples = sample_rows(cell, data.samples, prompts, generations, predictions, task_score, generated)
         return row, samples
@@ -408,13 +411,13 @@ def generate(loaded: LoadedModel, batch: Batch, max_new_tokens: int, ignore_eos:
         hook.remove()
 
 
-def settle(run_once, thresholds: QualityThresholds) -> tuple[float, float, int]:
+def settle(run_once, thresholds: QualityThresholds) -> tuple[float, float, int, bool]:
     """Warm-up batches until the last few agree, at most `max_warmup_batches`:
-    (first batch's seconds, all of them, how many)."""
+    (first batch's seconds, all of them, how many, whether they settled)."""
     seconds = [run_once()]
     while len(seconds) < thresholds.max_warmup_batches and not settled(seconds, thresholds.settle_tolerance):
         seconds.append(run_once())
-    return seconds[0], sum(seconds), len(seconds)
+    return seconds[0], sum(seconds), len(seconds), settled(seconds, thresholds.settle_tolerance)
 
 
 def warm_up(run_batch, batch: Batch, device: str) -> float:

@@ -167,3 +167,9 @@ def test_one_hiccup_among_many_batches_is_not_unsteadiness_but_many_are():
     assert verdict(QualityThresholds(), None, None, steady) == CLEAN
     unsteady = [0.027, 0.06] * 17
     assert verdict(QualityThresholds(), None, None, unsteady).startswith("disturbed: CV")
+
+
+def test_a_warm_up_that_never_settled_is_a_reason():
+    assert verdict(QualityThresholds(), None, None, [], unsettled_warmup=10) == (
+        "disturbed: warm-up never settled in 10 batches"
+    )
