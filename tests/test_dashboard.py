@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import run_grid, write_job
+from conftest import ensure_auth_token, free_port, run_grid, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +25,7 @@ DASHBOARD_PORT = 8297
 def head():
     """A head started as a user starts one, with token authentication on (Ray 2.60's default
     for `ray start` when RAY_AUTH_MODE=token), in its own process group so that it goes away whole."""
+    ensure_auth_token()
     port = free_port()
     process = subprocess.Popen(
         [
@@ -54,12 +54,6 @@ def head():
 
 
 TOKEN_AUTH = {"RAY_AUTH_MODE": "token"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def dashboard_up() -> bool:

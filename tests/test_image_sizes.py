@@ -7,6 +7,7 @@ import copy
 import importlib.util
 
 import pytest
+from conftest import BASE_POINT
 from PIL import Image
 
 from fuyu_ray import tiny
@@ -18,14 +19,7 @@ GOOD = {
     "name": "sizes",
     "model": "tiny",
     "limit": 2,
-    "base": {
-        "device": "cpu",
-        "dataset": "textvqa",
-        "batch_size": 1,
-        "image_size": 224,
-        "seq_len": 200,
-        "optimization": "fp32",
-    },
+    "base": dict(BASE_POINT),
     "sweeps": {"image": {"image_size": [224, "224x224", "1920x1080", " 1000 X 500 "]}},
 }
 

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,21 +14,16 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import ROOT, write_job
+from conftest import ROOT, ensure_auth_token, free_port, write_job
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def head():
     """A head we start and, at the end, stop: only the processes it started."""
+    ensure_auth_token()
     port, dashboard = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="fr-", dir="/tmp")  # Ray's socket paths must stay under 107 characters
     # Jobs run `python` from this venv; Ray 2.60 heads want a token, and the CLI only sends it in token mode.

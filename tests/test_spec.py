@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+from conftest import BASE_POINT
 
 from fuyu_ray.spec import AXES, JobError, load_job, parse_job
 
@@ -13,14 +14,7 @@ GOOD = {
     "name": "edge",
     "model": "tiny",
     "limit": 2,
-    "base": {
-        "device": "cpu",
-        "dataset": "textvqa",
-        "batch_size": 1,
-        "image_size": 224,
-        "seq_len": 200,
-        "optimization": "fp32",
-    },
+    "base": dict(BASE_POINT),
     "sweeps": {"batch": {"batch_size": [1, 2]}},
 }
 
