@@ -21,7 +21,10 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import psutil
+try:
+    import psutil
+except ImportError:  # a bare GPU box may lack it: the host figures are then null, with the reason
+    psutil = None
 
 CLEAN = "clean"
 
@@ -63,7 +66,7 @@ def worker_cores() -> list[int]:
     try:
         return sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux: every core
-        return list(range(psutil.cpu_count() or 1))
+        return list(range(os.cpu_count() or 1))
 
 
 @dataclass
@@ -79,21 +82,25 @@ class HostWindow:
     cpu_mhz_end: float | None = None
 
     def start(self) -> "HostWindow":
+        self._t0 = time.perf_counter()
+        if psutil is None:
+            return self
         self._process = psutil.Process()
         self._busy0 = self._cores_busy()
         self._own0 = self._own_cpu()
-        self._t0 = time.perf_counter()
         self.cpu_mhz_start = _cpu_mhz()
         return self
 
     def stop(self) -> "HostWindow":
         self.seconds = time.perf_counter() - self._t0
+        self.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        if psutil is None:
+            return self
         busy = self._cores_busy() - self._busy0
         own = self._own_cpu() - self._own0
         self.other_cpu_s = max(0.0, busy - own)
         capacity = self.seconds * len(self.cores)
         self.other_cpu_share = min(1.0, self.other_cpu_s / capacity) if capacity > 0 else None
-        self.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         self.cpu_mhz_end = _cpu_mhz()
         return self
 
