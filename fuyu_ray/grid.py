@@ -15,13 +15,17 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.fs as pafs
+
 from fuyu_ray import __version__
 from fuyu_ray.cells import expand
 from fuyu_ray.connect import check_reachable, check_token, connect, dashboard_line, job_facts
+from fuyu_ray.data import DatasetNotFound, is_local_folder, resolve_local_folder
 from fuyu_ray.progress import make_progress
 from fuyu_ray.records import now_iso
 from fuyu_ray.spec import JobError, JobSpec, load_job
-from fuyu_ray.store import RETRYABLE, cells_to_run
+from fuyu_ray.store import RETRYABLE, ResultStore, cells_to_run
 
 DEFAULT_JOB = "jobs/smoke.yaml"
 
@@ -49,8 +53,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check_local_datasets(job: JobSpec) -> None:
     """A split or config that a local dataset folder lacks is bad input, found before anything
     starts. Folders only the workers can see, and hub ids, are checked where they are read."""
-    from fuyu_ray.data import DatasetNotFound, is_local_folder, resolve_local_folder
-
     for task in sorted({cell.point.dataset for cell in expand(job).cells}):
         source = job.dataset_source(task)
         if is_local_folder(source):
@@ -111,11 +113,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def open_store(out: str):
     """The results location, checked before anything starts: a bad --out is bad input."""
-    import pyarrow as pa
-    import pyarrow.fs as pafs
-
-    from fuyu_ray.store import ResultStore
-
     try:
         store = ResultStore.at(out)
         if store.filesystem.get_file_info(store.root).type == pafs.FileType.File:
@@ -126,8 +123,10 @@ def open_store(out: str):
 
 
 def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> int:
-    import pyarrow as pa
+    # Ray, Polars and matplotlib load only once the job and --out are known good: bad input answers at once.
+    import ray
 
+    from fuyu_ray.dryrun import dry_run
     from fuyu_ray.execute import execute
     from fuyu_ray.report import write_report
 
@@ -149,10 +148,6 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
         print(f"fuyu_ray: {origin} {address!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     if args.dry_run:
-        import ray
-
-        from fuyu_ray.dryrun import dry_run
-
         todo_ids = {cell.cell_id for cell in todo}
         try:
             return dry_run(job, grid, done, todo_ids, store.root)
@@ -164,7 +159,7 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
         print(f"fuyu_ray: --out {store.root!r}: {exc}", file=sys.stderr)
         return 2
     if job.model == "tiny" and todo:
-        from fuyu_ray import tiny
+        from fuyu_ray import tiny  # torch, needed on the driver only to train the built-in model
 
         print(f"tiny model: {tiny.ensure_checkpoint()}", flush=True)
     stop_on_sigterm()  # after ray.init, which installs a handler of its own that exits at once
@@ -237,8 +232,6 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
         write_report(store, job, grid, run_info)
     except (OSError, pa.ArrowException) as exc:
         store_failure = store_failure or first_line(exc)
-    import ray
-
     ray.shutdown()
     if store_failure:
         kept = sum(1 for c in grid.cells if c.cell_id in statuses)
