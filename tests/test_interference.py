@@ -173,3 +173,51 @@ def test_a_warm_up_that_never_settled_is_a_reason():
     assert verdict(QualityThresholds(), None, None, [], unsettled_warmup=10) == (
         "disturbed: warm-up never settled in 10 batches"
     )
+
+
+def standin_cell(batch: int):
+    from fuyu_ray.cells import Cell
+    from fuyu_ray.spec import DatasetSource, Point, TaskOverride
+
+    return Cell(
+        "standin:sleep=0",
+        "random",
+        1,
+        Point("cpu", "textvqa", batch, 224, 200, "fp32"),
+        DatasetSource(),
+        TaskOverride(),
+    )
+
+
+def test_a_disturbed_cell_is_measured_again_and_the_cleanest_attempt_kept():
+    from fuyu_ray.standin import StandInRunner
+
+    qualities = iter(
+        ["disturbed: other processes used 60% of the worker's cores", "disturbed: CV 0.40 over 8 batches", CLEAN]
+    )
+    shares = iter([0.6, 0.05, 0.01])
+
+    class Scripted(StandInRunner):
+        def _measure(self, cell, deadline=None):
+            row, samples = super()._measure(cell, deadline)
+            return {**row, "measurement_quality": next(qualities), "other_cpu_share": next(shares)}, samples
+
+    cell = standin_cell(1)
+    row = Scripted(cell.variant, remeasure_disturbed=1).run(cell).record.to_pylist()[0]
+    assert row["measurement_attempts"] == 2 and row["measurement_quality"] == "disturbed: CV 0.40 over 8 batches"
+    row = Scripted(cell.variant, remeasure_disturbed=5).run(cell).record.to_pylist()[0]
+    assert row["measurement_attempts"] == 1 and row["measurement_quality"] == CLEAN  # the third attempt, now first
+
+
+def test_the_store_finds_the_disturbed_cells_on_disk(tmp_path):
+    from fuyu_ray.records import cell_batch, outcome_row, sample_table
+    from fuyu_ray.store import ResultStore
+
+    store = ResultStore.at(str(tmp_path))
+    store.ensure_dirs()
+    cells = [standin_cell(batch) for batch in (1, 2, 3)]
+    for cell, quality in zip(cells, ["clean", "disturbed: CV 0.40 over 8 batches", None]):
+        store.write_cell(
+            cell_batch(outcome_row(cell.settings(), "ok", None, measurement_quality=quality)), sample_table([])
+        )
+    assert store.disturbed_cells() == {cells[1].cell_id}
