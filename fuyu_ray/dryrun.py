@@ -12,29 +12,30 @@ import sys
 
 import ray
 
-from fuyu_ray.cells import Grid
-from fuyu_ray.execute import BENCH_NODE, node_resources, skip_reason
+from fuyu_ray.cells import Grid, Variant
+from fuyu_ray.execute import actor_demand, skip_reason
 from fuyu_ray.sources import SourceCheck, check_sources
 from fuyu_ray.spec import JobSpec
 
 CHECK_TIMEOUT_S = 300.0  # a worker of a kind may first have to start, on a cold node
 
 
-def checker_options(device: str) -> dict:
-    """A sliver of a worker of this kind: the check must land where the cells would, not run beside them."""
-    if device == "cuda":
-        marked = any(resources.get(BENCH_NODE) for resources in node_resources())
-        return {"num_cpus": 0, "num_gpus": 0.01, "resources": {BENCH_NODE: 0.001} if marked else {}}
-    return {"num_cpus": 0.01}
+def checker_options(variant: Variant) -> dict:
+    """A sliver of what the variant's actor asks for: the check lands on a worker where its cells
+    would run (a GPU node, a bench node where the cluster marks them), without waiting for a whole one."""
+    demand = actor_demand(variant, cpus_per_actor=None)
+    custom = {key: 0.001 for key in demand if key not in ("CPU", "GPU")}
+    return {"num_cpus": 0 if "GPU" in demand else 0.01, "num_gpus": 0.01 if "GPU" in demand else 0, "resources": custom}
 
 
-def check_on_workers(job: JobSpec, grid: Grid, devices: set[str]) -> dict[str, list[SourceCheck]]:
-    tasks = {cell.point.dataset for cell in grid.cells}
-    datasets = {task: job.dataset_source(task) for task in tasks}
+def check_on_workers(job: JobSpec, grid: Grid, variants: list[Variant]) -> dict[str, list[SourceCheck]]:
+    """One check per device kind, on a worker of that kind."""
+    datasets = {task: job.dataset_source(task) for task in {cell.point.dataset for cell in grid.cells}}
     remote = ray.remote(check_sources)
+    one_per_device = {variant.device: variant for variant in variants}
     pending = {
-        device: remote.options(**checker_options(device)).remote(job.model, job.weights, datasets)
-        for device in sorted(devices)
+        device: remote.options(**checker_options(variant)).remote(job.model, job.weights, datasets)
+        for device, variant in sorted(one_per_device.items())
     }
     return {device: ray.get(ref, timeout=CHECK_TIMEOUT_S) for device, ref in pending.items()}
 
@@ -58,9 +59,9 @@ def dry_run(job: JobSpec, grid: Grid, done: dict[str, str], todo_ids: set[str], 
         print(f"  {cell.cell_id} {cell.description}: {verdict}")
     print(f"{counts['run']} would run, {counts['reuse']} reused from --out, {counts['skip']} skipped")
 
-    devices = {variant.device for variant, reason in reasons.items() if not reason}
+    runnable = [variant for variant, reason in reasons.items() if not reason]
     problems = []
-    for device, checks in check_on_workers(job, grid, devices).items():
+    for device, checks in check_on_workers(job, grid, runnable).items():
         for check in checks:
             print(f"  on a {device} worker: {check.line}")
             if check.problem:

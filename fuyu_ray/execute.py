@@ -16,7 +16,7 @@ from ray.exceptions import RayError, RayTaskError
 from fuyu_ray import hardware
 from fuyu_ray.cells import Cell, Variant
 from fuyu_ray.presets import PRESETS, resolve_attention
-from fuyu_ray.scheduler import ActorState, CallFailed, ExecutionStats, Scheduler, failed_cell
+from fuyu_ray.scheduler import ActorState, CallFailed, ExecutionStats, Scheduler, outcome_record
 
 ACTOR_RESTARTS = 2
 
@@ -223,7 +223,7 @@ def execute(
             reasons[cell.variant] = skip_reason(cell.variant, cpus_per_actor)
         reason = reasons[cell.variant]
         if reason:
-            on_record(*failed_cell(cell, "skipped", reason))
+            on_record(*outcome_record(cell, "skipped", reason))
         else:
             runnable.append(cell)
     scheduler = Scheduler(RayPool(runner_options, cpus_per_actor), on_record, on_start, cell_timeout_s, on_message)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from fuyu_ray import __version__
-from fuyu_ray.cells import expand
+from fuyu_ray.cells import Grid, expand
 from fuyu_ray.connect import check_reachable, check_token, connect, dashboard_line, job_facts
 from fuyu_ray.data import DatasetNotFound, is_local_folder, resolve_local_folder
 from fuyu_ray.progress import make_progress
@@ -50,10 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_local_datasets(job: JobSpec) -> None:
+def check_local_datasets(job: JobSpec, grid: Grid) -> None:
     """A split or config that a local dataset folder lacks is bad input, found before anything
     starts. Folders only the workers can see, and hub ids, are checked where they are read."""
-    for task in sorted({cell.point.dataset for cell in expand(job).cells}):
+    for task in sorted({cell.point.dataset for cell in grid.cells}):
         source = job.dataset_source(task)
         if is_local_folder(source):
             try:
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         job = load_job(args.job)
-        check_local_datasets(job)
+        grid = expand(job)
+        check_local_datasets(job, grid)
         address = args.address or os.environ.get("RAY_ADDRESS")
         if address:
             check_reachable(address, "--address" if args.address else "RAY_ADDRESS")
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except JobError as exc:
         print(f"fuyu_ray: {exc}", file=sys.stderr)
         return 2
-    return run(job, args, address, store)
+    return run(job, grid, args, address, store)
 
 
 def open_store(out: str):
@@ -122,7 +123,7 @@ def open_store(out: str):
         raise JobError(f"--out {out!r}: {str(exc).splitlines()[0]}") from None
 
 
-def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> int:
+def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None, store) -> int:
     # Ray, Polars and matplotlib load only once the job and --out are known good: bad input answers at once.
     import ray
 
@@ -131,7 +132,6 @@ def run(job: JobSpec, args: argparse.Namespace, address: str | None, store) -> i
     from fuyu_ray.report import write_report
 
     started_at = now_iso()
-    grid = expand(job)
     try:
         done = store.done_cells()
     except OSError as exc:

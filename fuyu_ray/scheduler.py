@@ -100,7 +100,7 @@ class ExecutionStats:
         return peak
 
 
-def failed_cell(cell: Cell, status: str, error: str, **extra):
+def outcome_record(cell: Cell, status: str, error: str, **extra):
     return cell_batch(outcome_row(cell.settings(), status, error, **extra)), sample_table([])
 
 
@@ -201,7 +201,7 @@ class Scheduler:
             record, samples = self.pool.result(call)
             lost = False
         except CallFailed as failure:
-            record, samples = failed_cell(
+            record, samples = outcome_record(
                 cell, "failed", f"worker {slot.actor.name} died: {failure.reason}", actor=slot.actor.name
             )
             lost = failure.actor_lost
@@ -219,7 +219,7 @@ class Scheduler:
     def _time_out(self, slot: Slot) -> None:
         cell = slot.cell
         error = f"cell ran past cell_timeout_s={self.cell_timeout_s:g}; worker {slot.actor.name} replaced"
-        self.on_record(*failed_cell(cell, "timeout", error, actor=slot.actor.name))
+        self.on_record(*outcome_record(cell, "timeout", error, actor=slot.actor.name))
         slot.actor.kill(restart=False)  # stuck: it cannot report its lifetime
         self.slots.remove(slot)
         self._start(slot.variant)
@@ -270,5 +270,5 @@ class Scheduler:
             self._start(variant)
             return
         for cell in self.queues[variant]:  # none silently dropped
-            self.on_record(*failed_cell(cell, "failed", cause))
+            self.on_record(*outcome_record(cell, "failed", cause))
         self.queues[variant].clear()
