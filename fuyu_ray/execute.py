@@ -16,6 +16,7 @@ from ray.exceptions import RayError, RayTaskError
 from fuyu_ray import hardware
 from fuyu_ray.cells import Cell, Variant
 from fuyu_ray.presets import PRESETS, resolve_attention
+from fuyu_ray.records import FinishedCell, finished_cell
 from fuyu_ray.scheduler import ActorState, CallFailed, ExecutionStats, Scheduler, outcome_record
 
 ACTOR_RESTARTS = 2
@@ -48,7 +49,7 @@ class CellWorker:
 
     def run(self, cell: Cell):
         result = self.runner.run(cell)
-        return result.record, result.samples
+        return finished_cell(result.record, result.samples)
 
     def ping(self) -> float:
         """Which incarnation answers: a restarted actor has a new start time."""
@@ -207,7 +208,7 @@ def skip_reason(variant: Variant, cpus_per_actor: int | None) -> str | None:
 
 def execute(
     cells: list[Cell],
-    on_record: Callable,
+    on_record: Callable[[FinishedCell], None],
     on_start: Callable[[Cell], None],
     runner_options: dict,
     cpus_per_actor: int | None,
@@ -223,7 +224,7 @@ def execute(
             reasons[cell.variant] = skip_reason(cell.variant, cpus_per_actor)
         reason = reasons[cell.variant]
         if reason:
-            on_record(*outcome_record(cell, "skipped", reason))
+            on_record(outcome_record(cell, "skipped", reason))
         else:
             runnable.append(cell)
     scheduler = Scheduler(RayPool(runner_options, cpus_per_actor), on_record, on_start, cell_timeout_s, on_message)

@@ -23,7 +23,7 @@ from fuyu_ray.cells import Grid, expand
 from fuyu_ray.connect import check_reachable, check_token, connect, dashboard_line, job_facts
 from fuyu_ray.data import DatasetNotFound, is_local_folder, resolve_local_folder
 from fuyu_ray.progress import make_progress
-from fuyu_ray.records import now_iso
+from fuyu_ray.records import FinishedCell, now_iso
 from fuyu_ray.spec import JobError, JobSpec, load_job
 from fuyu_ray.store import RETRYABLE, ResultStore, cells_to_run
 
@@ -176,14 +176,13 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
     store_failure = None
     with make_progress(len(todo)) as progress:
 
-        def on_record(record, samples) -> None:
+        def on_record(finished: FinishedCell) -> None:
             try:
-                store.write_cell(record, samples)
+                store.write_cell(finished.record(), finished.samples())
             except (OSError, pa.ArrowException) as exc:
                 raise StoreFailed(first_line(exc)) from None
-            row = record.to_pylist()[0]
-            statuses[row["cell_id"]] = row["status"]
-            progress.finished(by_id[row["cell_id"]].description, row)
+            statuses[finished.cell_id] = finished.row["status"]
+            progress.finished(by_id[finished.cell_id].description, finished.row)
 
         try:
             stats = execute(

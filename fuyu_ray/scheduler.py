@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from fuyu_ray.cells import Cell, Variant
-from fuyu_ray.records import CUDA_FATAL, cell_batch, outcome_row, sample_table
+from fuyu_ray.records import CUDA_FATAL, FinishedCell, cell_batch, finished_cell, outcome_row, sample_table
 
 RETRY_PING_S = 0.5  # how often an actor that is restarting or waiting for resources is asked again
 PLACEMENT_CHECK_S = 5.0  # how often a ping still unanswered makes the cluster be asked whether the actor can be placed
@@ -100,8 +100,8 @@ class ExecutionStats:
         return peak
 
 
-def outcome_record(cell: Cell, status: str, error: str, **extra):
-    return cell_batch(outcome_row(cell.settings(), status, error, **extra)), sample_table([])
+def outcome_record(cell: Cell, status: str, error: str, **extra) -> FinishedCell:
+    return finished_cell(cell_batch(outcome_row(cell.settings(), status, error, **extra)), sample_table([]))
 
 
 class Scheduler:
@@ -110,7 +110,7 @@ class Scheduler:
     def __init__(
         self,
         pool: Pool,
-        on_record: Callable,
+        on_record: Callable[[FinishedCell], None],
         on_start: Callable[[Cell], None],
         cell_timeout_s: float,
         on_message: Callable[[str], None] = lambda text: None,
@@ -198,14 +198,14 @@ class Scheduler:
     def _on_cell(self, slot: Slot) -> None:
         call, cell, slot.call, slot.cell = slot.call, slot.cell, None, None
         try:
-            record, samples = self.pool.result(call)
+            finished = self.pool.result(call)
             lost = False
         except CallFailed as failure:
-            record, samples = outcome_record(
+            finished = outcome_record(
                 cell, "failed", f"worker {slot.actor.name} died: {failure.reason}", actor=slot.actor.name
             )
             lost = failure.actor_lost
-        if (record.column("error")[0].as_py() or "").startswith(CUDA_FATAL):
+        if (finished.row.get("error") or "").startswith(CUDA_FATAL):
             slot.actor.kill(restart=True)  # a broken CUDA context: a new process, the same actor
             slot.stale, lost = slot.incarnation, True
         if lost:
@@ -213,13 +213,13 @@ class Scheduler:
             self._await_ready(slot)
         else:
             self._feed(slot)  # the actor's next cell starts before the driver writes this one
-        self.stats.busy_cell_s += record.column("cell_s")[0].as_py() or 0.0
-        self.on_record(record, samples)
+        self.stats.busy_cell_s += finished.row.get("cell_s") or 0.0
+        self.on_record(finished)
 
     def _time_out(self, slot: Slot) -> None:
         cell = slot.cell
         error = f"cell ran past cell_timeout_s={self.cell_timeout_s:g}; worker {slot.actor.name} replaced"
-        self.on_record(*outcome_record(cell, "timeout", error, actor=slot.actor.name))
+        self.on_record(outcome_record(cell, "timeout", error, actor=slot.actor.name))
         slot.actor.kill(restart=False)  # stuck: it cannot report its lifetime
         self.slots.remove(slot)
         self._start(slot.variant)
@@ -270,5 +270,5 @@ class Scheduler:
             self._start(variant)
             return
         for cell in self.queues[variant]:  # none silently dropped
-            self.on_record(*outcome_record(cell, "failed", cause))
+            self.on_record(outcome_record(cell, "failed", cause))
         self.queues[variant].clear()

@@ -22,14 +22,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from fuyu_ray.cells import Cell
-from fuyu_ray.records import CELL_SCHEMA, SAMPLE_SCHEMA
+from fuyu_ray.records import CELL_FILE_OPTIONS, CELL_SCHEMA, SAMPLE_SCHEMA
 
 TEMP_MARK = ".tmp-"
 RETRYABLE = ("failed", "oom", "timeout")  # statuses a rerun computes again, unless told not to
-# A one-row cell file is mostly footer: no copy of the Arrow schema (the reader has it, in records.py),
-# no min/max statistics and no dictionary pages, which one row cannot use: a cell file and its samples
-# file take 14.9 KB instead of 32.9 KB (README, "Performance").
-CELL_FILE_OPTIONS = {"store_schema": False, "write_statistics": False, "use_dictionary": False}
 INDEX = ".index/cells.parquet"  # every cell file read at report time, compacted into one file; see _indexed
 INDEX_MARGIN_NS = 2_000_000_000  # a cell file written this close before the index is read again next time
 

@@ -7,7 +7,7 @@ same paths on real actors.
 from __future__ import annotations
 
 from fuyu_ray.cells import Cell
-from fuyu_ray.records import CUDA_FATAL, cell_batch, outcome_row, sample_table
+from fuyu_ray.records import CUDA_FATAL, cell_batch, finished_cell, outcome_row, sample_table
 from fuyu_ray.scheduler import RETRY_PING_S, ActorState, CallFailed, Scheduler
 from fuyu_ray.spec import DatasetSource, Point, TaskOverride
 
@@ -97,7 +97,7 @@ class FakeActor:
             if behaviour == "cuda":
                 self.pool.script.pop((self.variant.optimization, call.cell.point.batch_size))
             row = outcome_row(call.cell.settings(), status, error, actor=self.name, cell_s=1.0)
-            call.value = (cell_batch(row), sample_table([]))
+            call.value = finished_cell(cell_batch(row), sample_table([]))
 
     def _answer_ping(self, call: Call) -> None:
         if self.pool.pending_forever:
@@ -174,7 +174,7 @@ def run(pool: FakePool, cells: list[Cell], actors: int = 1, timeout_s: float = 1
     records, messages = [], []
     scheduler = Scheduler(
         pool,
-        lambda record, samples: records.append(record.to_pylist()[0]),
+        lambda finished: records.append(finished.row),
         lambda cell: None,
         timeout_s,
         on_message=messages.append,

@@ -71,3 +71,28 @@ def test_file_uri(tmp_path):
     store.write_cell(record("u"), sample_table([]))
     assert (tmp_path / "uri-out" / "cells" / "u.parquet").is_file()
     assert store.done_cells() == {"u": "ok"}
+
+
+def test_a_finished_cell_travels_whole(tmp_path):
+    """What a worker sends the driver reads back as the record and samples it was made from, after
+    the pickling a Ray call does, and writes the same files as the objects themselves would."""
+    import pickle
+
+    from fuyu_ray.records import finished_cell
+
+    row = outcome_row({"cell_id": "t", "device": "cpu"}, "ok", None, latency_batches_s=[0.5, 0.25], latency_s=0.375)
+    samples = sample_table(
+        [
+            {"cell_id": "t", "sample_id": str(i), "prediction": f"p{i}", "references": ["a", "b"], "score": i / 2}
+            for i in range(3)
+        ]
+    )
+    travelled = pickle.loads(pickle.dumps(finished_cell(cell_batch(row), samples)))
+    assert travelled.cell_id == "t" and travelled.row["latency_batches_s"] == [0.5, 0.25]
+    assert travelled.record().equals(cell_batch(row))
+    assert travelled.samples().equals(samples)
+    store = ResultStore.at(str(tmp_path))
+    store.ensure_dirs()
+    store.write_cell(travelled.record(), travelled.samples())
+    assert store.read_cells({"t"}).column("latency_batches_s").to_pylist() == [[0.5, 0.25]]
+    assert store.read_samples({"t"}).column("prediction").to_pylist() == ["p0", "p1", "p2"]
