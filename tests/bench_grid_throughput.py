@@ -38,7 +38,17 @@ def run_on(nodes: int, cells: int, sleep_s: float, work: Path) -> dict:
     out = work / f"out-{nodes}"
     try:
         subprocess.run(
-            [sys.executable, "-m", "fuyu_ray.grid", "--job", str(job), "--out", str(out), "--address", cluster.address],
+            [
+                sys.executable,
+                "-m",
+                "fuyu_ray.grid",
+                "--job",
+                str(job),
+                "--out",
+                str(out),
+                "--address",
+                cluster.address,
+            ],
             cwd=ROOT,
             check=True,
             capture_output=True,

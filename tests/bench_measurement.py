@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-from fuyu_ray.measure import spread, time_batch  # noqa: E402
+from fuyu_ray.bench.measure import spread, time_batch  # noqa: E402
 
 
 def spinning_model(token_clock) -> None:

@@ -59,13 +59,13 @@ def write_job(directory: Path, cells: int, sleep_s: float) -> Path:
 
 
 def driver(figures_path: str, source: str | None, argv: list[str], profile: str | None = None) -> int:
-    """Run `fuyu_ray.grid.main` in this process, timing the report and reading this process's peak RSS
+    """Run `fuyu_ray.driver.grid.main` in this process, timing the report and reading this process's peak RSS
     (and, with `profile`, writing cProfile statistics of the whole driver there)."""
     import resource
 
     if source:
         sys.path.insert(0, source)
-    import fuyu_ray.report as report
+    import fuyu_ray.driver.report as report
 
     timings: list[float] = []
     write_report = report.write_report
@@ -78,7 +78,7 @@ def driver(figures_path: str, source: str | None, argv: list[str], profile: str 
             timings.append(time.perf_counter() - started)
 
     report.write_report = timed
-    from fuyu_ray.grid import main
+    from fuyu_ray.driver.grid import main
 
     profiler = None
     if profile:

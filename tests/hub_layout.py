@@ -18,7 +18,8 @@ from pathlib import Path
 
 import datasets
 
-from fuyu_ray.data import synthetic_rows
+from fuyu_ray.tasks import get_task
+from fuyu_ray.tasks.base import synthetic_rows
 
 Image, Value, Sequence = datasets.Image, datasets.Value, datasets.Sequence
 datasets.disable_progress_bars()
@@ -103,7 +104,7 @@ def readme(configs: dict[str, dict[str, str]]) -> str:
 
 def textvqa_rows(split: str, count: int) -> list[dict]:
     rows = []
-    for n, row in enumerate(synthetic_rows("textvqa", count, split=f"hub-{split}")):
+    for n, row in enumerate(synthetic_rows(get_task("textvqa"), count, f"hub-{split}")):
         rows.append(
             {
                 "image_id": row["image_id"],
@@ -126,7 +127,7 @@ def textvqa_rows(split: str, count: int) -> list[dict]:
 
 def scienceqa_rows(split: str, config: str, count: int) -> list[dict]:
     rows = []
-    for n, row in enumerate(synthetic_rows("scienceqa", count, split=f"hub-{split}-{config}")):
+    for n, row in enumerate(synthetic_rows(get_task("scienceqa"), count, f"hub-{split}-{config}")):
         text_only = config == "ScienceQA-FULL" and n % 2 == 0  # FULL mixes in questions with no image
         rows.append(
             {
@@ -141,7 +142,7 @@ def scienceqa_rows(split: str, config: str, count: int) -> list[dict]:
 
 def coco_rows(split: str, count: int) -> list[dict]:
     rows = []
-    for n, row in enumerate(synthetic_rows("coco", count, split=f"hub-{split}")):
+    for n, row in enumerate(synthetic_rows(get_task("coco"), count, f"hub-{split}")):
         rows.append(
             {
                 "question_id": f"{split}-{n:06d}.jpg",

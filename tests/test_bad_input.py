@@ -113,6 +113,6 @@ def test_an_address_where_something_but_not_ray_listens_is_one_final_line(tmp_pa
     ids=["ok-skipped", "failed", "oom", "timeout", "aborted", "interrupted", "interrupted-beats-failed", "empty"],
 )
 def test_the_exit_status_table(statuses, interrupted, aborted, expected):
-    from fuyu_ray.grid import exit_status
+    from fuyu_ray.driver.grid import exit_status
 
     assert exit_status(statuses, interrupted, aborted) == expected

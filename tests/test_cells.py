@@ -10,8 +10,8 @@ from dataclasses import fields
 import pytest
 from conftest import ROOT
 
-from fuyu_ray.cells import Cell, expand
-from fuyu_ray.spec import AXES, DatasetSource, TaskOverride, load_job, parse_job
+from fuyu_ray.job.cells import Cell, expand
+from fuyu_ray.job.spec import AXES, DatasetSource, TaskOverride, load_job, parse_job
 
 
 def test_cell_ids_are_stable_across_processes():
@@ -21,7 +21,7 @@ def test_cell_ids_are_stable_across_processes():
         [
             sys.executable,
             "-c",
-            "from fuyu_ray.cells import expand; from fuyu_ray.spec import load_job;"
+            "from fuyu_ray.job.cells import expand; from fuyu_ray.job.spec import load_job;"
             "print(' '.join(c.cell_id for c in expand(load_job('jobs/smoke.yaml')).cells))",
         ],
         cwd=ROOT,

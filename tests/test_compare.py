@@ -21,13 +21,13 @@ import pytest
 from conftest import ROOT, run_grid, write_job
 
 from fuyu_ray import compare as cmp
-from fuyu_ray.cells import Cell
-from fuyu_ray.energy import EnergyMeter
-from fuyu_ray.records import cell_batch, outcome_row, sample_table
-from fuyu_ray.runner import CellResult, CellRunner
-from fuyu_ray.spec import DatasetSource, Point, TaskOverride
-from fuyu_ray.standin import StandInRunner, parse_behaviour
-from fuyu_ray.store import ResultStore
+from fuyu_ray.bench.energy import EnergyMeter
+from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
+from fuyu_ray.bench.runner import CellResult, CellRunner
+from fuyu_ray.bench.standin import StandInRunner, parse_behaviour
+from fuyu_ray.driver.store import ResultStore
+from fuyu_ray.job.cells import Cell
+from fuyu_ray.job.spec import DatasetSource, Point, TaskOverride
 
 # The stand-in's model name carries its sleep, so runs at two speeds match on everything else.
 WITHOUT_MODEL = "device,dataset,batch_size,image_size,seq_len,optimization"

@@ -34,7 +34,7 @@ def test_token_times_on_cuda_are_device_events_not_host_reads():
     """Each "token" queues 5 ms of GPU work and returns at once, as generate's steps do. With host-clock
     stamps every token would look instant and all time would land after the last one; events on the
     stream put each token where the GPU finished it."""
-    from fuyu_ray.measure import time_batch
+    from fuyu_ray.bench.measure import time_batch
 
     step_s = 0.005
     cycles = gpu_busy_cycles_for(step_s)
@@ -61,7 +61,7 @@ def test_token_times_on_cuda_are_device_events_not_host_reads():
 
 
 def test_cuda_index_is_honoured_by_the_events():
-    from fuyu_ray.measure import time_batch
+    from fuyu_ray.bench.measure import time_batch
 
     cycles = gpu_busy_cycles_for(0.002)
     device = f"cuda:{torch.cuda.current_device()}"
@@ -83,7 +83,7 @@ def test_cuda_index_is_honoured_by_the_events():
 def parts():
     from transformers import FuyuForCausalLM
 
-    from fuyu_ray import tiny
+    from fuyu_ray.bench import tiny
 
     tokenizer = tiny.build_tokenizer()
     config = tiny.build_config(tokenizer)
@@ -121,7 +121,7 @@ def reference(model, inputs: dict) -> torch.Tensor:
 
 
 def test_compiled_decoder_with_cuda_graphs_matches_generate(parts, batches):
-    from fuyu_ray.decoding import WARM_UP_RUNS, StaticGreedyDecoder
+    from fuyu_ray.bench.decoding import WARM_UP_RUNS, StaticGreedyDecoder
 
     model, _ = parts
     prompt_len = max(inputs["input_ids"].shape[1] for inputs in batches.values())

@@ -14,14 +14,31 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT
 
-from fuyu_ray.data import load_samples, synthetic_rows
-from fuyu_ray.spec import DatasetSource
+from fuyu_ray.bench.data import load_samples
+from fuyu_ray.job.spec import DatasetSource
+from fuyu_ray.tasks import TASKS as REGISTRY
+from fuyu_ray.tasks import get_task
+from fuyu_ray.tasks.base import synthetic_rows
+from fuyu_ray.tasks.synthetic import EVAL_SPLIT
 
-TASKS = ("textvqa", "scienceqa", "coco")
+TASKS = tuple(REGISTRY)
 REAL_COLUMNS = {
     "textvqa": {"question_id", "question", "image", "answers", "image_id", "ocr_tokens"},
     "scienceqa": {"image", "question", "choices", "answer", "hint", "subject"},
     "coco": {"question_id", "image", "question", "answer", "id", "width", "height"},
+    # As the hub's dataset cards list them (dataset_info features).
+    "vqav2": {
+        "question_type",
+        "multiple_choice_answer",
+        "answers",
+        "image_id",
+        "answer_type",
+        "question_id",
+        "question",
+        "image",
+    },
+    "okvqa": {"question_id", "image", "question", "answers", "question_type", "answer_type"},
+    "ai2d": {"question", "options", "answer", "image"},
 }
 
 
@@ -36,20 +53,20 @@ def as_image_bytes(rows):
 
 
 def fixture_dataset(task: str, count: int = 5) -> datasets.Dataset:
-    dataset = datasets.Dataset.from_list(as_image_bytes(synthetic_rows(task, count)))
+    dataset = datasets.Dataset.from_list(as_image_bytes(synthetic_rows(get_task(task), count, EVAL_SPLIT)))
     return dataset.cast_column("image", datasets.Image())
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_synthetic_rows_have_the_real_columns(task):
-    assert REAL_COLUMNS[task] <= set(synthetic_rows(task, 1)[0])
+    assert REAL_COLUMNS[task] <= set(synthetic_rows(get_task(task), 1, EVAL_SPLIT)[0])
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_save_to_disk_fixture_loads_like_the_real_set(tmp_path, task):
     path = tmp_path / task
     datasets.DatasetDict(
-        {"validation": fixture_dataset(task), "test": fixture_dataset(task), "val": fixture_dataset(task)}
+        {split: fixture_dataset(task) for split in {"validation", "test", "val", get_task(task).split}}
     ).save_to_disk(str(path))
     loaded = load_samples(task, DatasetSource(str(path)), limit=3)
     expected = load_samples(task, DatasetSource("synthetic"), limit=3).samples
@@ -68,7 +85,7 @@ def test_parquet_fixture_loads(tmp_path, task):
 
 
 def test_corrupt_or_missing_image_skips_that_sample_with_the_reason(tmp_path):
-    rows = as_image_bytes(synthetic_rows("textvqa", 4))
+    rows = as_image_bytes(synthetic_rows(get_task("textvqa"), 4, EVAL_SPLIT))
     rows[1]["image"] = {"bytes": b"\x89PNG\r\n\x1a\n truncated", "path": None}
     rows[2]["image"] = {"bytes": None, "path": str(tmp_path / "gone.png")}
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "part.parquet")  # as a crawler would leave it
@@ -81,7 +98,7 @@ def test_corrupt_or_missing_image_skips_that_sample_with_the_reason(tmp_path):
 def test_hub_id_honours_offline_mode():
     """HF_HUB_OFFLINE is read when `datasets` is imported, so set it where a user would: in the environment."""
     code = (
-        "from fuyu_ray.data import load_samples; from fuyu_ray.spec import DatasetSource\n"
+        "from fuyu_ray.bench.data import load_samples; from fuyu_ray.job.spec import DatasetSource\n"
         "try:\n    load_samples('textvqa', DatasetSource('lmms-lab/textvqa-not-cached-here'), 1)\n"
         "except Exception as exc:\n    print(type(exc).__name__, exc)"
     )

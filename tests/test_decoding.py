@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fuyu_ray import tiny
-from fuyu_ray.decoding import WARM_UP_RUNS, StaticGreedyDecoder
+from fuyu_ray.bench import tiny
+from fuyu_ray.bench.decoding import WARM_UP_RUNS, StaticGreedyDecoder
 
 NEW_TOKENS = 8
 MAX_BATCH = 2
@@ -296,7 +296,7 @@ def test_the_prefill_timer_brackets_the_first_forward_only(parts, batches):
 
 
 def test_compiled_first_token_agrees_with_stock_generate(parts, batches, compiled):
-    from fuyu_ray.decoding import first_token_agreement
+    from fuyu_ray.bench.decoding import first_token_agreement
 
     model, _ = parts
     decoder, _ = compiled

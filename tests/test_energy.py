@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fuyu_ray.energy import (
+from fuyu_ray.bench.energy import (
     EnergyMeter,
     EnergyUnavailable,
     EnergyWindow,
@@ -524,7 +524,7 @@ def test_nvml_handle_is_found_by_the_cuda_uuid_first_then_by_index():
 
 
 def test_nvml_index_follows_the_gpu_ray_assigned():
-    from fuyu_ray.energy import nvml_index
+    from fuyu_ray.bench.energy import nvml_index
 
     assert nvml_index(0, {"CUDA_VISIBLE_DEVICES": "3"}) == 3
     assert nvml_index(1, {"CUDA_VISIBLE_DEVICES": "5,7"}) == 7

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fuyu_ray.execute import ACTOR_RESTARTS, actor_options
+from fuyu_ray.driver.execute import ACTOR_RESTARTS, actor_options
 
 
 def test_actors_ask_for_the_cell_resources_and_restart():

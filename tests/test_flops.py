@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from transformers import FuyuConfig, FuyuForCausalLM
 
-from fuyu_ray import tiny
-from fuyu_ray.measure import count_flops, fuyu_prefill_flops
+from fuyu_ray.bench import tiny
+from fuyu_ray.bench.measure import count_flops, fuyu_prefill_flops
 
 
 def inputs_for(config, rows: int, cols: int, text_tokens: int, device: str = "cpu") -> dict:

@@ -26,7 +26,7 @@ def test_gpu_check_runs_in_process_without_the_cluster_stack(tmp_path):
     small = tmp_path / "job.json"
     small.write_text(json.dumps(job))
     blocker = "import sys; sys.modules.update({name: None for name in %r}); " % (BLOCKED,)
-    code = blocker + "from fuyu_ray.gpu_check import main; sys.exit(main(sys.argv[1:]))"
+    code = blocker + "from fuyu_ray.driver.gpu_check import main; sys.exit(main(sys.argv[1:]))"
     result = subprocess.run(
         [
             sys.executable,
@@ -75,7 +75,7 @@ def test_bad_gpu_check_job_is_one_line(tmp_path):
 
 
 def test_the_targets_cells_run_first_then_the_presets_then_the_seeds_sweeps():
-    from fuyu_ray.gpu_check import DEFAULT_JOB, image_label, load_plain_job, ordered_cells
+    from fuyu_ray.driver.gpu_check import DEFAULT_JOB, image_label, load_plain_job, ordered_cells
 
     cells = ordered_cells(load_plain_job(DEFAULT_JOB, None, None))
     points = [
@@ -107,9 +107,9 @@ def test_the_targets_cells_run_first_then_the_presets_then_the_seeds_sweeps():
 def test_a_cell_past_its_deadline_stops_with_the_reason():
     import time
 
-    from fuyu_ray.cells import Cell, Variant
-    from fuyu_ray.runner import CellRunner
-    from fuyu_ray.spec import DatasetSource, Point, TaskOverride
+    from fuyu_ray.bench.runner import CellRunner
+    from fuyu_ray.job.cells import Cell, Variant
+    from fuyu_ray.job.spec import DatasetSource, Point, TaskOverride
 
     runner = CellRunner(Variant("tiny", "random", "cpu", "fp32"), min_energy_window_s=0.01)
     cell = Cell(
@@ -127,7 +127,7 @@ def test_a_cell_past_its_deadline_stops_with_the_reason():
 
 
 def test_the_budget_refuses_what_it_cannot_cover_and_caps_each_deadline():
-    from fuyu_ray.gpu_check import Budget
+    from fuyu_ray.driver.gpu_check import Budget
 
     now = [100.0]
     budget = Budget(started=100.0, seconds=450.0, clock=lambda: now[0])
@@ -143,7 +143,7 @@ def test_the_budget_refuses_what_it_cannot_cover_and_caps_each_deadline():
 
 
 def test_cells_the_budget_cannot_cover_are_skipped_with_the_reason_and_a_summary_is_left(tmp_path):
-    from fuyu_ray.gpu_check import load_plain_job, run
+    from fuyu_ray.driver.gpu_check import load_plain_job, run
 
     job = load_plain_job(ROOT / "jobs/gpu-check.json", "tiny", "cpu")
     rows = run(job, str(tmp_path / "out"), log=lambda line: None, budget_s=1e-9)
@@ -169,7 +169,7 @@ def row(optimization, batch, image=(224, 224), **figures):
 
 
 def test_targets_are_read_off_the_best_preset_at_each_point():
-    from fuyu_ray.gpu_check import targets
+    from fuyu_ray.driver.gpu_check import targets
 
     rows = [
         row("fp16", 1, latency_s=0.236),

@@ -7,9 +7,16 @@ from types import SimpleNamespace
 
 import torch
 
-from fuyu_ray.cells import Variant
-from fuyu_ray.hardware import ChipPeak, best_loop_seconds, chip_peak, measure_peaks, peak_overrides, roofline_columns
-from fuyu_ray.presets import PRESETS
+from fuyu_ray.bench.hardware import (
+    ChipPeak,
+    best_loop_seconds,
+    chip_peak,
+    measure_peaks,
+    peak_overrides,
+    roofline_columns,
+)
+from fuyu_ray.job.cells import Variant
+from fuyu_ray.job.presets import PRESETS
 
 
 def test_peaks_are_found_by_nvml_name_most_specific_first():
@@ -103,8 +110,8 @@ def test_ratios_against_the_limits(monkeypatch):
 def test_decode_limit_includes_the_kv_cache_of_the_real_context(monkeypatch):
     from transformers import FuyuForCausalLM
 
-    from fuyu_ray import tiny
-    from fuyu_ray.hardware import weight_bytes_per_token
+    from fuyu_ray.bench import tiny
+    from fuyu_ray.bench.hardware import weight_bytes_per_token
 
     monkeypatch.setenv("FUYU_RAY_PEAK_BANDWIDTH_GBPS", "1000")
     monkeypatch.setenv("FUYU_RAY_PEAK_TFLOPS", "100")
@@ -126,7 +133,7 @@ def test_cpu_cells_have_no_roofline():
 
 
 def test_the_longest_matching_name_wins_whatever_the_table_order(monkeypatch):
-    from fuyu_ray import hardware
+    from fuyu_ray.bench import hardware
 
     monkeypatch.setattr(hardware, "GPU_PEAKS", tuple(reversed(hardware.GPU_PEAKS)))  # generic names first
     assert chip_peak("NVIDIA H200 NVL")[0].fp16_tflops == 835

@@ -8,9 +8,10 @@ import pytest
 from conftest import run_grid
 from hub_layout import SCIENCEQA_FEATURES, make_coco, make_scienceqa, make_textvqa, scienceqa_rows, write_shards
 
-from fuyu_ray.data import DatasetNotFound, load_samples
-from fuyu_ray.scoring import NO_REFERENCES, score
-from fuyu_ray.spec import DatasetSource
+from fuyu_ray.bench.data import DatasetNotFound, load_samples
+from fuyu_ray.job.spec import DatasetSource
+from fuyu_ray.tasks import get_task
+from fuyu_ray.tasks.base import NO_REFERENCES, score_answers
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["with-readme", "without-readme"])
@@ -82,7 +83,7 @@ def test_a_config_without_images_names_itself_and_the_one_with_images(tmp_path):
 def test_coco_test_split_has_no_references_and_is_not_scored(hub):
     loaded = load_samples("coco", DatasetSource(str(hub["coco"]), split="test"), limit=3)
     assert [s.sample_id for s in loaded.samples] == ["test-000000.jpg", "test-000001.jpg", "test-000002.jpg"]
-    result = score("coco", loaded.samples, ["a caption"] * 3)
+    result = score_answers(get_task("coco"), loaded.samples, ["a caption"] * 3)
     assert result.accuracy is None and result.note == NO_REFERENCES and result.per_sample == [None] * 3
 
 

@@ -26,8 +26,8 @@ LOADS = """
 import json, sys, time
 import torch, transformers
 transformers.FuyuForCausalLM._from_config = classmethod(lambda cls, config, **kw: torch.nn.Linear(1, 1))
-from fuyu_ray.cells import Variant
-from fuyu_ray.models import load_model
+from fuyu_ray.job.cells import Variant
+from fuyu_ray.bench.models import load_model
 started = time.monotonic()
 notes = []
 for source in %r:
@@ -136,7 +136,7 @@ def test_with_hf_hub_offline_nothing_tries_the_network(tmp_path):
 
 @pytest.mark.parametrize("value, expected", [(None, "1"), ("0", "0"), ("1", "1")])
 def test_the_gpu_check_runs_offline_unless_the_environment_says_otherwise(value, expected):
-    from fuyu_ray.gpu_check import hub_environment
+    from fuyu_ray.driver.gpu_check import hub_environment
 
     environ = {} if value is None else {"HF_HUB_OFFLINE": value}
     hub_environment(environ)
@@ -144,7 +144,7 @@ def test_the_gpu_check_runs_offline_unless_the_environment_says_otherwise(value,
 
 
 def test_hub_access_is_decided_once_per_source(monkeypatch, tmp_path):
-    from fuyu_ray import models
+    from fuyu_ray.bench import models
 
     probes = []
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

@@ -10,10 +10,10 @@ import pytest
 from conftest import BASE_POINT
 from PIL import Image
 
-from fuyu_ray import tiny
-from fuyu_ray.cells import Cell, expand
-from fuyu_ray.runner import image_token_count, padded_dims
-from fuyu_ray.spec import DatasetSource, JobError, Point, TaskOverride, image_dims, image_size_value, parse_job
+from fuyu_ray.bench import tiny
+from fuyu_ray.bench.runner import image_token_count, padded_dims
+from fuyu_ray.job.cells import Cell, expand
+from fuyu_ray.job.spec import DatasetSource, JobError, Point, TaskOverride, image_dims, image_size_value, parse_job
 
 GOOD = {
     "name": "sizes",
@@ -113,7 +113,7 @@ def test_fuyus_processor_keeps_a_1920x1080_image_whole_and_shrinks_a_larger_one_
 
 
 def test_a_1920x1080_cell_runs_on_tiny_with_its_own_image_tokens():
-    from fuyu_ray.runner import CellRunner
+    from fuyu_ray.bench.runner import CellRunner
 
     cell = Cell(
         "tiny",

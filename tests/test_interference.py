@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fuyu_ray.interference import (
+from fuyu_ray.bench.interference import (
     CLEAN,
     GpuSampler,
     GpuSamples,
@@ -176,8 +176,8 @@ def test_a_warm_up_that_never_settled_is_a_reason():
 
 
 def standin_cell(batch: int):
-    from fuyu_ray.cells import Cell
-    from fuyu_ray.spec import DatasetSource, Point, TaskOverride
+    from fuyu_ray.job.cells import Cell
+    from fuyu_ray.job.spec import DatasetSource, Point, TaskOverride
 
     return Cell(
         "standin:sleep=0",
@@ -190,7 +190,7 @@ def standin_cell(batch: int):
 
 
 def test_a_disturbed_cell_is_measured_again_and_the_cleanest_attempt_kept():
-    from fuyu_ray.standin import StandInRunner
+    from fuyu_ray.bench.standin import StandInRunner
 
     qualities = iter(
         ["disturbed: other processes used 60% of the worker's cores", "disturbed: CV 0.40 over 8 batches", CLEAN]
@@ -210,8 +210,8 @@ def test_a_disturbed_cell_is_measured_again_and_the_cleanest_attempt_kept():
 
 
 def test_the_store_finds_the_disturbed_cells_on_disk(tmp_path):
-    from fuyu_ray.records import cell_batch, outcome_row, sample_table
-    from fuyu_ray.store import ResultStore
+    from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
+    from fuyu_ray.driver.store import ResultStore
 
     store = ResultStore.at(str(tmp_path))
     store.ensure_dirs()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fuyu_ray.measure import PeakMemory, spread, time_batch
+from fuyu_ray.bench.measure import PeakMemory, spread, time_batch
 
 PREFILL_S, TOKEN_S, TOKENS = 0.020, 0.010, 4  # 20 ms + 3 further tokens x 10 ms = 50 ms
 

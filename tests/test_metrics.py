@@ -5,16 +5,16 @@ import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
-from fuyu_ray import metrics
-from fuyu_ray.metrics import (
+from fuyu_ray.tasks import metrics
+from fuyu_ray.tasks.metrics import (
     CaptionScores,
     bootstrap_interval,
     caption_scores,
     cider,
     normalize_vqa_answer,
+    option_match,
+    option_match_lenient,
     python_ptb_tokenize,
-    scienceqa_match,
-    scienceqa_match_lenient,
     vqa_accuracy,
     wilson_interval,
 )
@@ -150,23 +150,23 @@ CHOICES = ["Ohio", "Texas", "Maine"]
     ],
 )
 def test_scienceqa_strict_and_lenient(prediction, strict, lenient):
-    assert scienceqa_match(prediction, CHOICES, 1) is strict
-    assert scienceqa_match_lenient(prediction, CHOICES, 1) is lenient
+    assert option_match(prediction, CHOICES, 1) is strict
+    assert option_match_lenient(prediction, CHOICES, 1) is lenient
 
 
 def test_scienceqa_lenient_contains_strict():
     preds = ["A", "a", "B", "b", "C.", "c.", "B. x", "A.B", "(C)", "Texas", "B.", " D ", "B:"]
     for answer in range(len(CHOICES)):
         for pred in preds:
-            if scienceqa_match(pred, CHOICES, answer):
-                assert scienceqa_match_lenient(pred, CHOICES, answer)
+            if option_match(pred, CHOICES, answer):
+                assert option_match_lenient(pred, CHOICES, answer)
 
 
 def test_scienceqa_rejects_bad_answer_index():
     with pytest.raises(ValueError):
-        scienceqa_match("A", CHOICES, 3)
+        option_match("A", CHOICES, 3)
     with pytest.raises(ValueError):
-        scienceqa_match_lenient("A", CHOICES, -1)
+        option_match_lenient("A", CHOICES, -1)
 
 
 # --------------------------------------------------------------------------- captioning

@@ -9,8 +9,8 @@ a wrong processing order shows up as a failing case.
 
 import pytest
 
-from fuyu_ray import metrics
-from fuyu_ray.metrics import normalize_vqa_answer, vqa_accuracy
+from fuyu_ray.tasks import metrics
+from fuyu_ray.tasks.metrics import normalize_vqa_answer, vqa_accuracy
 
 # (raw answer, normal form)
 VQA_NORMAL_FORMS = [

@@ -9,15 +9,15 @@ import time
 
 from conftest import ROOT
 
-from fuyu_ray import tiny
-from fuyu_ray.cells import Cell, Variant
-from fuyu_ray.models import full_size_config, load_model
-from fuyu_ray.runner import CellRunner
-from fuyu_ray.spec import DatasetSource, Point, TaskOverride
+from fuyu_ray.bench import tiny, train_tiny
+from fuyu_ray.bench.models import full_size_config, load_model
+from fuyu_ray.bench.runner import CellRunner
+from fuyu_ray.job.cells import Cell, Variant
+from fuyu_ray.job.spec import DatasetSource, Point, TaskOverride
 
 
 def test_a_local_directory_loads_with_from_pretrained_and_runs_a_cell():
-    directory = str(tiny.ensure_checkpoint())
+    directory = str(train_tiny.ensure_checkpoint())
     runner = CellRunner(Variant(directory, "pretrained", "cpu", "fp32"))
     cell = Cell(
         directory, "pretrained", 4, Point("cpu", "textvqa", 2, 224, 200, "fp32"), DatasetSource(), TaskOverride()
@@ -44,8 +44,8 @@ def test_fuyu_8b_config_offline_is_the_full_size_architecture():
 
 def test_a_hub_id_with_hf_hub_offline_fails_the_cell_fast_with_the_reason():
     code = (
-        "from fuyu_ray.cells import Variant\n"
-        "from fuyu_ray.models import load_model\n"
+        "from fuyu_ray.job.cells import Variant\n"
+        "from fuyu_ray.bench.models import load_model\n"
         "try:\n    load_model(Variant('adept/fuyu-8b', 'pretrained', 'cpu', 'fp16'))\n"
         "except OSError as exc:\n    print('OSError', exc)\n"
     )

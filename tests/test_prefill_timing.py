@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fuyu_ray import tiny
-from fuyu_ray.measure import BatchTiming, time_batch
-from fuyu_ray.runner import Batch, generate, latency_columns
+from fuyu_ray.bench import tiny
+from fuyu_ray.bench.measure import BatchTiming, time_batch
+from fuyu_ray.bench.runner import Batch, generate, latency_columns
 
 
 class FakeClock:

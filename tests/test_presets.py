@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fuyu_ray.cells import Cell, Variant
-from fuyu_ray.models import PresetUnsupported, load_model
-from fuyu_ray.presets import PRESETS
-from fuyu_ray.runner import CellRunner
-from fuyu_ray.spec import DatasetSource, Point, TaskOverride
+from fuyu_ray.bench.models import PresetUnsupported, load_model
+from fuyu_ray.bench.runner import CellRunner
+from fuyu_ray.job.cells import Cell, Variant
+from fuyu_ray.job.presets import PRESETS
+from fuyu_ray.job.spec import DatasetSource, Point, TaskOverride
 
 CPU_PRESETS = ["fp32", "fp16", "bf16", "eager", "sdpa", "compile"]
 

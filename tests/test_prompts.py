@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from fuyu_ray import tiny
-from fuyu_ray.data import Sample
-from fuyu_ray.prompts import DEFAULT_TEMPLATES, TaskSettings, build_prompt, option_lines, render
-from fuyu_ray.spec import TaskOverride
+from fuyu_ray.bench import tiny
+from fuyu_ray.bench.data import Sample
+from fuyu_ray.bench.prompts import TaskSettings, build_prompt, render
+from fuyu_ray.job.spec import TaskOverride
+from fuyu_ray.tasks import get_task
+from fuyu_ray.tasks.base import option_lines
 
 CONTEXT = "c1 c2 c3 c4 c5"
 QUESTION = "q1 q2 q3 which colour is the shape?"
@@ -127,4 +129,4 @@ def test_textvqa_and_coco_templates_are_the_defaults():
     )
     assert textvqa.text == "What word is it?\nAnswer the question using a single word or phrase.\n"
     coco = build_prompt(TaskSettings.for_task("coco", TaskOverride()), sample(hint="", question="ignored"), 200, words)
-    assert coco.text == DEFAULT_TEMPLATES["coco"] + "\n" and not coco.truncated
+    assert coco.text == get_task("coco").template + "\n" and not coco.truncated

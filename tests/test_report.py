@@ -6,10 +6,10 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 
-from fuyu_ray.cells import expand
-from fuyu_ray.records import CELL_SCHEMA, cell_batch, outcome_row
-from fuyu_ray.report import summarize
-from fuyu_ray.spec import parse_job
+from fuyu_ray.bench.records import CELL_SCHEMA, cell_batch, outcome_row
+from fuyu_ray.driver.report import summarize
+from fuyu_ray.job.cells import expand
+from fuyu_ray.job.spec import parse_job
 
 RUN_INFO = {
     "job_file": "jobs/report.yaml",
@@ -326,8 +326,8 @@ def test_summary_stays_small_for_any_grid_and_says_where_the_rest_is():
 def test_large_sweep_plots_are_heatmaps_without_layout_warnings(tmp_path):
     import warnings
 
-    from fuyu_ray.report import write_plots
-    from fuyu_ray.store import ResultStore
+    from fuyu_ray.driver.report import write_plots
+    from fuyu_ray.driver.store import ResultStore
 
     job, grid = job_and_grid(
         {

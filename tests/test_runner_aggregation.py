@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fuyu_ray.energy import NoEnergyMeter, RaplEnergyMeter, WindowResult, run_until_min_window
-from fuyu_ray.measure import BatchTiming
-from fuyu_ray.runner import energy_columns, latency_columns
+from fuyu_ray.bench.energy import NoEnergyMeter, RaplEnergyMeter, WindowResult, run_until_min_window
+from fuyu_ray.bench.measure import BatchTiming
+from fuyu_ray.bench.runner import energy_columns, latency_columns
 
 BATCH = 4
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fuyu_ray.models import PresetUnsupported
-from fuyu_ray.runner import classify
+from fuyu_ray.bench.models import PresetUnsupported
+from fuyu_ray.bench.runner import classify
 
 
 def test_exceptions_map_to_statuses():

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fuyu_ray import tiny
-from fuyu_ray.runner import image_token_count, padded_side
+from fuyu_ray.bench import tiny
+from fuyu_ray.bench.runner import image_token_count, padded_side
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,662 @@
+"""The per-cell core: one warm model runs cells and returns Arrow records.
+
+Deliberately free of Ray and Polars: a Ray actor wraps a CellRunner, and a bare GPU
+machine can run the same code in-process (see fuyu_ray.driver.gpu_check).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from fuyu_ray.bench import energy, hardware
+from fuyu_ray.bench.data import LoadedSamples, Sample, load_samples
+from fuyu_ray.bench.interference import (
+    CLEAN,
+    HostWindow,
+    QualityThresholds,
+    coefficient_of_variation,
+    noise_series,
+    settled,
+    verdict,
+)
+from fuyu_ray.bench.measure import BatchTiming, PeakMemory, count_flops, fuyu_prefill_flops, spread, time_batch
+from fuyu_ray.bench.models import LoadedModel, PresetUnsupported, load_model
+from fuyu_ray.bench.prompts import Prompt, TaskSettings, build_prompt
+from fuyu_ray.bench.records import CUDA_FATAL, cell_batch, now_iso, outcome_row, sample_table
+from fuyu_ray.job.cells import Cell, Variant
+from fuyu_ray.job.spec import image_dims
+from fuyu_ray.tasks import get_task
+from fuyu_ray.tasks.base import score_answers, unscored
+
+PATCH = 30  # Fuyu's image patch side in pixels
+
+
+@dataclass
+class CellResult:
+    record: pa.RecordBatch
+    samples: pa.Table
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]
+    sample_indices: list[int]  # which samples fill the rows; cycled when the set is smaller than a batch
+    prompt_length: int
+
+
+class CellDeadline(Exception):
+    """The cell ran past the deadline it was given; its record is a timeout with this reason."""
+
+
+def padded_side(image_size: int) -> int:
+    return math.ceil(image_size / PATCH) * PATCH
+
+
+def padded_dims(image_size: int | str) -> tuple[int, int]:
+    """(width, height) of the canvas the processor pads the image to: whole patches."""
+    width, height = image_dims(image_size)
+    return padded_side(width), padded_side(height)
+
+
+def image_token_count(image_size: int | str) -> int:
+    """rows * (cols + 1), rows = ceil(H / 30), cols = ceil(W / 30): each row of patches ends with a |NEWLINE| token."""
+    width, height = padded_dims(image_size)
+    return (height // PATCH) * (width // PATCH + 1)
+
+
+class CellRunner:
+    """Loads one variant once and keeps it warm for all of that variant's cells."""
+
+    def __init__(
+        self,
+        variant: Variant,
+        min_energy_window_s: float = 1.0,
+        context: dict[str, Any] | None = None,
+        cpu_package_shared: bool = False,
+        quality: QualityThresholds | None = None,
+        remeasure_disturbed: int = 0,
+    ):
+        self.variant = variant
+        self.quality = quality or QualityThresholds()
+        self.remeasure_disturbed = remeasure_disturbed
+        self.cpu_package_shared = cpu_package_shared
+        self.min_energy_window_s = min_energy_window_s
+        self.context = {"hostname": socket.gethostname(), "cpu_model": hardware.cpu_model(), **(context or {})}
+        self.decoders: dict[tuple[int, int, int, int], Any] = {}  # the one compiled decoder kept warm, by its shape
+        started = time.perf_counter()
+        self.loaded, self.load_outcome = self._load()
+        self.load_s = time.perf_counter() - started
+        self.meter = self._meter()
+        # Three windows on a GPU, which is still settling from loading the model; one second elsewhere.
+        idle_windows = 3 if variant.device == "cuda" else 1
+        self.idle_power_w, _ = (
+            energy.measure_idle_power(self.meter, windows=idle_windows) if self.load_outcome is None else (None, None)
+        )
+        self.device_info = self.meter.device_info() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
+
+    def _load(self) -> tuple[LoadedModel | None, tuple[str, str] | None]:
+        """The model, or the (status, error) that every cell of the variant gets instead.
+
+        A load that raises fails the same way every time within a run (weights not in the cache,
+        a bad path, a config that does not parse, a preset the model rejects), so it is recorded,
+        not retried: the actor stays up and answers each cell at once. Only a crash of the process
+        (a segfault, the OOM killer) restarts it. A rerun tries the load again.
+        """
+        try:
+            return load_model(self.variant), None
+        except Exception as exc:
+            status, error = classify(exc)
+            return None, (status, error if status == "skipped" else load_error_line(self.variant.model, error))
+
+    def _meter(self) -> energy.EnergyMeter:
+        if self.variant.device == "cpu" and self.cpu_package_shared:
+            return energy.NoEnergyMeter(
+                "the CPU package counter is shared with other actors on this node; "
+                "give cpus_per_actor a whole node to measure CPU energy"
+            )
+        return energy.meter_for(self.variant.device)
+
+    def run(self, cell: Cell, deadline: float | None = None) -> CellResult:
+        """One cell's record. With a `deadline` (a `time.perf_counter()` value), a cell still running
+        past it stops at the next point where that is safe (after the warm-up, after any timed
+        batch, before counting FLOPs) with a timeout record saying where."""
+        started_at, started = now_iso(), time.perf_counter()
+        base = {**cell.settings(), **self.context, "variant_hash": self.variant.variant_hash, "load_s": self.load_s}
+        if self.load_outcome is not None:
+            return CellResult(
+                cell_batch(outcome_row(base, *self.load_outcome, started_at=started_at)), sample_table([])
+            )
+        try:
+            row, samples = self._measure_cleanest(cell, deadline)
+            row.update(base, status="ok", error=None, started_at=started_at, finished_at=now_iso())
+        except Exception as exc:  # a cell's failure is its record, and the actor goes on to the next cell
+            row, samples = outcome_row(base, *classify(exc), started_at=started_at), []
+        if row["status"] != "ok":
+            # Outside the except block: there the traceback still holds the cell's tensors.
+            self._free_memory()
+        row["cell_s"] = time.perf_counter() - started
+        return CellResult(cell_batch(row), sample_table(samples))
+
+    def _measure_cleanest(self, cell: Cell, deadline: float | None):
+        """Measure; while disturbed and retries are left, measure again. The cleanest attempt is kept:
+        clean first, then the least taken by other processes, then the steadiest."""
+        attempts = []
+        for _ in range(1 + self.remeasure_disturbed):
+            attempts.append(self._measure(cell, deadline))
+            if attempts[-1][0].get("measurement_quality", CLEAN) == CLEAN:
+                break
+        row, samples = min(
+            attempts,
+            key=lambda attempt: (
+                attempt[0].get("measurement_quality", CLEAN) != CLEAN,
+                attempt[0].get("other_cpu_share") or 0.0,
+                attempt[0].get("latency_cv") or 0.0,
+            ),
+        )
+        row["measurement_attempts"] = len(attempts)
+        return row, samples
+
+    def _clocks(self) -> dict[str, Any]:
+        return self.meter.clock_and_temperature() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
+
+    def _free_memory(self) -> None:
+        self.decoders.clear()  # a failed compile's cache and graph pool would stay for the actor's life
+        gc.collect()
+        if self.variant.device == "cuda" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _decoder(self, batches: list[Batch], point, max_new_tokens: int):
+        """The decoder for this cell's shape, kept warm for later cells of the same shape.
+
+        A shape is (batch, the cell's longest prompt, image size, new tokens): every batch of the
+        cell is padded to it, so all of them run the same two graphs. One decoder is kept at a
+        time; its static cache and graph memory (gigabytes for fuyu-8b at batch 16) go when a
+        cell of another shape arrives.
+        """
+        from fuyu_ray.bench.decoding import StaticGreedyDecoder
+
+        key = (point.batch_size, max(b.prompt_length for b in batches), point.image_size, max_new_tokens)
+        if key not in self.decoders:
+            self._free_memory()
+            batch_size, prompt_len, _, new_tokens = key
+            self.decoders[key] = StaticGreedyDecoder(
+                self.loaded.model, batch_size, prompt_len, new_tokens, compiled=True, device=self.variant.device
+            )
+        return self.decoders[key]
+
+    # --- one cell -------------------------------------------------------------------------
+
+    def _measure(self, cell: Cell, deadline: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        loaded = self.loaded
+        point = cell.point
+        started = time.perf_counter()
+
+        def check_deadline(where: str) -> None:
+            now = time.perf_counter()
+            if deadline is not None and now > deadline:
+                raise CellDeadline(
+                    f"stopped {where}: past its deadline by {now - deadline:.1f} s "
+                    f"({now - started:.1f} s into the cell)"
+                )
+
+        settings = TaskSettings.for_task(point.dataset, cell.task_override)
+        data = load_samples(point.dataset, cell.source, cell.limit)
+        if not data.samples:
+            raise ValueError(f"no readable samples in {data.description}")
+        prompts = [build_prompt(settings, s, point.seq_len, loaded.count_text_tokens) for s in data.samples]
+        batches = prepare_batches(loaded, data.samples, prompts, point.image_size, point.batch_size)
+        if loaded.attention == "sdpa-flash" and any(bool((b.inputs["attention_mask"] == 0).any()) for b in batches):
+            raise PresetUnsupported(
+                "SDPA's flash backend takes no attention mask, and this cell's prompts are padded; install flash-attn"
+            )
+        ignore_eos = loaded.accuracy_note is not None  # random weights: every cell runs to max_new_tokens
+        decoder = self._decoder(batches, point, settings.max_new_tokens) if loaded.preset.compiled else None
+
+        def run_batch(batch: Batch, token_clock) -> torch.Tensor:
+            if decoder is None:
+                return generate(loaded, batch, settings.max_new_tokens, ignore_eos, token_clock)
+            with attention_context(loaded):
+                return decoder.generate(
+                    batch.inputs,
+                    settings.max_new_tokens,
+                    loaded.eos_token_id,
+                    ignore_eos,
+                    on_token=token_clock,
+                    prefill_timer=token_clock.prefill,
+                )
+
+        clocks = self._clocks()
+        compile_s_before = decoder.compile_s if decoder else 0.0
+        with PeakMemory(point.device) as memory:
+            warmup_settled = True
+            if decoder:  # until its graphs are compiled and (on CUDA) recorded
+                first_call_s, warmup_s, warmup_batches = decoder.warm_up(batches[0].inputs)
+            else:  # until the timings settle, within a cap: a cold cache or a busy start is not the cell
+                first_call_s, warmup_s, warmup_batches, warmup_settled = settle(
+                    lambda: warm_up(run_batch, batches[0], point.device), self.quality
+                )
+            check_deadline("after the warm-up")
+            compilations_warm = decoder.compilations if decoder else 0
+            timings: list[BatchTiming] = []
+            first_pass: list[torch.Tensor] = []
+            repeat_joules: list[float] = []  # each pass's own energy, so that compare can bootstrap over passes
+
+            def timed_pass() -> None:
+                before = read_joules(self.meter)
+                for batch in batches:
+                    output, timing = time_batch(lambda clock: run_batch(batch, clock), point.device)
+                    timings.append(timing)
+                    if len(first_pass) < len(batches):
+                        first_pass.append(output)
+                    check_deadline(f"after timed batch {len(timings)}")
+                after = read_joules(self.meter)
+                if before is not None and after is not None:
+                    repeat_joules.append(after - before)
+
+            host, sampler = HostWindow().start(), self.meter.gpu_sampler()
+            if sampler:
+                sampler.start()
+            window = energy.run_until_min_window(timed_pass, self.meter, self.min_energy_window_s)
+            gpu = sampler.stop() if sampler else None
+            host.stop()
+        clocks_end = self._clocks()
+        stability = noise_series([t.total_s for t in timings], len(batches), [t.decode_s_per_token for t in timings])
+
+        latency = latency_columns(timings, point.batch_size, first_call_s, warmup_s, warmup_batches)
+        predictions, generations, generated, stopped = decode_outputs(loaded, batches, first_pass, len(data.samples))
+        # Random weights answer nothing: skip scoring (and its pycocoevalcap import on bare GPU boxes).
+        task_score = (
+            score_answers(get_task(point.dataset), data.samples, predictions)
+            if loaded.accuracy_note is None
+            else unscored(get_task(point.dataset), len(data.samples))
+        )
+        check_deadline("before counting FLOPs")
+        flops = count_cell_flops(loaded, batches[0])
+        agreement = first_token_columns(loaded, decoder, batches[0])
+
+        workload = workload_columns(data, prompts, batches, settings, generated, ignore_eos, point.image_size)
+
+        row = {
+            "model_label": loaded.label,
+            "attention": loaded.attention,
+            "dtype": loaded.preset.dtype,
+            "tokenizer_note": loaded.tokenizer_note,
+            "dataset_description": data.description,
+            "torch_threads": torch.get_num_threads(),
+            **workload,
+            "eos_fraction": sum(stopped) / len(stopped),
+            **latency,
+            **energy_columns(window, self.meter, self.idle_power_w, len(timings), point.batch_size),
+            "energy_repeats_j": repeat_joules if window.joules is not None and repeat_joules else None,
+            **flops,
+            "peak_gpu_allocated_bytes": memory.allocated_bytes,
+            "peak_gpu_reserved_bytes": memory.reserved_bytes,
+            "peak_rss_bytes": memory.rss_bytes,
+            "compile_s": decoder.compile_s - compile_s_before if decoder else None,
+            "recompiles": decoder.compilations - compilations_warm if decoder else None,
+            "decoder": describe_decoder(decoder),
+            **agreement,
+            **hardware.roofline_columns(
+                self.device_info.get("gpu_name"),
+                loaded,
+                latency["prefill_compute_s"],
+                latency["decode_s_per_token"],
+                flops,
+                point.batch_size,
+                context_tokens=mean_context_tokens(batches, workload["generated_tokens_mean"]),
+            ),
+            **accuracy_columns(task_score, loaded),
+            **self.device_info,
+            "sm_clock_start_mhz": clocks.get("sm_clock_mhz"),
+            "gpu_temp_start_c": clocks.get("temperature_c"),
+            "sm_clock_end_mhz": clocks_end.get("sm_clock_mhz"),
+            "gpu_temp_end_c": clocks_end.get("temperature_c"),
+            **host.columns(),
+            **(gpu.columns() if gpu else {}),
+            "latency_cv": coefficient_of_variation(stability),
+            "measurement_quality": verdict(
+                self.quality, host, gpu, stability, unsettled_warmup=None if warmup_settled else warmup_batches
+            ),
+        }
+        samples = sample_rows(cell, data.samples, prompts, generations, predictions, task_score, generated)
+        return row, samples
+
+
+def describe_decoder(decoder) -> str:
+    return "transformers generate" if decoder is None else decoder.describe()
+
+
+def first_token_columns(loaded: LoadedModel, decoder, batch: Batch) -> dict[str, Any]:
+    """A compiled path's first-token agreement with stock `generate` on the cell's first batch
+    (same weights, same inputs); nothing for the stock paths themselves."""
+    if decoder is None:
+        return {}
+    from fuyu_ray.bench.decoding import first_token_agreement
+
+    return first_token_agreement(loaded.model, decoder, batch.inputs, context=lambda: attention_context(loaded))
+
+
+def prepare_batches(
+    loaded: LoadedModel, samples: list[Sample], prompts: list[Prompt], image_size: int | str, batch_size: int
+) -> list[Batch]:
+    """Processor work happens here, outside any timed window: latency is generate's time alone.
+
+    Each image is resized to the cell's image_size (S x S, or W x H); the processor pads it to
+    whole patches and cuts rows * (cols + 1) image tokens."""
+    width, height = image_dims(image_size)
+    padded_width, padded_height = padded_dims(image_size)
+    count = math.ceil(len(samples) / batch_size) * batch_size
+    order = [i % len(samples) for i in range(count)]
+    dtype = next(loaded.model.parameters()).dtype
+    batches = []
+    for start in range(0, count, batch_size):
+        indices = order[start : start + batch_size]
+        inputs = loaded.processor(
+            images=[samples[i].image.resize((width, height)) for i in indices],
+            text=[prompts[i].text for i in indices],
+            return_tensors="pt",
+            # The processor pads to this canvas before cutting patches; the 1080x1920 default
+            # gives the same tokens for a smaller image and costs far more time.
+            size={"height": padded_height, "width": padded_width},
+        )
+        inputs = {k: v.to(loaded.variant.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        inputs["image_patches"] = inputs["image_patches"].to(dtype)
+        batches.append(Batch(inputs, indices, inputs["input_ids"].shape[1]))
+    return batches
+
+
+def attention_context(loaded: LoadedModel):
+    if loaded.attention == "sdpa-flash":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+    return contextlib.nullcontext()
+
+
+def generate(loaded: LoadedModel, batch: Batch, max_new_tokens: int, ignore_eos: bool, token_clock) -> torch.Tensor:
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class ClockCriterion(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return token_clock(input_ids, scores)
+
+    options: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "eos_token_id": loaded.eos_token_id,
+        "pad_token_id": loaded.tokenizer.pad_token_id,
+        "stopping_criteria": StoppingCriteriaList([ClockCriterion()]),
+    }
+    if ignore_eos:
+        options["min_new_tokens"] = max_new_tokens
+    # The first forward of `generate` is the prefill: hooks mark it, apart from generate's host set-up.
+    pre_hook = loaded.model.register_forward_pre_hook(lambda module, args: token_clock.prefill_started())
+    hook = loaded.model.register_forward_hook(lambda module, args, output: token_clock.prefill_finished())
+    try:
+        with torch.inference_mode(), attention_context(loaded):
+            return loaded.model.generate(**batch.inputs, **options)
+    finally:
+        pre_hook.remove()
+        hook.remove()
+
+
+def settle(run_once, thresholds: QualityThresholds) -> tuple[float, float, int, bool]:
+    """Warm-up batches until the last few agree, at most `max_warmup_batches`:
+    (first batch's seconds, all of them, how many, whether they settled)."""
+    seconds = [run_once()]
+    while len(seconds) < thresholds.max_warmup_batches and not settled(seconds, thresholds.settle_tolerance):
+        seconds.append(run_once())
+    return seconds[0], sum(seconds), len(seconds), settled(seconds, thresholds.settle_tolerance)
+
+
+def warm_up(run_batch, batch: Batch, device: str) -> float:
+    """One untimed batch; its seconds."""
+    return time_batch(lambda clock: run_batch(batch, clock), device)[1].total_s
+
+
+def decode_outputs(loaded: LoadedModel, batches: list[Batch], outputs: list[torch.Tensor], n_samples: int):
+    """The answer is what follows the beginning-of-answer token, which ends every prompt."""
+    tokenizer = loaded.tokenizer
+    predictions: list[str | None] = [None] * n_samples
+    generations: list[str | None] = [None] * n_samples
+    generated: list[int | None] = [None] * n_samples
+    stopped: list[bool] = [False] * n_samples
+    for batch, output in zip(batches, outputs):
+        new_tokens = output[:, batch.prompt_length :].cpu()
+        for row, index in enumerate(batch.sample_indices):
+            if predictions[index] is not None:
+                continue
+            ids = new_tokens[row].tolist()
+            stopped[index] = loaded.eos_token_id in ids
+            length = ids.index(loaded.eos_token_id) + 1 if stopped[index] else len(ids)
+            generations[index] = tokenizer.decode(ids[:length], skip_special_tokens=False)
+            predictions[index] = tokenizer.decode(ids[:length], skip_special_tokens=True).strip()
+            generated[index] = length
+    return predictions, generations, generated, stopped
+
+
+def count_cell_flops(loaded: LoadedModel, batch: Batch) -> dict[str, Any]:
+    """Counted on the cell's own first batch: one prefill forward, then one decode step.
+
+    Logits only for the last position, as `generate` computes them: the LM head over every
+    prompt position would add work (and a B x T x vocab tensor) that generation never does.
+    """
+    model, rows = loaded.model, batch.inputs["input_ids"].shape[0]
+    try:
+        with torch.inference_mode(), attention_context(loaded):
+            prefill_flops = count_flops(lambda: model(**batch.inputs, use_cache=False, logits_to_keep=1))
+            prefill = model(**batch.inputs, use_cache=True, logits_to_keep=1)
+            next_ids, cache = prefill.logits[:, -1:].argmax(-1), prefill.past_key_values
+            del prefill
+            mask = torch.cat([batch.inputs["attention_mask"], torch.ones_like(next_ids)], dim=1)
+            decode_flops = count_flops(
+                lambda: model(input_ids=next_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+            )
+    except torch.cuda.OutOfMemoryError:
+        # The timing is already done and sound; losing only the FLOPs is better than losing the cell.
+        gc.collect()
+        torch.cuda.empty_cache()
+        return {"prefill_tokens": batch.prompt_length, "flops_note": "out of memory while counting FLOPs"}
+    patches_per_row = batch.inputs["image_patches"].shape[0] // rows
+    return {
+        "flops_per_sample": prefill_flops / rows,
+        "flops_analytic_per_sample": fuyu_prefill_flops(
+            model.config, patches_per_row, batch.prompt_length, logits_positions=1
+        ),
+        "macs_per_sample": prefill_flops / rows / 2,
+        "decode_flops_per_token": decode_flops / rows,
+        "prefill_tokens": batch.prompt_length,
+    }
+
+
+def mean_context_tokens(batches: list[Batch], generated_tokens_mean: float | None) -> float:
+    """Tokens a decode step attends to, per row, on average: the prompt plus half the generation."""
+    prompt = sum(b.prompt_length for b in batches) / len(batches)
+    return prompt + (generated_tokens_mean or 0.0) / 2
+
+
+def workload_columns(
+    data: LoadedSamples, prompts, batches, settings, generated, ignore_eos, image_size
+) -> dict[str, Any]:
+    lengths = [g for g in generated if g is not None]
+    return {
+        "n_samples": len(data.samples),
+        "n_skipped_samples": len(data.skipped),
+        "skipped_samples_reason": "; ".join(f"{i}: {r}" for i, r in data.skipped[:5]) or None,
+        "n_batches": len(batches),
+        "padded_rows": sum(len(b.sample_indices) for b in batches) - len(data.samples),
+        "image_tokens": image_token_count(image_size),
+        "prompt_tokens_mean": sum(p.text_tokens for p in prompts) / len(prompts),
+        "truncated_prompts": sum(p.truncated for p in prompts),
+        "max_new_tokens": settings.max_new_tokens,
+        "generated_tokens_mean": sum(lengths) / len(lengths) if lengths else None,
+        "ignore_eos": ignore_eos,
+        "prompt_template": settings.template,
+    }
+
+
+def latency_columns(
+    timings: list[BatchTiming], batch_size: int, first_call_s, warmup_s, warmup_batches
+) -> dict[str, Any]:
+    total = spread([t.total_s for t in timings])
+    prefill = spread([t.prefill_s for t in timings])
+    compute = spread([t.prefill_compute_s for t in timings])
+    decode = spread([t.decode_s_per_token for t in timings])
+    busy = sum(t.total_s for t in timings)
+    tokens = sum(t.steps for t in timings) * batch_size
+    return {
+        "latency_s": total.median,
+        "latency_p90_s": total.p90,
+        "latency_mean_s": total.mean,
+        "latency_std_s": total.std,
+        "latency_n": total.n,
+        "prefill_s": prefill.median,
+        "prefill_p90_s": prefill.p90,
+        "ttft_s": prefill.median,
+        "ttft_p90_s": prefill.p90,
+        "prefill_compute_s": compute.median,
+        "prefill_compute_p90_s": compute.p90,
+        "decode_s_per_token": decode.median,
+        "decode_p90_s_per_token": decode.p90,
+        "samples_per_s": len(timings) * batch_size / busy if busy else None,
+        "tokens_per_s": tokens / busy if busy else None,
+        "first_call_s": first_call_s,
+        "warmup_s": warmup_s,
+        "warmup_batches": warmup_batches,
+        # The raw figures behind the medians, one per timed batch, for compare's intervals.
+        "latency_batches_s": [t.total_s for t in timings],
+        "prefill_batches_s": [t.prefill_s for t in timings],
+        "decode_batches_s_per_token": [t.decode_s_per_token for t in timings],
+    }
+
+
+def energy_columns(
+    window: energy.WindowResult, meter: energy.EnergyMeter, idle_w, n_batches: int, batch_size: int
+) -> dict[str, Any]:
+    columns = {
+        "energy_window_s": window.seconds,
+        "energy_repeats": window.repeats,
+        "energy_method": meter.method,
+        "energy_note": window.note,
+        "idle_power_w": idle_w,
+    }
+    if window.joules is None:
+        return columns
+    per_batch = window.joules / n_batches
+    columns.update(energy_j_per_batch=per_batch, energy_j_per_sample=per_batch / batch_size)
+    if idle_w is not None:
+        above = (window.joules - idle_w * window.seconds) / n_batches
+        columns.update(energy_above_idle_j_per_batch=above, energy_above_idle_j_per_sample=above / batch_size)
+    return columns
+
+
+def read_joules(meter: energy.EnergyMeter) -> float | None:
+    """The meter's counter now, or None where it cannot be read."""
+    if not meter.available:
+        return None
+    try:
+        return meter.read_joules()
+    except energy.EnergyUnavailable:
+        return None
+
+
+def accuracy_columns(task_score, loaded: LoadedModel) -> dict[str, Any]:
+    if loaded.accuracy_note is not None:
+        return {"accuracy_metric": task_score.metric, "accuracy_note": loaded.accuracy_note}
+    return {
+        "accuracy": task_score.accuracy,
+        "accuracy_metric": task_score.metric,
+        "accuracy_ci_low": task_score.ci_low,
+        "accuracy_ci_high": task_score.ci_high,
+        "accuracy_n": task_score.n,
+        "accuracy_lenient": task_score.lenient,
+        "bleu4": task_score.bleu4,
+        "caption_tokenizer": task_score.tokenizer,
+        "accuracy_note": task_score.note,
+    }
+
+
+def sample_rows(cell: Cell, samples, prompts, generations, predictions, task_score, generated) -> list[dict[str, Any]]:
+    lenient = task_score.per_sample_lenient or [None] * len(samples)
+    return [
+        {
+            "cell_id": cell.cell_id,
+            "dataset": cell.point.dataset,
+            "sample_id": sample.sample_id,
+            "prompt": prompt.text,
+            "generation": generation,
+            "prediction": prediction,
+            "references": list(sample.references),
+            "answer_index": sample.answer_index,
+            "choices": list(sample.choices),
+            "score": per_sample,
+            "score_lenient": lenient_score,
+            "prompt_tokens": prompt.text_tokens,
+            "truncated": prompt.truncated,
+            "generated_tokens": length,
+        }
+        for sample, prompt, generation, prediction, per_sample, lenient_score, length in zip(
+            samples, prompts, generations, predictions, task_score.per_sample, lenient, generated
+        )
+    ]
+
+
+def load_error_line(model: str, cause: str) -> str:
+    """What went wrong loading the model, and what fixes it, in one line."""
+    path = Path(model)
+    if path.is_dir():
+        fix = "check that the folder holds a transformers checkpoint (config.json, processor files, weights)"
+    elif model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1]:
+        fix = "no such folder on this worker: check the path, or stage it on every node"
+    else:
+        fix = (
+            f"download it into HF_HOME first (`hf download {model}` on a machine with network, then run with "
+            "HF_HUB_OFFLINE=1; see the README, 'Before the seed job')"
+        )
+    return f"model {model!r} could not be loaded: {cause}; {fix}"
+
+
+def classify(exc: Exception) -> tuple[str, str]:
+    """(status, error): skipped where the preset cannot run here, oom, or failed; a sticky CUDA
+    error is marked so that the actor is replaced rather than failing every later cell.
+
+    The exception's causes count too: Dynamo and Inductor wrap what fails inside a compile.
+    """
+    if isinstance(exc, PresetUnsupported):
+        return "skipped", str(exc)
+    if isinstance(exc, CellDeadline):
+        return "timeout", str(exc)
+    chain = _causes(exc)
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    # First: a broken CUDA context outranks an OOM it may have been raised while handling.
+    if any((accelerator_error and isinstance(e, accelerator_error)) or "CUDA error" in str(e) for e in chain):
+        return "failed", CUDA_FATAL + _one_line(exc)
+    if any(isinstance(e, torch.cuda.OutOfMemoryError) for e in chain):
+        return "oom", _one_line(exc)
+    return "failed", _one_line(exc)
+
+
+def _causes(exc: BaseException, limit: int = 10) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while exc is not None and len(chain) < limit and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def _one_line(exc: BaseException) -> str:
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    location = f" ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{location}"[:500]

@@ -1,0 +1,927 @@
+"""Compare two runs: for each cell both ran, is NEW faster, slower, better or worse than BASE,
+or is the difference noise?
+
+    python -m fuyu_ray.compare BASE NEW [--match KEYS] [--out DIR] [--threshold PCT] [--fail-on-regression]
+
+Cells are matched on their settings (all of them by default, the `--match` keys otherwise).
+For each matched cell:
+
+- latency, prefill (time to first token) and decode (seconds per token): the ratio NEW/BASE of
+  the medians over the timed batches, with a 95% percentile bootstrap interval that resamples
+  each run's batches (`scipy.stats.bootstrap`);
+- energy per sample: the ratio of the means over the energy window's repeats, bootstrapped the
+  same way (an interval needs two repeats on each side; one gives the ratio alone);
+- accuracy: NEW - BASE over the samples both runs scored, paired on `sample_id`. Option letters
+  (ScienceQA, 0/1 scores) by the exact McNemar test, a binomial test on the discordant pairs
+  (`scipy.stats.binomtest`); every metric's interval is the paired bootstrap of the per-sample
+  differences (`fuyu_ray.tasks.metrics.bootstrap_interval`).
+
+A change counts only when its interval excludes "no change" (a ratio of 1, a difference of 0;
+for option letters McNemar's p < 0.05 as well) and it is at least `--threshold` percent of
+BASE's figure. Everything else is "no clear change".
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from fuyu_ray.driver.store import TEMP_MARK, ResultStore
+from fuyu_ray.tasks.metrics import bootstrap_interval
+
+# What cells.Cell.settings() records, less cell_id and the image's width and height, which
+# `image_size` stands for here (it is null for a "WxH" image).
+SETTING_KEYS = (
+    "model",
+    "weights",
+    "device",
+    "dataset",
+    "batch_size",
+    "image_size",
+    "seq_len",
+    "optimization",
+    "limit",
+    "dataset_source",
+    "dataset_split",
+)
+LEVEL = 0.95
+ALPHA = 1 - LEVEL
+RESAMPLES = 2000
+SEED = 0
+DEFAULT_THRESHOLD_PCT = 5.0
+PROBLEMS = ("failed", "oom", "timeout")  # a cell ok in BASE and one of these in NEW is a regression
+SPEED = ("faster", "slower")
+GOODNESS = ("better", "worse")
+NO_CHANGE = "no clear change"
+NOT_AVAILABLE = "n/a"
+LETTER_DATASETS = ("scienceqa",)
+PROPORTION_DATASETS = ("scienceqa", "textvqa")  # scores in [0, 1]: differences shown in points
+
+
+class BadInput(Exception):
+    """What the user gave cannot be compared; one line, exit 2, nothing written."""
+
+
+# --- reading a run --------------------------------------------------------------------------
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _read_table(store: ResultStore, relative: str, columns: list[str] | None = None) -> pa.Table | None:
+    """A parquet file of the run, or None where there is none."""
+    path = store.path(relative)
+    try:
+        if store.filesystem.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with store.filesystem.open_input_file(path) as handle:
+            return pq.read_table(handle, columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise BadInput(f"{path}: cannot read it: {_first_line(exc)}") from None
+
+
+@dataclass
+class Run:
+    role: str  # BASE or NEW
+    location: str
+    store: ResultStore
+    cells: list[dict[str, Any]]
+    has_quality: bool  # a measurement_quality column is there
+    _samples: dict[str, dict[str, float]] | None = field(default=None, repr=False)
+
+    def scores(self, cell_id: str) -> dict[str, float]:
+        """sample_id -> score of one cell: from samples.parquet, else from samples/<cell_id>.parquet."""
+        columns = ["cell_id", "sample_id", "score"]
+        if self._samples is None:
+            table = _read_table(self.store, "samples.parquet", columns)
+            self._samples = _scores_by_cell(table) if table is not None else {}
+        if cell_id not in self._samples:
+            table = _read_table(self.store, f"samples/{cell_id}.parquet", columns)
+            self._samples.update(_scores_by_cell(table) if table is not None else {cell_id: {}})
+        return self._samples.get(cell_id, {})
+
+
+def _scores_by_cell(table: pa.Table) -> dict[str, dict[str, float]]:
+    by_cell: dict[str, dict[str, float]] = {}
+    for row in table.to_pylist():
+        score = row["score"]
+        if score is not None and not math.isnan(score):
+            by_cell.setdefault(row["cell_id"], {}).setdefault(row["sample_id"], float(score))
+        else:
+            by_cell.setdefault(row["cell_id"], {})
+    return by_cell
+
+
+def open_run(location: str, role: str) -> Run:
+    """A result folder of `python -m fuyu_ray.grid --out` (a path or a pyarrow.fs URI): its
+    cells.parquet, or failing that its cells/ files. Columns are read as written, so a column
+    this version does not know (measurement_quality) is kept."""
+    try:
+        store = ResultStore.at(location)
+        info = store.filesystem.get_file_info(store.root)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise BadInput(f"{role} {location}: cannot open it: {_first_line(exc)}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise BadInput(f"{role} {location}: no such folder")
+    if info.type != pafs.FileType.Directory:
+        raise BadInput(f"{role} {location}: not a folder; give a result folder of python -m fuyu_ray.grid --out")
+    table = _read_table(store, "cells.parquet")
+    if table is None:
+        try:
+            listing = store.filesystem.get_file_info(pafs.FileSelector(store.path("cells"), allow_not_found=True))
+        except OSError as exc:
+            raise BadInput(f"{role} {location}: cannot list its cells/: {_first_line(exc)}") from None
+        names = sorted(
+            i.base_name
+            for i in listing
+            if i.type == pafs.FileType.File
+            and i.base_name.endswith(".parquet")
+            and not i.base_name.startswith(TEMP_MARK)
+        )
+        tables = [t for t in (_read_table(store, f"cells/{name}") for name in names) if t is not None]
+        table = pa.concat_tables(tables, promote_options="permissive") if tables else None
+    if table is None or table.num_rows == 0:
+        raise BadInput(
+            f"{role} {location}: no cells here (no cells.parquet, nothing in cells/); "
+            "give a result folder of python -m fuyu_ray.grid --out"
+        )
+    missing = {"cell_id", "status"} - set(table.column_names)
+    if missing:
+        raise BadInput(f"{role} {location}: its cells lack {', '.join(sorted(missing))}; not a fuyu_ray result folder")
+    return Run(role, location, store, table.to_pylist(), "measurement_quality" in table.column_names)
+
+
+# --- matching -------------------------------------------------------------------------------
+
+
+def parse_keys(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return SETTING_KEYS
+    keys = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    if not keys:
+        raise BadInput(f"--match needs at least one key of: {', '.join(SETTING_KEYS)}")
+    unknown = [k for k in keys if k not in SETTING_KEYS]
+    if unknown:
+        raise BadInput(f"--match: unknown key {', '.join(map(repr, unknown))}; the keys are: {', '.join(SETTING_KEYS)}")
+    return keys
+
+
+def image_text(cell: dict[str, Any]) -> str | None:
+    width, height = cell.get("image_width"), cell.get("image_height")
+    if width is not None and height is not None:
+        return str(width) if width == height else f"{width}x{height}"
+    size = cell.get("image_size")
+    return None if size is None else str(size)
+
+
+def setting(cell: dict[str, Any], key: str) -> Any:
+    return image_text(cell) if key == "image_size" else cell.get(key)
+
+
+def match_key(cell: dict[str, Any], keys: Sequence[str]) -> tuple:
+    return tuple(setting(cell, k) for k in keys)
+
+
+def describe(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def index_cells(run: Run, keys: Sequence[str]) -> dict[tuple, dict[str, Any]]:
+    index: dict[tuple, dict[str, Any]] = {}
+    for cell in run.cells:
+        key = match_key(cell, keys)
+        if key in index:
+            raise BadInput(
+                f"--match {','.join(keys)}: more than one cell of {run.role} has "
+                f"{describe(dict(zip(keys, key)))}; add keys that tell them apart"
+            )
+        index[key] = cell
+    return index
+
+
+# --- one figure -----------------------------------------------------------------------------
+
+
+@dataclass
+class Change:
+    """One figure of one matched cell: BASE's, NEW's, and their ratio (or difference) with its interval."""
+
+    metric: str
+    base: float | None = None
+    new: float | None = None
+    estimate: float | None = None  # NEW/BASE, or NEW - BASE for accuracy
+    low: float | None = None
+    high: float | None = None
+    n_base: int = 0
+    n_new: int = 0
+    verdict: str = NOT_AVAILABLE
+    relative_pct: float | None = None  # the change in % of BASE's figure (what --threshold is held against)
+    p_value: float | None = None
+    test: str | None = None
+    note: str | None = None
+
+
+def _clean(values: Sequence[float | None] | None) -> np.ndarray:
+    if not values:
+        return np.array([], dtype=float)
+    array = np.array([v for v in values if v is not None], dtype=float)
+    return array[np.isfinite(array)]
+
+
+def _median(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.median(values, axis=axis)
+
+
+def _mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(values, axis=axis)
+
+
+def ratio_interval(base: np.ndarray, new: np.ndarray, statistic: Callable) -> tuple[float, float]:
+    """95% percentile bootstrap interval of statistic(NEW) / statistic(BASE), each run resampled on its own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from scipy.stats import bootstrap
+
+        result = bootstrap(
+            (base, new),
+            lambda b, n, axis=-1: statistic(n, axis=axis) / statistic(b, axis=axis),
+            n_resamples=RESAMPLES,
+            vectorized=True,
+            paired=False,
+            confidence_level=LEVEL,
+            method="percentile",
+            rng=np.random.default_rng(SEED),
+        )
+    low, high = result.confidence_interval
+    return float(low), float(high)
+
+
+def ratio_change(
+    metric: str,
+    base_values,
+    new_values,
+    threshold_pct: float,
+    statistic: Callable = _median,
+    words: tuple[str, str] = SPEED,
+    what: str = "per-batch figures",
+) -> Change:
+    """NEW/BASE of `statistic`; words[1] when NEW is higher (slower, worse), words[0] when lower."""
+    base, new = _clean(base_values), _clean(new_values)
+    change = Change(metric, n_base=len(base), n_new=len(new))
+    lacking = [role for role, values in (("BASE", base), ("NEW", new)) if len(values) == 0]
+    if lacking:
+        change.note = f"no {what} in {' and '.join(lacking)}"
+        return change
+    change.base, change.new = float(statistic(base)), float(statistic(new))
+    if change.base <= 0:
+        change.note = f"BASE's figure is {change.base:g}: no ratio"
+        return change
+    change.estimate = change.new / change.base
+    change.relative_pct = (change.estimate - 1) * 100
+    if len(base) < 2 or len(new) < 2 or (base <= 0).any():
+        change.verdict = NO_CHANGE
+        change.note = f"only {min(len(base), len(new))} of the {what} on a side: no interval"
+        return change
+    change.low, change.high = ratio_interval(base, new, statistic)
+    large = abs(change.relative_pct) >= threshold_pct
+    if change.low > 1 and change.estimate > 1 and large:
+        change.verdict = words[1]
+    elif change.high < 1 and change.estimate < 1 and large:
+        change.verdict = words[0]
+    else:
+        change.verdict = NO_CHANGE
+    return change
+
+
+def energy_change(base: dict[str, Any], new: dict[str, Any], threshold_pct: float) -> Change:
+    """Joules per sample, per repeat of the energy window: a pass over the cell's batches each."""
+
+    def per_sample(cell: dict[str, Any]) -> list[float] | None:
+        rows = (cell.get("n_batches") or 0) * (cell.get("batch_size") or 0)
+        repeats = cell.get("energy_repeats_j")
+        if repeats and rows:
+            return [j / rows for j in repeats if j is not None]
+        single = cell.get("energy_j_per_sample")
+        return None if single is None else [single]
+
+    change = ratio_change(
+        "energy", per_sample(base), per_sample(new), threshold_pct, _mean, GOODNESS, what="energy figures"
+    )
+    if change.estimate is not None and change.low is None:
+        change.note = "one energy window repeat on a side: ratio without interval"
+    if change.estimate is None and change.n_base * change.n_new == 0:  # say why a side has no energy
+        notes = [
+            f"{role}: {c.get('energy_note')}" for role, c in (("BASE", base), ("NEW", new)) if c.get("energy_note")
+        ]
+        change.note = "; ".join(notes) or change.note
+    return change
+
+
+def accuracy_change(
+    dataset: str | None, base_scores: dict[str, float], new_scores: dict[str, float], threshold_pct: float
+) -> Change:
+    """NEW - BASE over the samples both runs scored, paired on sample_id."""
+    change = Change("accuracy")
+    common = [sid for sid in base_scores if sid in new_scores]
+    if not common:
+        lacking = [role for role, scores in (("BASE", base_scores), ("NEW", new_scores)) if not scores]
+        change.note = (
+            f"no scored samples in {' and '.join(lacking)}"
+            if lacking
+            else "no sample scored in both runs (no common sample_id)"
+        )
+        return change
+    base = np.array([base_scores[s] for s in common])
+    new = np.array([new_scores[s] for s in common])
+    differences = new - base
+    change.n_base = change.n_new = len(common)
+    change.base, change.new, change.estimate = float(base.mean()), float(new.mean()), float(differences.mean())
+    change.low, change.high = bootstrap_interval(list(differences), n_resamples=RESAMPLES, seed=SEED, level=LEVEL)
+    excludes_zero = change.low > 0 or change.high < 0
+    letters = dataset in LETTER_DATASETS and set(np.unique(np.concatenate([base, new]))) <= {0.0, 1.0}
+    if letters:
+        from scipy.stats import binomtest
+
+        lost = int(((base == 1) & (new == 0)).sum())
+        gained = int(((base == 0) & (new == 1)).sum())
+        change.test = f"exact McNemar ({lost} lost, {gained} gained)"
+        change.p_value = float(binomtest(gained, lost + gained).pvalue) if lost + gained else 1.0
+        significant = excludes_zero and change.p_value < ALPHA
+    else:
+        change.test = "paired bootstrap"
+        significant = excludes_zero
+    if change.base:
+        change.relative_pct = change.estimate / abs(change.base) * 100
+        large = abs(change.relative_pct) >= threshold_pct
+    else:
+        large = change.estimate != 0
+    change.verdict = (GOODNESS[0] if change.estimate > 0 else GOODNESS[1]) if significant and large else NO_CHANGE
+    left_out = len(base_scores) + len(new_scores) - 2 * len(common)
+    if left_out:
+        change.note = f"{left_out} samples scored in one run only, left out"
+    return change
+
+
+# --- a whole comparison ---------------------------------------------------------------------
+
+TIMINGS = (  # metric, per-batch column, median column
+    ("latency", "latency_batches_s", "latency_s"),
+    ("prefill", "prefill_batches_s", "prefill_s"),
+    ("decode", "decode_batches_s_per_token", "decode_s_per_token"),
+)
+METRICS = ("latency", "prefill", "decode", "energy", "accuracy")
+
+
+@dataclass
+class Row:
+    side: str  # both, base only, new only
+    key: dict[str, Any]
+    base: dict[str, Any] | None
+    new: dict[str, Any] | None
+    changes: dict[str, Change] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    status_note: str | None = None  # why a matched cell was not compared
+    regression_by_status: bool = False
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        return {m: c.verdict for m, c in self.changes.items()}
+
+    @property
+    def regressed(self) -> bool:
+        return self.regression_by_status or any(v in (SPEED[1], GOODNESS[1]) for v in self.verdicts.values())
+
+    @property
+    def speed(self) -> str:
+        return self.changes["latency"].verdict if "latency" in self.changes else NOT_AVAILABLE
+
+    @property
+    def accuracy(self) -> str:
+        return self.changes["accuracy"].verdict if "accuracy" in self.changes else NOT_AVAILABLE
+
+
+@dataclass
+class Comparison:
+    base: Run
+    new: Run
+    keys: tuple[str, ...]
+    threshold_pct: float
+    rows: list[Row]
+
+    @property
+    def matched(self) -> list[Row]:
+        return [r for r in self.rows if r.side == "both"]
+
+    @property
+    def regressed(self) -> bool:
+        return any(r.regressed for r in self.matched)
+
+
+def quality_warnings(run: Run, cell: dict[str, Any]) -> list[str]:
+    quality = cell.get("measurement_quality") if run.has_quality else None
+    if quality is not None and str(quality).strip().lower() != "clean":
+        return [f"{run.role} measurement_quality: {quality}"]
+    return []
+
+
+def compare_cells(
+    base_run: Run, new_run: Run, base: dict[str, Any], new: dict[str, Any], threshold_pct: float
+) -> dict[str, Change]:
+    changes = {}
+    for metric, batches, median in TIMINGS:
+        change = ratio_change(metric, base.get(batches), new.get(batches), threshold_pct)
+        if (
+            change.estimate is None
+            and base.get(median) is not None
+            and new.get(median) is not None
+            and base[median] > 0
+        ):
+            # Records written before per-batch figures were kept: the medians' ratio, without interval.
+            change = ratio_change(metric, [base[median]], [new[median]], threshold_pct)
+            change.note = "no per-batch figures: ratio of the medians, without interval"
+        changes[metric] = change
+    changes["energy"] = energy_change(base, new, threshold_pct)
+    changes["accuracy"] = accuracy_change(
+        base.get("dataset"), base_run.scores(base["cell_id"]), new_run.scores(new["cell_id"]), threshold_pct
+    )
+    return changes
+
+
+def compare(base: Run, new: Run, keys: tuple[str, ...], threshold_pct: float) -> Comparison:
+    base_cells, new_cells = index_cells(base, keys), index_cells(new, keys)
+    common = [k for k in base_cells if k in new_cells]
+    if not common:
+        raise BadInput(
+            f"no common cells: none of BASE's {len(base_cells)} cells matches one of NEW's {len(new_cells)} "
+            f"on {','.join(keys)} (--match pairs cells on fewer settings: leave out device or model to compare "
+            "across hardware or model versions)"
+        )
+    rows = []
+    for key, base_cell in base_cells.items():
+        values = dict(zip(keys, key))
+        new_cell = new_cells.get(key)
+        if new_cell is None:
+            rows.append(Row("base only", values, base_cell, None))
+            continue
+        row = Row(
+            "both",
+            values,
+            base_cell,
+            new_cell,
+            warnings=quality_warnings(base, base_cell) + quality_warnings(new, new_cell),
+        )
+        statuses = base_cell.get("status"), new_cell.get("status")
+        if statuses == ("ok", "ok"):
+            row.changes = compare_cells(base, new, base_cell, new_cell, threshold_pct)
+        else:
+            row.status_note = "; ".join(
+                f"{role} {cell.get('status')}" + (f": {cell['error']}" if cell.get("error") else "")
+                for role, cell in (("BASE", base_cell), ("NEW", new_cell))
+                if cell.get("status") != "ok"
+            )
+            row.regression_by_status = statuses[0] == "ok" and statuses[1] in PROBLEMS
+        rows.append(row)
+    rows += [Row("new only", dict(zip(keys, k)), None, c) for k, c in new_cells.items() if k not in base_cells]
+    rows.sort(key=lambda r: (("both", "base only", "new only").index(r.side), settings_order(r.base or r.new)))
+    return Comparison(base, new, keys, threshold_pct, rows)
+
+
+def settings_order(cell: dict[str, Any]) -> tuple:
+    """A sort key over every setting: numbers as numbers, missing values last."""
+
+    def part(value: Any) -> tuple:
+        if isinstance(value, (int, float)):
+            return (0, value, "")
+        return (1, 0, "") if value is None else (0, math.inf, str(value))
+
+    return tuple(
+        part(cell.get(k))
+        for k in (
+            "dataset",
+            "device",
+            "model",
+            "weights",
+            "optimization",
+            "batch_size",
+            "image_width",
+            "image_height",
+            "seq_len",
+            "limit",
+            "dataset_source",
+            "dataset_split",
+        )
+    )
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def _change_fields(metric: str) -> list[tuple[str, pa.DataType]]:
+    f, i, s = pa.float64(), pa.int64(), pa.string()
+    figure = "difference" if metric == "accuracy" else "ratio"
+    fields = [
+        (f"{metric}_base", f),
+        (f"{metric}_new", f),
+        (f"{metric}_{figure}", f),
+        (f"{metric}_ci_low", f),
+        (f"{metric}_ci_high", f),
+        (f"{metric}_change_pct", f),
+        (f"{metric}_n_base", i),
+        (f"{metric}_n_new", i),
+        (f"{metric}_verdict", s),
+        (f"{metric}_note", s),
+    ]
+    if metric == "accuracy":
+        fields += [("accuracy_test", s), ("accuracy_p_value", f)]
+    return fields
+
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("side", pa.string()),
+        ("label", pa.string()),
+        ("match", pa.string()),
+        ("base_cell_id", pa.string()),
+        ("new_cell_id", pa.string()),
+        ("base_status", pa.string()),
+        ("new_status", pa.string()),
+    ]
+    + [(f"{role}_{k}", pa.string()) for k in SETTING_KEYS for role in ("base", "new")]
+    + [
+        ("speed_verdict", pa.string()),
+        ("regression", pa.bool_()),
+        ("status_note", pa.string()),
+        ("warnings", pa.string()),
+    ]
+    + [item for metric in METRICS for item in _change_fields(metric)]
+)
+
+
+def labels(comparison: Comparison) -> list[str]:
+    """Each row named by the settings that vary across the listed cells (all of them when none do)."""
+    cells = [r.base if r.base is not None else r.new for r in comparison.rows]
+    varying = [k for k in SETTING_KEYS if len({str(setting(c, k)) for c in cells}) > 1]
+    shown = varying or ["dataset", "batch_size", "image_size", "optimization"]
+    return [
+        " ".join(
+            str(setting(c, k)) if k in ("dataset", "device", "optimization", "model") else f"{k}={setting(c, k)}"
+            for k in shown
+        )
+        for c in cells
+    ]
+
+
+def output_rows(comparison: Comparison) -> list[dict[str, Any]]:
+    records = []
+    for row, label in zip(comparison.rows, labels(comparison)):
+        record: dict[str, Any] = {
+            "side": row.side,
+            "label": label,
+            "match": describe(row.key),
+            "base_cell_id": row.base and row.base.get("cell_id"),
+            "new_cell_id": row.new and row.new.get("cell_id"),
+            "base_status": row.base and row.base.get("status"),
+            "new_status": row.new and row.new.get("status"),
+            "speed_verdict": row.speed if row.side == "both" else None,
+            "regression": row.regressed if row.side == "both" else None,
+            "status_note": row.status_note,
+            "warnings": "; ".join(row.warnings) or None,
+        }
+        for key in SETTING_KEYS:
+            for role, cell in (("base", row.base), ("new", row.new)):
+                value = setting(cell, key) if cell is not None else None
+                record[f"{role}_{key}"] = None if value is None else str(value)
+        for metric, change in row.changes.items():
+            figure = "difference" if metric == "accuracy" else "ratio"
+            record.update(
+                {
+                    f"{metric}_base": change.base,
+                    f"{metric}_new": change.new,
+                    f"{metric}_{figure}": change.estimate,
+                    f"{metric}_ci_low": change.low,
+                    f"{metric}_ci_high": change.high,
+                    f"{metric}_change_pct": change.relative_pct,
+                    f"{metric}_n_base": change.n_base,
+                    f"{metric}_n_new": change.n_new,
+                    f"{metric}_verdict": change.verdict,
+                    f"{metric}_note": change.note,
+                }
+            )
+            if metric == "accuracy":
+                record.update(accuracy_test=change.test, accuracy_p_value=change.p_value)
+        records.append(record)
+    return records
+
+
+def _pct(ratio: float) -> str:
+    return f"{(ratio - 1) * 100:+.1f}%"
+
+
+def format_change(change: Change, dataset: str | None) -> str:
+    if change.estimate is None:
+        return NOT_AVAILABLE
+    if change.metric == "accuracy":
+        points = dataset in PROPORTION_DATASETS
+        show = (lambda v: f"{v * 100:+.1f}") if points else (lambda v: f"{v:+.3f}")
+        text = f"{show(change.estimate)}{' pts' if points else ''} [{show(change.low)}, {show(change.high)}]"
+        if change.p_value is not None:
+            text += f" McNemar p={change.p_value:.2g}"
+    else:
+        text = _pct(change.estimate)
+        text += f" [{_pct(change.low)}, {_pct(change.high)}]" if change.low is not None else " (no interval)"
+    return (
+        f"{text} **{change.verdict}**"
+        if change.verdict not in (NO_CHANGE, NOT_AVAILABLE)
+        else f"{text} {change.verdict}"
+    )
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return NOT_AVAILABLE
+    return f"{value * 1000:.3g} ms" if value < 1 else f"{value:.3g} s"
+
+
+def format_figures(change: Change, dataset: str | None) -> str:
+    if change.base is None:
+        return NOT_AVAILABLE
+    if change.metric == "accuracy":
+        show = (lambda v: f"{v * 100:.1f}%") if dataset in PROPORTION_DATASETS else (lambda v: f"{v:.3f}")
+        return f"{show(change.base)} -> {show(change.new)} (n={change.n_base})"
+    if change.metric == "energy":
+        return f"{change.base:.3g} -> {change.new:.3g} J (n={change.n_base}/{change.n_new})"
+    return f"{_seconds(change.base)} -> {_seconds(change.new)} (n={change.n_base}/{change.n_new})"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def differing_settings(row: Row, keys: Sequence[str]) -> str:
+    if row.base is None or row.new is None:
+        return ""
+    return ", ".join(
+        f"{k}: {setting(row.base, k)} -> {setting(row.new, k)}"
+        for k in SETTING_KEYS
+        if k not in keys and setting(row.base, k) != setting(row.new, k)
+    )
+
+
+def tally(comparison: Comparison) -> str:
+    counts: dict[str, int] = {}
+    for row in comparison.matched:
+        for verdict in (row.speed, row.accuracy):
+            counts[verdict] = counts.get(verdict, 0) + 1
+    order = (SPEED[1], SPEED[0], GOODNESS[1], GOODNESS[0])
+    parts = [f"{counts.get(v, 0)} {v}" for v in order]
+    failed = sum(r.regression_by_status for r in comparison.matched)
+    if failed:
+        parts.append(f"{failed} ok in BASE and broken in NEW")
+    return ", ".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+COLUMN_TITLES = {
+    "latency": "latency NEW/BASE",
+    "prefill": "prefill",
+    "decode": "decode",
+    "energy": "energy/sample",
+    "accuracy": "accuracy NEW-BASE",
+}
+
+
+def markdown(comparison: Comparison, plot_name: str | None) -> str:
+    names = dict(zip(map(id, comparison.rows), labels(comparison)))
+    matched = comparison.matched
+    compared = [r for r in matched if r.changes]
+    sides = {s: [r for r in comparison.rows if r.side == s] for s in ("base only", "new only")}
+    differences = {differing_settings(r, comparison.keys) for r in matched}
+    lines = [
+        "# Comparing two runs",
+        "",
+        f"- BASE: `{comparison.base.location}` ({_count(len(comparison.base.cells), 'cell')})",
+        f"- NEW: `{comparison.new.location}` ({_count(len(comparison.new.cells), 'cell')})",
+        f"- matched on: {', '.join(comparison.keys)}; {len(matched)} in both, "
+        f"{len(sides['base only'])} only in BASE, {len(sides['new only'])} only in NEW",
+    ]
+    if len(differences) == 1 and "" not in differences:  # the same difference everywhere: say it once
+        lines.append(f"- NEW differs from BASE in {differences.pop()}")
+    lines += [
+        f"- a change counts when its {LEVEL:.0%} interval excludes no change (for option letters the exact "
+        f"McNemar test agrees, p < {ALPHA:.2g}) and it is at least {comparison.threshold_pct:g}% of BASE's figure",
+        f"- verdicts: {tally(comparison)}",
+        "",
+    ]
+    if compared:
+        shown = [m for m in METRICS if any(r.changes[m].estimate is not None for r in compared)]
+        per_row = len({differing_settings(r, comparison.keys) for r in compared} - {""}) > 1
+        header = ["cell"] + (["differs"] if per_row else []) + [COLUMN_TITLES[m] for m in shown] + ["verdict"]
+        table = []
+        for row in compared:
+            dataset = row.base.get("dataset")
+            cells = [names[id(row)]] + ([differing_settings(row, comparison.keys)] if per_row else [])
+            cells += [format_change(row.changes[m], dataset) for m in shown]
+            verdict = ", ".join(v for v in (row.speed, row.accuracy) if v != NOT_AVAILABLE) or NOT_AVAILABLE
+            cells.append(verdict + (" (see warnings)" if row.warnings else ""))
+            table.append(cells)
+        lines += (
+            [
+                "## Changes",
+                "",
+                f"Ratios as % change, with their {LEVEL:.0%} interval; accuracy in points of %, CIDEr-D as is.",
+                "",
+            ]
+            + markdown_table(header, table)
+            + [""]
+        )
+        figures = [
+            [names[id(r)]] + [format_figures(r.changes[m], r.base.get("dataset")) for m in shown] for r in compared
+        ]
+        lines += [
+            "## Figures, BASE -> NEW",
+            "",
+            "Medians over the timed batches (latency and prefill per batch, decode per token), mean energy per "
+            "sample over the energy window's repeats, accuracy over the samples both runs scored.",
+            "",
+        ]
+        lines += markdown_table(["cell"] + [COLUMN_TITLES[m].split(" ")[0] for m in shown], figures) + [""]
+        missing = [m for m in METRICS if m not in shown]
+        notes = [
+            f"- {names[id(r)]}, {m}: {c.note}"
+            for r in compared
+            for m, c in r.changes.items()
+            if c.note and c.estimate is not None
+        ]
+        notes += [f"- not compared: {m} ({next(r.changes[m].note for r in compared)})" for m in missing]
+        if notes:
+            lines += ["## Notes", ""] + notes + [""]
+        if plot_name:
+            lines += [f"![changes with their intervals]({plot_name})", ""]
+    warned = [r for r in matched if r.warnings]
+    if warned:
+        lines += ["## Warnings", ""] + [f"- {names[id(r)]}: {'; '.join(r.warnings)}" for r in warned] + [""]
+    uncompared = [r for r in matched if not r.changes]
+    if uncompared:
+        lines += ["## Not compared", ""]
+        lines += [
+            f"- {names[id(r)]}: {r.status_note}" + (" (a regression)" if r.regression_by_status else "")
+            for r in uncompared
+        ]
+        lines += [""]
+    for side, title in (("base only", "Only in BASE"), ("new only", "Only in NEW")):
+        if sides[side]:
+            lines += [f"## {title}", ""]
+            for row in sides[side]:
+                cell = row.base if row.base is not None else row.new
+                lines.append(
+                    f"- {names[id(row)]} ({cell.get('status')}; cell {cell.get('cell_id')}; {describe(row.key)})"
+                )
+            lines += [""]
+    return "\n".join(lines)
+
+
+def plot(comparison: Comparison) -> bytes | None:
+    """One panel per figure: the change in % of BASE with its interval, each compared cell a row."""
+    compared = [(r, name) for r, name in zip(comparison.rows, labels(comparison)) if r.changes]
+    metrics = [m for m in METRICS if any(r.changes[m].relative_pct is not None for r, _ in compared)]
+    if not metrics:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {SPEED[1]: "C3", GOODNESS[1]: "C3", SPEED[0]: "C2", GOODNESS[0]: "C2"}
+    height = 2.0 + 0.35 * len(compared)
+    figure, panels = plt.subplots(
+        1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, height), sharey=True, squeeze=False
+    )
+    positions = list(range(len(compared)))[::-1]
+    for panel, metric in zip(panels[0], metrics):
+        for y, (row, _) in zip(positions, compared):
+            change = row.changes[metric]
+            if change.relative_pct is None:
+                continue
+            scale = 100 / abs(change.base) if metric == "accuracy" else 100
+            offset = 0 if metric == "accuracy" else 1
+            x = change.relative_pct
+            colour = colours.get(change.verdict, "0.4")
+            if change.low is not None:
+                low, high = (change.low - offset) * scale, (change.high - offset) * scale
+                panel.errorbar(
+                    [x], [y], xerr=[[max(0.0, x - low)], [max(0.0, high - x)]], fmt="o", color=colour, capsize=3
+                )
+            else:
+                panel.plot([x], [y], "o", mfc="none", color=colour)
+        panel.axvline(0, color="0.2", linewidth=0.8)
+        for sign in (-1, 1):
+            panel.axvline(sign * comparison.threshold_pct, color="0.6", linewidth=0.8, linestyle="--")
+        panel.set_title(metric if metric != "energy" else "energy/sample", fontsize=9)
+        panel.set_xlabel("NEW vs BASE (% of BASE)", fontsize=8)
+    panels[0][0].set_yticks(positions)
+    panels[0][0].set_yticklabels([name for _, name in compared], fontsize=7)
+    figure.suptitle(
+        f"changes with {LEVEL:.0%} intervals (dashed: ±{comparison.threshold_pct:g}% threshold)", fontsize=9
+    )
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def write(comparison: Comparison, out: str) -> str:
+    """compare.parquet, compare.png and compare.md, each written atomically (store.ResultStore)."""
+    store = ResultStore.at(out)
+    store.filesystem.create_dir(store.root, recursive=True)
+    store.write_table("compare.parquet", pa.Table.from_pylist(output_rows(comparison), schema=OUTPUT_SCHEMA))
+    image = plot(comparison)
+    if image is not None:
+        store.write_bytes("compare.png", image)
+    text = markdown(comparison, "compare.png" if image is not None else None)
+    store.write_bytes("compare.md", text.encode())
+    return text
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, as every bad input
+        raise BadInput(message)
+
+
+def default_out(new: str) -> str:
+    return new.rstrip("/") + "/compare"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(
+        prog="python -m fuyu_ray.compare",
+        description="Compare two runs of python -m fuyu_ray.grid cell by cell, and tell a real change from noise: "
+        "latency, prefill, decode and energy per sample as NEW/BASE ratios with 95% bootstrap "
+        "intervals, accuracy paired on sample_id (exact McNemar test for option letters, paired "
+        "bootstrap otherwise). Writes compare.md, compare.png and compare.parquet.",
+    )
+    parser.add_argument(
+        "base", metavar="BASE", help="result folder (or pyarrow.fs URI, file://...) of the run to compare against"
+    )
+    parser.add_argument("new", metavar="NEW", help="result folder (or URI) of the run being judged")
+    parser.add_argument(
+        "--match",
+        metavar="KEYS",
+        help="comma-separated settings that pair cells (default: all of them: %s); leave out device, "
+        "model or weights to compare across hardware or model versions" % ", ".join(SETTING_KEYS),
+    )
+    parser.add_argument("--out", metavar="DIR", help="folder or URI for the outputs (default: NEW/compare)")
+    parser.add_argument(
+        "--threshold",
+        metavar="PCT",
+        type=float,
+        default=DEFAULT_THRESHOLD_PCT,
+        help="smallest change that counts, in %% of BASE's figure (default %(default)g)",
+    )
+    parser.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        help="exit 1 when any verdict is slower or worse, or a cell ok in BASE failed, ran out of "
+        "memory or timed out in NEW",
+    )
+    try:
+        args = parser.parse_args(argv)
+        if not (args.threshold >= 0 and math.isfinite(args.threshold)):
+            raise BadInput(f"--threshold must be a percentage >= 0, got {args.threshold:g}")
+        keys = parse_keys(args.match)
+        base, new = open_run(args.base, "BASE"), open_run(args.new, "NEW")
+        comparison = compare(base, new, keys, args.threshold)
+    except BadInput as exc:
+        print(f"fuyu_ray: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or default_out(args.new)
+    try:
+        text = write(comparison, out)
+    except (OSError, pa.ArrowException) as exc:
+        print(f"fuyu_ray: cannot write the comparison to {out}: {_first_line(exc)}", file=sys.stderr)
+        return 2
+    print(text)
+    print(f"compare: {ResultStore.at(out).path('compare.md')}")
+    return 1 if args.fail_on_regression and comparison.regressed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

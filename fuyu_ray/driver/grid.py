@@ -1,0 +1,279 @@
+"""The driver: `python -m fuyu_ray.grid [--job FILE] [--out DIR|URI] [--address ADDR] [--force]`.
+
+Job file -> cells -> Ray actors -> records on disk -> report. Bad input exits with status 2
+and one line, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from fuyu_ray import __version__
+from fuyu_ray.bench.data import DatasetNotFound, is_local_folder, resolve_local_folder
+from fuyu_ray.bench.records import FinishedCell, now_iso
+from fuyu_ray.driver.connect import check_reachable, check_token, connect, dashboard_line, job_facts
+from fuyu_ray.driver.progress import make_progress
+from fuyu_ray.driver.store import RETRYABLE, ResultStore, cells_to_run
+from fuyu_ray.job.cells import Grid, expand
+from fuyu_ray.job.spec import JobError, JobSpec, load_job
+
+DEFAULT_JOB = "jobs/smoke.yaml"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fuyu_ray.grid", description=__doc__.splitlines()[0])
+    parser.add_argument("--job", default=DEFAULT_JOB, help=f"job file (default {DEFAULT_JOB})")
+    parser.add_argument("--out", help="results directory or pyarrow.fs URI (default results/<job name>)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
+    parser.add_argument("--force", action="store_true", help="recompute cells already on disk")
+    parser.add_argument("--no-retry-failed", action="store_true", help="keep failed, oom and timeout cells as they are")
+    parser.add_argument(
+        "--remeasure-disturbed",
+        action="store_true",
+        help="run again the cells on disk whose measurement was disturbed (see measurement_quality)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the cells and check on the workers that the model and datasets resolve; load and write nothing",
+    )
+    return parser.parse_args(argv)
+
+
+def check_local_datasets(job: JobSpec, grid: Grid) -> None:
+    """A split or config that a local dataset folder lacks is bad input, found before anything
+    starts. Folders only the workers can see, and hub ids, are checked where they are read."""
+    for task in sorted({cell.point.dataset for cell in grid.cells}):
+        source = job.dataset_source(task)
+        if is_local_folder(source):
+            try:
+                resolve_local_folder(task, source)
+            except DatasetNotFound as exc:
+                raise JobError(f"{job.source_path}: datasets.{task}: {exc}") from None
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in ("torch", "transformers", "ray", "polars", "pyarrow", "datasets", "nvidia-ml-py"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None
+
+
+def stop_on_sigterm() -> None:
+    """`ray job stop` sends SIGTERM: finish as an interrupt, so finished cells are reported."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        job = load_job(args.job)
+        grid = expand(job)
+        check_local_datasets(job, grid)
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            check_reachable(address, "--address" if args.address else "RAY_ADDRESS")
+            check_token(address, "--address" if args.address else "RAY_ADDRESS")
+        store = open_store(args.out or f"results/{job.name}")
+    except JobError as exc:
+        print(f"fuyu_ray: {exc}", file=sys.stderr)
+        return 2
+    return run(job, grid, args, address, store)
+
+
+def open_store(out: str):
+    """The results location, checked before anything starts: a bad --out is bad input."""
+    try:
+        store = ResultStore.at(out)
+        if store.filesystem.get_file_info(store.root).type == pafs.FileType.File:
+            raise JobError(f"--out {out!r}: is a file, not a folder")
+        return store
+    except (OSError, pa.ArrowException) as exc:
+        raise JobError(f"--out {out!r}: {str(exc).splitlines()[0]}") from None
+
+
+def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None, store) -> int:
+    # Ray, Polars and matplotlib load only once the job and --out are known good: bad input answers at once.
+    import ray
+
+    from fuyu_ray.driver.dryrun import dry_run
+    from fuyu_ray.driver.execute import execute
+    from fuyu_ray.driver.report import write_report
+
+    started_at = now_iso()
+    try:
+        done = store.done_cells()
+    except OSError as exc:
+        print(f"fuyu_ray: --out {store.root!r}: {exc}", file=sys.stderr)
+        return 2
+    todo = cells_to_run(grid.cells, done, args.force, not args.no_retry_failed)
+    if args.remeasure_disturbed:
+        disturbed = store.disturbed_cells() - {cell.cell_id for cell in todo}
+        todo += [cell for cell in grid.cells if cell.cell_id in disturbed]
+    origin = "--address" if args.address else "RAY_ADDRESS"
+    try:
+        context, ray_init_s = connect(address, origin, job_facts(job, len(grid.cells), len(todo), store.root))
+    except (ConnectionError, TimeoutError, RuntimeError) as exc:  # something listens there, but not Ray
+        print(f"fuyu_ray: {origin} {address!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        todo_ids = {cell.cell_id for cell in todo}
+        try:
+            return dry_run(job, grid, done, todo_ids, store.root)
+        finally:
+            ray.shutdown()
+    try:
+        store.ensure_dirs()  # only now: bad input, a bad address included, writes nothing
+    except OSError as exc:
+        print(f"fuyu_ray: --out {store.root!r}: {exc}", file=sys.stderr)
+        return 2
+    if job.model == "tiny" and todo:
+        from fuyu_ray.bench import train_tiny  # torch, needed on the driver only to train the built-in model
+
+        print(f"tiny model: {train_tiny.ensure_checkpoint()}", flush=True)
+    stop_on_sigterm()  # after ray.init, which installs a handler of its own that exits at once
+    dashboard = getattr(context, "dashboard_url", None)
+    print(f"fuyu_ray {job.name}: {len(grid.cells)} cells, {len(todo)} to run, results in {store.root}", flush=True)
+    if dashboard:
+        print(dashboard_line(dashboard), flush=True)
+
+    statuses: dict[str, str] = {cell_id: status for cell_id, status in done.items()}
+    by_id = {cell.cell_id: cell for cell in grid.cells}
+    wall_started = time.perf_counter()
+    interrupted, aborted = False, None
+    stats = None
+    store_failure = None
+    with make_progress(len(todo)) as progress:
+
+        def on_record(finished: FinishedCell) -> None:
+            try:
+                store.write_cell(finished.record(), finished.samples())
+            except (OSError, pa.ArrowException) as exc:
+                raise StoreFailed(first_line(exc)) from None
+            statuses[finished.cell_id] = finished.row["status"]
+            progress.finished(by_id[finished.cell_id].description, finished.row)
+
+        try:
+            stats = execute(
+                todo,
+                on_record,
+                progress.started,
+                job.runner_options(),
+                job.cpus_per_actor,
+                job.max_actors_per_variant,
+                job.cell_timeout_s,
+                on_message=progress.message,
+            )
+        except StoreFailed as exc:  # a full or read-only --out: nothing more can be kept, so stop
+            store_failure = str(exc)
+        except KeyboardInterrupt:
+            interrupted = True
+            progress.message("interrupted: finished cells are on disk; rerun the same command to resume")
+        except Exception as exc:  # the report of what finished is still worth writing
+            aborted = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            progress.message(f"run aborted ({aborted}); finished cells are on disk; rerun the same command to resume")
+    wall_s = time.perf_counter() - wall_started
+
+    run_info = {
+        "job_name": job.name,
+        "job_file": job.source_path,
+        "job_text": Path(job.source_path).read_text(),
+        "out": store.root,
+        "ray_address": address or "local",
+        "dashboard_url": dashboard,
+        "started_at": started_at,
+        "finished_at": now_iso(),
+        "ray_init_s": ray_init_s,
+        "wall_s": wall_s,
+        "cells_total": len(grid.cells),
+        "cells_run": len(todo),
+        "cells_reused": len(grid.cells) - len(todo),
+        "interrupted": interrupted,
+        "aborted": aborted,
+        "fuyu_ray_version": __version__,
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "python": sys.version.split()[0],
+        **harness_figures(stats, wall_s),
+    }
+    try:
+        write_report(store, job, grid, run_info)
+    except (OSError, pa.ArrowException) as exc:
+        store_failure = store_failure or first_line(exc)
+    ray.shutdown()
+    if store_failure:
+        kept = sum(1 for c in grid.cells if c.cell_id in statuses)
+        print(
+            f"fuyu_ray: --out {store.root!r}: {store_failure}; the {kept} finished cells are kept; "
+            "free space or make it writable, then rerun the same command to finish the rest",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    print(f"report: {store.path('summary.md')}", flush=True)
+    return exit_status([statuses.get(c.cell_id) for c in grid.cells], interrupted, aborted)
+
+
+def exit_status(cell_statuses: list[str | None], interrupted: bool, aborted: str | None) -> int:
+    """130 interrupted; 1 when the run aborted or a cell failed, ran out of memory or timed out;
+    0 when every cell is ok or skipped. (2, bad input, is decided before anything runs.)"""
+    if interrupted:
+        return 130
+    return 1 if aborted or any(status in RETRYABLE for status in cell_statuses) else 0
+
+
+class StoreFailed(Exception):
+    """Writing to --out failed: the run stops, and the cells already written stay."""
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def harness_figures(stats, wall_s: float) -> dict:
+    if stats is None or not stats.actors:
+        return {"workers": 0, "busy_s": 0.0, "model_loads": 0, "busy_ratio": None, "actors": []}
+    workers = stats.workers
+    return {
+        "workers": workers,
+        "busy_s": stats.busy_s,
+        "model_loads": stats.model_loads,
+        "busy_ratio": stats.busy_s / (wall_s * workers) if wall_s and workers else None,
+        "actors": stats.actors,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

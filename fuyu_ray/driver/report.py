@@ -1,0 +1,894 @@
+"""Report: Polars aggregates the cell files into cells.parquet, samples.parquet, summary.md and plots.
+
+Only cells that belong to the current job are reported, so an --out directory reused with
+an edited job file never shows stale cells.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import polars as pl
+
+from fuyu_ray.driver.store import ResultStore
+from fuyu_ray.job.cells import Grid
+from fuyu_ray.job.presets import PRESET_NAMES
+from fuyu_ray.job.spec import AXES, JobSpec
+from fuyu_ray.tasks import TASKS
+
+AXIS_TITLES = {
+    "device": "Device",
+    "dataset": "Dataset",
+    "batch_size": "Batch size",
+    "image_size": "Image size",
+    "seq_len": "Seq len",
+    "optimization": "Optimization",
+}
+PROBLEM_STATUSES = ("failed", "oom", "timeout")
+# A report stays readable, and summary.md under ~200 KB, however large the grid: every list and
+# table below is capped, and the cells it leaves out are rows of cells.parquet.
+FULL_TABLE_ROWS = 48  # a sweep with at most this many settings gets a row each, as the seed's sections do
+PIVOT_ROWS, PIVOT_COLUMNS = 24, 10  # a larger sweep's pivot shows at most this many values per axis, evenly spaced
+EXTREMES = 5  # best and worst cells listed per metric in a larger sweep
+LISTED = 12  # distinct values named in a note before "and N more"
+TABLE_ROWS = 20  # rows of the failures, skipped-cells, roofline and per-node tables
+SECTIONS_BYTES = 150_000  # sweep sections past this are named, with where their cells are
+METRICS = (  # column, title, which way is better
+    ("latency_s", "Latency s/batch", "lower"),
+    ("energy_j_per_sample", "Energy J/sample", "lower"),
+    ("accuracy", "Accuracy", "higher"),
+)
+
+
+def title(dataset: str) -> str:
+    """The task's title; a name from results this version has no task for is shown as it is."""
+    return TASKS[dataset].title if dataset in TASKS else dataset
+
+
+def accuracy_scale(dataset: str | None) -> float:
+    """CIDEr is reported as is, proportions as percent."""
+    return TASKS[dataset].scale if dataset in TASKS else 100
+
+
+def write_report(store: ResultStore, job: JobSpec, grid: Grid, run_info: dict[str, Any]) -> pl.DataFrame:
+    ids = list(
+        dict.fromkeys(cell_id for section in grid.sections.values() for cell_id in section)
+    )  # grid.cells' order, no hashing
+    cells = in_order(pl.from_arrow(store.read_cells(ids)), ids)
+    store.write_table("cells.parquet", cells.to_arrow())
+    store.write_samples(ids, "samples.parquet")  # streamed from the cell files: never all in memory
+    plots = write_plots(store, job, grid, cells)
+    store.write_bytes("summary.md", summarize(job, grid, cells, run_info, plots).encode())
+    store.write_json("run.json", run_info)
+    return cells
+
+
+def in_order(cells: pl.DataFrame, ids: list[str]) -> pl.DataFrame:
+    """The cells in the job's order, whatever order their files were listed in."""
+    rank = {cell_id: index for index, cell_id in enumerate(ids)}
+    order = pl.col("cell_id").replace_strict(rank, default=len(rank), return_dtype=pl.Int64)
+    return cells.sort(order, maintain_order=True)
+
+
+# --- formatting -----------------------------------------------------------------------------
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if value < 0.1 else f"{value:.3f}"
+
+
+def fmt_flops(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value:.0f}"
+
+
+def fmt_number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+DISTURBED_MARK = " †"  # the figure was taken while something disturbed it: see "Disturbed measurements"
+
+
+def disturbed(row: dict) -> bool:
+    return (row.get("measurement_quality") or "").startswith("disturbed")
+
+
+def fmt_latency(row: dict) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    mark = DISTURBED_MARK if disturbed(row) else ""
+    return f"{fmt_seconds(row['latency_s'])} (p90 {fmt_seconds(row['latency_p90_s'])}, n={row['latency_n']}){mark}"
+
+
+def fmt_accuracy(row: dict) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    if row["accuracy"] is None:
+        return f"n/a ({row['accuracy_note']})" if row["accuracy_note"] else "n/a"
+    scale = accuracy_scale(row["dataset"])
+    text = f"{row['accuracy'] * scale:.1f}"
+    if row["accuracy_ci_low"] is not None:
+        text += f" [{row['accuracy_ci_low'] * scale:.1f}, {row['accuracy_ci_high'] * scale:.1f}]"
+    return text + f" (n={row['accuracy_n']})"
+
+
+def fmt_energy(row: dict) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    if row["energy_j_per_sample"] is None:
+        return "n/a¹"
+    return f"{row['energy_j_per_sample']:.3f}"
+
+
+def percent_of(value: float | None, reference: float | None) -> str:
+    if value is None or not reference:
+        return "n/a"
+    return f"{100 * value / reference:.1f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+def section_rows(cells: pl.DataFrame, grid: Grid, sweep: str) -> list[dict]:
+    ids = grid.sections[sweep]
+    by_id = (
+        {row["cell_id"]: row for row in cells.filter(pl.col("cell_id").is_in(ids)).to_dicts()}
+        if not cells.is_empty()
+        else {}
+    )
+    return [by_id[cell_id] for cell_id in ids if cell_id in by_id]
+
+
+def varied_axes(job: JobSpec, sweep: str) -> list[str]:
+    """Axes with more than one value; an axis a sweep lists once only pins it."""
+    return [a for a in AXES if len(job.sweeps[sweep].get(a, [])) > 1]
+
+
+def fixed_settings(job: JobSpec, sweep: str) -> str:
+    pinned = {**job.base.__dict__, **{a: v[0] for a, v in job.sweeps[sweep].items() if len(v) == 1}}
+    return ", ".join(f"{AXIS_TITLES[a]}: {pinned[a]}" for a in AXES if a not in varied_axes(job, sweep))
+
+
+def sweep_table(job: JobSpec, sweep: str, rows: list[dict]) -> str:
+    varied = varied_axes(job, sweep)
+    if "dataset" in varied:
+        return dataset_pivot_table(varied, rows)
+    keys = varied
+    header = [AXIS_TITLES[a] for a in keys] + [
+        "Latency s/batch (median, p90, n)",
+        "Prefill s",
+        "Decode s/token",
+        "Energy J/sample",
+        "FLOPs/sample",
+        "Accuracy [95% CI]",
+    ]
+    compare = "optimization" in varied
+    if compare:
+        header += ["% latency", "% FLOPs", "% energy"]
+    references: dict[tuple, dict] = {}  # the first ok row of each group that differs only in optimization
+    for row in rows:
+        if row["status"] == "ok":
+            references.setdefault(tuple(row[a] for a in keys if a != "optimization"), row)
+    table_rows = []
+    for row in rows:
+        reference = references.get(tuple(row[a] for a in keys if a != "optimization"), {})
+        line = [row[a] for a in keys] + [
+            fmt_latency(row),
+            fmt_seconds(row["prefill_s"]),
+            fmt_seconds(row["decode_s_per_token"]),
+            fmt_energy(row),
+            fmt_flops(row["flops_per_sample"]),
+            fmt_accuracy(row),
+        ]
+        if compare:
+            line += [
+                percent_of(row["latency_s"], reference.get("latency_s")),
+                percent_of(row["flops_per_sample"], reference.get("flops_per_sample")),
+                percent_of(row["energy_j_per_sample"], reference.get("energy_j_per_sample")),
+            ]
+        table_rows.append(line)
+    return markdown_table(header, table_rows)
+
+
+def dataset_pivot_table(varied: list[str], rows: list[dict]) -> str:
+    """The seed's layout: one row per setting, accuracy and latency side by side per dataset."""
+    keys = [a for a in varied if a != "dataset"]
+    datasets = sorted({row["dataset"] for row in rows})
+    header = [AXIS_TITLES[a] for a in keys]
+    for dataset in datasets:
+        header += [title(dataset), f"{title(dataset)} latency"]
+    grouped: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        grouped.setdefault(tuple(row[a] for a in keys), {})[row["dataset"]] = row
+    table_rows = []
+    for setting, by_dataset in grouped.items():
+        line = list(setting)
+        for dataset in datasets:
+            row = by_dataset.get(dataset)
+            line += [fmt_accuracy(row), fmt_latency(row)] if row else ["-", "-"]
+        table_rows.append(line)
+    return markdown_table(header, table_rows)
+
+
+def measurement_notes(cells: pl.DataFrame) -> list[str]:
+    """Written from what the cells recorded, so the text cannot drift from the numbers."""
+    ok = cells.filter(pl.col("status") == "ok")
+    if ok.is_empty():
+        return ["No cell finished, so nothing was measured."]
+
+    def values(column: str) -> str:
+        return listed(ok.get_column(column).drop_nulls().unique().sort().to_list()) or "none"
+
+    notes = [
+        f"- Latency: wall time of `generate` for one batch (prefill + decode), after {values('warmup_batches')} "
+        "untimed warm-up batch(es) per cell; "
+        f"CUDA is synchronised around each batch, CPU uses `perf_counter`. Each cell times every batch of its samples "
+        f"(batches per pass: {values('n_batches')}; timed batches per cell: {values('latency_n')}); the table shows "
+        "the median, p90 and n.",
+        "- Prefill is the time to the first generated token (TTFT); decode is seconds per further token, from "
+        "per-token timestamps "
+        "(CUDA events on GPU, read after the batch, so that no per-token wait on the GPU is counted; "
+        "`perf_counter` on CPU).",
+        f"- Generation: greedy, max_new_tokens {values('max_new_tokens')} by task; mean generated tokens per sample "
+        f"{values('generated_tokens_mean')}; "
+        f"share of rows that stopped at EOS: {values('eos_fraction')}.",
+        f"- Energy methods used: {values('energy_method')}. Notes: {values('energy_note')}. Counter windows are "
+        "extended to at least "
+        f"the job's min_energy_window_s by repeating the cell's batches (repeats used: {values('energy_repeats')}).",
+        "- FLOPs: counted by `torch.utils.flop_counter.FlopCounterMode` over one prefill forward of the cell's "
+        "real first batch, "
+        'divided by its rows. FLOPs = 2 x multiply-accumulates (the seed\'s "806.5 G" was MACs); `macs_per_sample` '
+        "is in cells.parquet.",
+        f"- Dtypes: {values('dtype')}; attention implementations: {values('attention')}; torch threads per CPU "
+        f"worker: {values('torch_threads')}.",
+        f"- Generation paths: {values('decoder')}. Warm-up is untimed: `first_call_s` is its first batch, "
+        "`warmup_s` all of it "
+        "(for a compiled path: the compiles, also in `compile_s`, and the CUDA-graph recording); `recompiles` counts "
+        "compiles during the timed batches.",
+        f"- Hosts: {values('hostname')}; CPU: {values('cpu_model')}; GPU: {values('gpu_name')} (driver "
+        f"{values('driver_version')}).",
+        f"- Accuracy metrics: {values('accuracy_metric')}; 95% intervals are Wilson for proportions and a "
+        "percentile bootstrap (1000 resamples) "
+        f"for VQA accuracy and CIDEr. Caption tokenizer: {values('caption_tokenizer')}.",
+    ]
+    return notes
+
+
+SEED_SECTION_NAMES = {
+    "batch": "Batch",
+    "batch_size": "Batch",
+    "seq_len": "Sequence Length",
+}  # as the seed report names them
+
+
+def section_title(sweep: str) -> str:
+    return f"{SEED_SECTION_NAMES.get(sweep, sweep.replace('_', ' ').title())} Tests"
+
+
+def disturbed_section(cells: pl.DataFrame) -> list[str]:
+    """The cells whose figures carry a mark, and why: what else used the machine, or how unsteady they were."""
+    if cells.is_empty() or "measurement_quality" not in cells.columns:
+        return []
+    marked = cells.filter(pl.col("measurement_quality").str.starts_with("disturbed"))
+    if marked.is_empty():
+        return []
+    rows = [
+        (
+            r["cell_id"],
+            r["device"],
+            r["optimization"],
+            r["dataset"],
+            r["batch_size"],
+            r["measurement_quality"].removeprefix("disturbed: "),
+        )
+        for r in marked.iter_rows(named=True)
+    ]
+    return [
+        "## Disturbed measurements",
+        "",
+        f"{marked.height} of {cells.filter(pl.col('status') == 'ok').height} measured cells carry a "
+        f"{DISTURBED_MARK.strip()}: "
+        "their figures were taken while other processes, throttling or unsteady timings disturbed them "
+        "(thresholds in the README, 'Was a measurement disturbed?'). "
+        "`python -m fuyu_ray.grid --remeasure-disturbed` measures them again.",
+        "",
+        *capped_table(["cell_id", "device", "optimization", "dataset", "batch", "reasons"], rows, "disturbed cells"),
+    ]
+
+
+def sweep_section(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str, plots: dict[str, str]) -> list[str]:
+    lines = [f"## {section_title(sweep)}", "", f"Fixed: {fixed_settings(job, sweep)}", ""]
+    if is_large(job, grid, sweep):
+        lines += large_sweep_lines(job, grid, cells, sweep)
+    else:
+        rows = section_rows(cells, grid, sweep)
+        lines += [sweep_table(job, sweep, rows), ""]
+        cut = [
+            f"{title(r['dataset'])} at seq_len {r['seq_len']}: {r['truncated_prompts']}/{r['n_samples']}"
+            for r in rows
+            if r.get("truncated_prompts")
+        ]
+        if cut:
+            lines += ["Prompts cut to seq_len: " + listed(cut).replace(", ", "; ") + ".", ""]
+    if sweep in plots:
+        lines += [f"![{sweep}]({plots[sweep]})", ""]
+    return lines
+
+
+def is_large(job: JobSpec, grid: Grid, sweep: str) -> bool:
+    """More settings than a table with a row each can show readably (datasets side by side count once)."""
+    rows = len(grid.sections[sweep])
+    if "dataset" in varied_axes(job, sweep):
+        rows = -(-rows // len(job.sweeps[sweep]["dataset"]))
+    return rows > FULL_TABLE_ROWS
+
+
+def notes(cells: pl.DataFrame, column: str) -> list[str]:
+    """The distinct notes of a column, capped: "a; b and 3 more" reads as one list."""
+    if cells.is_empty():
+        return []
+    values = cells.get_column(column).drop_nulls().unique(maintain_order=True).to_list()
+    return [*values[:LISTED], *([f"and {len(values) - LISTED:,} more"] if len(values) > LISTED else [])]
+
+
+def thinned(values: list, limit: int) -> list:
+    """At most `limit` values: every k-th from the first, and the last."""
+    step = thinning_step(len(values), limit)
+    return [*values[:-1:step], values[-1]] if values else []
+
+
+def thinning_step(count: int, limit: int) -> int:
+    return max(1, -(-(count - 1) // (limit - 1)))
+
+
+def ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def axis_key(axis: str) -> str:
+    return f"_axis_{axis}"
+
+
+def sweep_frame(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str) -> tuple[pl.DataFrame, dict[str, list[str]]]:
+    """The sweep's cells on disk in the sweep's order, with each varied axis's value as the job writes it
+    (_axis_<axis>; a "WxH" image, whose record has no image_size, as "WxH"), and each axis's values in
+    the job's order."""
+    varied = varied_axes(job, sweep)
+    values = {a: list(dict.fromkeys(str(v) for v in job.sweeps[sweep][a])) for a in varied}
+    order = pl.DataFrame({"cell_id": list(grid.sections[sweep])}, schema={"cell_id": pl.String})
+    if cells.is_empty():
+        return cells.with_columns(pl.lit(None, pl.String).alias(axis_key(a)) for a in varied), values
+    frame = order.join(cells, on="cell_id", how="inner", maintain_order="left")
+
+    def written(axis: str) -> pl.Expr:
+        if axis == "image_size":
+            return (
+                pl.when(pl.col("image_size").is_null())
+                .then(pl.format("{}x{}", pl.col("image_width"), pl.col("image_height")))
+                .otherwise(pl.col("image_size").cast(pl.String))
+            )
+        return pl.col(axis).cast(pl.String)
+
+    return frame.with_columns(written(a).alias(axis_key(a)) for a in varied), values
+
+
+def main_axes(varied: list[str], values: dict[str, list[str]]) -> list[str]:
+    """The crossed axes, datasets apart, most values first (ties in AXES order): the first two span the pivots."""
+    axes = [a for a in varied if a != "dataset"]
+    return sorted(axes, key=lambda a: -len(values[a]))
+
+
+def large_sweep_lines(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str) -> list[str]:
+    """A sweep too large for a row per cell: per metric, a pivot over its two main axes (the median over
+    the others) and its best and worst cells. Every cell stays a row of cells.parquet."""
+    varied = varied_axes(job, sweep)
+    frame, values = sweep_frame(job, grid, cells, sweep)
+    axes = main_axes(varied, values)
+    total = len(grid.sections[sweep])
+    shape = " x ".join(f"{AXIS_TITLES[a].lower()} {len(values[a])}" for a in varied)
+    others = [a for a in axes[2:]]
+    extremes = f"the {EXTREMES} best and {EXTREMES} worst cells"
+    if len(axes) >= 2:
+        how = (
+            f"Per metric below: a table over {AXIS_TITLES[axes[0]].lower()} and {AXIS_TITLES[axes[1]].lower()}"
+            + (f" (the median over {', '.join(AXIS_TITLES[a].lower() for a in others)})" if others else "")
+            + f", then {extremes}."
+        )
+    else:
+        step = ordinal(thinning_step(len(values[axes[0]]), FULL_TABLE_ROWS))
+        how = (
+            f"Below: {len(thinned(values[axes[0]], FULL_TABLE_ROWS))} of its {len(values[axes[0]])} "
+            f"{AXIS_TITLES[axes[0]].lower()} "
+            f"values (every {step} and the last), then per metric {extremes}."
+        )
+    lines = [
+        f"{total:,} cells ({shape} values): too many for a row each. {how} Every cell is a row of cells.parquet "
+        "(its samples are in samples.parquet), and the plot shows every value.",
+        "",
+    ]
+    counts = frame.group_by("status").len().sort("len", descending=True).rows() if not frame.is_empty() else []
+    missing = total - frame.height
+    lines += [
+        "Cells: "
+        + ", ".join([f"{n:,} {status}" for status, n in counts] + ([f"{missing:,} not run yet"] if missing else []))
+        + ".",
+        "",
+    ]
+    ok = frame.filter(pl.col("status") == "ok") if not frame.is_empty() else frame
+    datasets = values.get("dataset", [None])
+    if len(axes) < 2:
+        shown = set(thinned(values[axes[0]], FULL_TABLE_ROWS))
+        rows = (
+            frame.filter(pl.col(axis_key(axes[0])).is_in(shown)).drop([axis_key(a) for a in varied]).to_dicts()
+            if not frame.is_empty()
+            else []
+        )
+        lines += [sweep_table(job, sweep, rows), ""]
+    for column, title, better in METRICS:
+        for dataset in datasets:
+            subset = ok.filter(pl.col("dataset") == dataset) if dataset is not None and not ok.is_empty() else ok
+            data = subset.filter(pl.col(column).is_not_null()) if not subset.is_empty() else subset
+            lines += [f"### {title}" + (f", {title(dataset)}" if dataset is not None else ""), ""]
+            if data.is_empty():
+                why = (
+                    notes(frame, "energy_note" if column.startswith("energy") else "accuracy_note")
+                    if column != "latency_s"
+                    else []
+                )
+                lines += [f"No cell recorded it{' (' + '; '.join(why) + ')' if why else ''}.", ""]
+                continue
+            if len(axes) >= 2:
+                lines += pivot_lines(data, column, axes[0], axes[1], values)
+            lines += extremes_lines(data, column, title, better, [a for a in varied if a != "dataset"])
+    truncated = frame.filter(pl.col("truncated_prompts") > 0).height if not frame.is_empty() else 0
+    if truncated:
+        lines += [f"Prompts cut to seq_len in {truncated:,} cells (`truncated_prompts` in cells.parquet).", ""]
+    return lines
+
+
+def metric_text(column: str, row: dict) -> str:
+    return {"latency_s": fmt_latency, "energy_j_per_sample": fmt_energy, "accuracy": fmt_accuracy}[column](row)
+
+
+def pivot_value(column: str, dataset: str | None, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if column == "latency_s":
+        return fmt_seconds(value)
+    if column == "accuracy":
+        return f"{value * accuracy_scale(dataset):.1f}"
+    return f"{value:.3f}"
+
+
+def pivot_lines(
+    data: pl.DataFrame, column: str, rows_axis: str, columns_axis: str, values: dict[str, list[str]]
+) -> list[str]:
+    """The median of `column` per (rows_axis, columns_axis) setting, on at most PIVOT_ROWS x PIVOT_COLUMNS values."""
+    medians = data.group_by(axis_key(rows_axis), axis_key(columns_axis)).agg(pl.col(column).median())
+    lookup = {(r, c): v for r, c, v in medians.rows()}
+    dataset = data.get_column("dataset")[0]
+    shown_rows, shown_columns = thinned(values[rows_axis], PIVOT_ROWS), thinned(values[columns_axis], PIVOT_COLUMNS)
+    header = [f"{AXIS_TITLES[rows_axis]} ↓ {AXIS_TITLES[columns_axis]} →", *shown_columns]
+    table = [[r, *(pivot_value(column, dataset, lookup.get((r, c))) for c in shown_columns)] for r in shown_rows]
+    lines = [markdown_table(header, table), ""]
+    left_out = [
+        f"{len(shown)} of {len(values[a])} {AXIS_TITLES[a].lower()} values (every "
+        f"{ordinal(thinning_step(len(values[a]), limit))} and the last)"
+        for a, shown, limit in ((rows_axis, shown_rows, PIVOT_ROWS), (columns_axis, shown_columns, PIVOT_COLUMNS))
+        if len(shown) < len(values[a])
+    ]
+    if left_out:
+        lines += [f"Shown: {' and '.join(left_out)}; the plot has them all.", ""]
+    return lines
+
+
+def extremes_lines(data: pl.DataFrame, column: str, title: str, better: str, axes: list[str]) -> list[str]:
+    ranked = data.sort(column, descending=better == "higher", maintain_order=True)
+    n = ranked.height
+    picks = list(range(n)) if n <= 2 * EXTREMES else [*range(EXTREMES), *range(n - EXTREMES, n)]
+    rows = ranked[picks].to_dicts()
+    header = ["Rank", *[AXIS_TITLES[a] for a in axes], title, "cell_id"]
+    table = [
+        [f"{i + 1:,} of {n:,}", *[row[axis_key(a)] for a in axes], metric_text(column, row), row["cell_id"]]
+        for i, row in zip(picks, rows)
+    ]
+    return [f"Best and worst ({better} is better):", "", markdown_table(header, table), ""]
+
+
+def grouped_problems(problems: pl.DataFrame, shown_ids: int = 4) -> list[tuple]:
+    """One row per distinct error: a model that cannot load fails every cell of its variant alike."""
+    groups = problems.group_by("status", "error", maintain_order=True).agg(pl.col("cell_id"))
+    return [
+        (
+            status,
+            shortened(error),
+            len(ids),
+            ", ".join(ids[:shown_ids]) + (f" and {len(ids) - shown_ids} more" if len(ids) > shown_ids else ""),
+        )
+        for status, error, ids in groups.rows()
+    ]
+
+
+def listed(values: list, limit: int = LISTED) -> str:
+    """Values for a note: all of them, or the first `limit` and how many more."""
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit:,} more" if len(values) > limit else "")
+
+
+def shortened(text: str | None, limit: int = 400) -> str | None:
+    return text if text is None or len(text) <= limit else text[:limit] + " …"
+
+
+def capped_table(header: list[str], rows: list, what: str, limit: int = TABLE_ROWS) -> list[str]:
+    """A table of at most `limit` rows; a line after it says how many were left out and where they are."""
+    lines = [markdown_table(header, rows[:limit]), ""]
+    if len(rows) > limit:
+        lines += [f"{len(rows) - limit:,} more {what} are left out here; every cell is a row of cells.parquet.", ""]
+    return lines
+
+
+def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str, Any], plots: dict[str, str]) -> str:
+    labels = (
+        listed(cells.get_column("model_label").drop_nulls().unique(maintain_order=True).to_list())
+        if not cells.is_empty()
+        else job.model
+    )
+    parts = [
+        f"# {job.name}: {labels or job.model}",
+        "",
+        f"Job file `{run_info.get('job_file')}`, {len(grid.cells)} cells, model `{job.model}` ({job.weights} weights), "
+        f"fuyu_ray {run_info.get('fuyu_ray_version')} at commit {run_info.get('git_commit')}, finished "
+        f"{run_info.get('finished_at')}.",
+        "",
+    ]
+    sources = (
+        cells.select("dataset", "dataset_description").unique().drop_nulls().sort("dataset").rows()
+        if not cells.is_empty()
+        else []
+    )
+    if sources:
+        parts += ["Data: " + "; ".join(f"{title(d)} from {desc}" for d, desc in sources), ""]
+        parts += [
+            "Accuracy columns: "
+            + "; ".join(f"{title(d)} = {TASKS[d].legend}" for d, _ in sources if d in TASKS)
+            + ". Brackets hold the 95% interval; n is the number of scored samples.",
+            "",
+        ]
+    budget = SECTIONS_BYTES
+    for sweep in job.sweeps:
+        section = sweep_section(job, grid, cells, sweep, plots)
+        size = sum(len(line.encode()) + 1 for line in section)
+        if size > budget:
+            section = [
+                f"## {section_title(sweep)}",
+                "",
+                f"Left out to keep this file short: its {len(grid.sections[sweep]):,} cells are rows of cells.parquet.",
+                "",
+            ]
+        else:
+            budget -= size
+        parts += section
+    if "pareto" in plots:
+        parts += ["## Latency against accuracy", "", f"![pareto]({plots['pareto']})", ""]
+    parts += roofline_section(cells) + per_node_section(cells)
+    parts += ["¹ n/a energy: " + ("; ".join(notes(cells, "energy_note")) or "-"), ""]
+    problems = cells.filter(pl.col("status").is_in(PROBLEM_STATUSES)) if not cells.is_empty() else cells
+    skipped = cells.filter(pl.col("status") == "skipped") if not cells.is_empty() else cells
+    if not problems.is_empty():
+        parts += [
+            "## Failed, out-of-memory and timed-out cells",
+            "",
+            "They are retried on the next run unless --no-retry-failed.",
+            "",
+        ]
+        parts += capped_table(["status", "error", "cells", "cell ids"], grouped_problems(problems), "distinct errors")
+    parts += disturbed_section(cells)
+    if not skipped.is_empty():
+        parts += ["## Skipped cells", ""]
+        reasons = skipped.group_by("device", "optimization", "error").len().sort("device", "optimization").rows()
+        parts += capped_table(
+            ["device", "optimization", "reason", "cells"],
+            [(d, o, shortened(e), n) for d, o, e, n in reasons],
+            "reasons",
+        )
+    parts += ["## How this was measured", "", *measurement_notes(cells), ""]
+    parts += ["## Prompts", "", *prompt_lines(cells), ""]
+    parts += ["## Harness", "", harness_line(run_info), ""]
+    parts += ["## What the seed report lacked, and where it is here", "", *SEED_GAPS, ""]
+    return "\n".join(parts)
+
+
+def roofline_section(cells: pl.DataFrame) -> list[str]:
+    """How close each GPU cell came to the chip's limit: 1.0 is the best the hardware allows."""
+    if cells.is_empty() or cells.get_column("decode_roofline_ratio").drop_nulls().is_empty():
+        return []
+    rows = (
+        cells.filter(pl.col("decode_roofline_ratio").is_not_null())
+        .group_by("optimization", "batch_size", "image_size")
+        .agg(
+            pl.col("decode_roofline_ratio").median(),
+            pl.col("prefill_roofline_ratio").median(),
+            pl.col("roofline_note").first(),
+        )
+        .sort("optimization", "batch_size", "image_size")
+    )
+    table = [[o, b, i, fmt_number(d, 2), fmt_number(p, 2), note] for o, b, i, d, p, note in rows.rows()]
+    return [
+        "## Roofline",
+        "",
+        "Decode: time to read the weights once at peak bandwidth / measured seconds per token. "
+        "Prefill: its FLOPs at peak matrix rate / measured prefill time. 1.00 is the chip's limit.",
+        "",
+        *capped_table(
+            ["Optimization", "Batch", "Image", "Decode / limit", "Prefill / limit", "Peaks"],
+            table,
+            "settings",
+            FULL_TABLE_ROWS,
+        ),
+    ]
+
+
+def per_node_section(cells: pl.DataFrame) -> list[str]:
+    """Nodes differ, so a multi-node run says which node measured what."""
+    if cells.is_empty() or cells.get_column("node_id").drop_nulls().n_unique() < 2:
+        return []
+    rows = (
+        cells.filter(pl.col("node_id").is_not_null())
+        .group_by("node_id", "hostname", "gpu_name")
+        .agg(pl.len().alias("cells"), (pl.col("status") == "ok").sum().alias("ok"), pl.col("latency_s").median())
+        .sort("node_id")
+    )
+    table = [[n[:12], h, g or "-", c, ok, fmt_seconds(lat)] for n, h, g, c, ok, lat in rows.rows()]
+    return [
+        "## Per node",
+        "",
+        *capped_table(["Node", "Host", "GPU", "Cells", "ok", "Median latency s"], table, "nodes", FULL_TABLE_ROWS),
+    ]
+
+
+def prompt_lines(cells: pl.DataFrame) -> list[str]:
+    """The exact templates that ran, as recorded by the cells; the full prompt of every sample is in samples.parquet."""
+    if cells.is_empty():
+        return []
+    used = (
+        cells.filter(pl.col("prompt_template").is_not_null())
+        .select("dataset", "prompt_template", "max_new_tokens")
+        .unique()
+        .sort("dataset")
+    )
+    lines = [
+        "Fuyu's format: image tokens, `<s>`, the prompt below plus a newline, then the beginning-of-answer token "
+        "`\\x04`; "
+        "the answer is the decoded text after it, stripped, greedy decoding, stopping at `|ENDOFTEXT|`.",
+        "",
+    ]
+    for dataset, template, max_new in used.rows():
+        lines += [f"- {title(dataset)} (max_new_tokens {max_new}): `{template!r}`"]
+    return lines
+
+
+def harness_line(run_info: dict[str, Any]) -> str:
+    ratio = run_info.get("busy_ratio")
+    return (
+        f"wall {fmt_number(run_info.get('wall_s'), 1)} s over {run_info.get('workers')} worker(s); busy "
+        f"{fmt_number(run_info.get('busy_s'), 1)} s (model loads + cells); busy / (wall x workers) = "
+        f"{fmt_number(ratio, 2)}; "
+        f"{run_info.get('model_loads')} model load(s); {run_info.get('cells_run')} cell(s) run now, "
+        f"{run_info.get('cells_reused')} reused from disk. "
+        f"Ray start-up took {fmt_number(run_info.get('ray_init_s'), 1)} s and is not in the wall time."
+    )
+
+
+SEED_GAPS = [
+    "- COCO captions are scored (CIDEr-D and BLEU-4 with pycocoevalcap), per sample in samples.parquet.",
+    "- Every figure states its spread and n; the how-it-was-measured notes above come from the recorded settings.",
+    "- FLOPs are defined (2 x MACs, counted by torch) and energy says which counter it used, or why none.",
+    "- Prompts, answer extraction (text after the beginning-of-answer token) and metrics follow lmms-eval; each "
+    "prompt is in samples.parquet.",
+    "- `seq_len` is defined: a cap on the text-prompt tokens (context first, then the start of the question); "
+    "truncations are counted per cell.",
+]
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+
+def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFrame) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots: dict[str, str] = {}
+    ok = cells.filter(pl.col("status") == "ok") if not cells.is_empty() else cells
+    for sweep in job.sweeps:
+        if is_large(job, grid, sweep):
+            name = large_sweep_plot(store, job, grid, ok, sweep)
+            if name:
+                plots[sweep] = name
+            continue
+        rows = [r for r in section_rows(ok, grid, sweep)]
+        if not rows:
+            continue
+        varied = varied_axes(job, sweep)
+        axis = "optimization" if "optimization" in varied else next((a for a in varied if a != "dataset"), "dataset")
+        series_axes = list(dict.fromkeys(a for a in ("dataset", *varied) if a != axis))  # one line per combination
+        figure, left = plt.subplots(figsize=(6, 4))
+        right = left.twinx() if any(r["energy_j_per_sample"] is not None for r in rows) else None
+        for index, key in enumerate(sorted({tuple(r[a] for a in series_axes) for r in rows}, key=str)):
+            subset = [r for r in rows if tuple(r[a] for a in series_axes) == key]
+            label = ", ".join(str(v) for v in key)
+            xs = [str(r[axis]) for r in subset]
+            left.plot(xs, [r["latency_s"] for r in subset], marker="o", color=f"C{index}", label=f"latency {label}")
+            if right is not None:
+                energy = [
+                    (x, r["energy_j_per_sample"]) for x, r in zip(xs, subset) if r["energy_j_per_sample"] is not None
+                ]
+                right.plot(
+                    [x for x, _ in energy], [e for _, e in energy], "s--", color=f"C{index}", label=f"J/sample {label}"
+                )
+        left.set_xlabel(AXIS_TITLES[axis])
+        left.set_ylabel("latency per batch (s)")
+        if right is not None:
+            right.set_ylabel("energy per sample (J, dashed)")
+        left.legend(loc="upper left", fontsize=7)
+        left.set_title(
+            f"{sweep}: latency{' and energy' if right is not None else ''} against {AXIS_TITLES[axis].lower()}"
+        )
+        # The seed's file name for its one plot, which is the batch-size sweep's.
+        name = "latency_energy_plot.png" if varied == ["batch_size"] else f"{sweep}.png"
+        plots[sweep] = _save(store, figure, name)
+    scored = ok.filter(pl.col("accuracy").is_not_null()) if not ok.is_empty() else ok
+    if not scored.is_empty():
+        # One panel per dataset: CIDEr and proportions do not share a scale.
+        datasets = sorted(scored.get_column("dataset").unique().to_list())
+        figure, panels = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 4), squeeze=False)
+        for panel, dataset in zip(panels[0], datasets):
+            subset = scored.filter(pl.col("dataset") == dataset)
+            for optimization in sorted(subset.get_column("optimization").unique().to_list()):
+                points = subset.filter(pl.col("optimization") == optimization)
+                panel.scatter(
+                    points.get_column("latency_s").to_list(),
+                    points.get_column("accuracy").to_list(),
+                    label=optimization,
+                    color=f"C{PRESET_NAMES.index(optimization)}",
+                )
+            panel.set_title(title(dataset))
+            panel.set_xlabel("latency per batch (s)")
+            panel.set_ylabel(TASKS[dataset].axis_label if dataset in TASKS else "accuracy")
+            panel.legend(fontsize=7)
+        figure.suptitle("latency against accuracy, by optimization")
+        plots["pareto"] = _save(store, figure, "pareto_latency_accuracy.png")
+    return plots
+
+
+def large_sweep_plot(store: ResultStore, job: JobSpec, grid: Grid, ok: pl.DataFrame, sweep: str) -> str | None:
+    """Every value of a large sweep: heatmaps over its two main axes (the median over the others),
+    one per metric and dataset; for a single axis, lines against it."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    varied = varied_axes(job, sweep)
+    frame, values = sweep_frame(job, grid, ok, sweep)
+    axes = main_axes(varied, values)
+    panels = [
+        (column, title, dataset)
+        for column, title, _ in METRICS
+        for dataset in values.get("dataset", [None])
+        if not frame.is_empty()
+        and not frame.filter(
+            pl.col(column).is_not_null() & (pl.col("dataset") == dataset if dataset is not None else pl.lit(True))
+        ).is_empty()
+    ]
+    if not panels:
+        return None
+    columns = min(3, len(panels))
+    figure, grid_axes = plt.subplots(
+        -(-len(panels) // columns),
+        columns,
+        figsize=(5.5 * columns, 4.5 * -(-len(panels) // columns)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for panel, (column, title, dataset) in zip(grid_axes.flat, panels):
+        data = frame.filter(
+            pl.col(column).is_not_null() & (pl.col("dataset") == dataset if dataset is not None else pl.lit(True))
+        )
+        scale = accuracy_scale(data.get_column("dataset")[0]) if column == "accuracy" else 1  # as the tables show it
+        label = title + (f", {title(dataset)}" if dataset is not None else "")
+        if len(axes) >= 2:
+            rows_axis, columns_axis = axes[0], axes[1]
+            medians = data.group_by(axis_key(rows_axis), axis_key(columns_axis)).agg(pl.col(column).median())
+            row_index = {v: i for i, v in enumerate(values[rows_axis])}
+            column_index = {v: i for i, v in enumerate(values[columns_axis])}
+            matrix = np.full((len(row_index), len(column_index)), np.nan)
+            for r, c, v in medians.rows():
+                matrix[row_index[r], column_index[c]] = v * scale
+            image = panel.imshow(matrix, aspect="auto", origin="lower", interpolation="nearest", cmap="viridis")
+            figure.colorbar(image, ax=panel)
+            for axis_values, set_ticks in (
+                (values[columns_axis], panel.set_xticks),
+                (values[rows_axis], panel.set_yticks),
+            ):
+                shown = thinned(list(range(len(axis_values))), 12)
+                set_ticks(shown, [axis_values[i] for i in shown], fontsize=7)
+            panel.set_xlabel(AXIS_TITLES[columns_axis])
+            panel.set_ylabel(AXIS_TITLES[rows_axis])
+            others = [AXIS_TITLES[a].lower() for a in axes[2:]]
+            panel.set_title(label + (f"\n(median over {', '.join(others)})" if others else ""), fontsize=9)
+        else:
+            axis = axes[0]
+            position = {v: i for i, v in enumerate(values[axis])}
+            numeric = all(v.lstrip("-").isdigit() for v in values[axis])
+            points = sorted((position[v], y) for v, y in data.select(axis_key(axis), column).rows())
+            xs = [int(values[axis][i]) if numeric else i for i, _ in points]
+            panel.plot(xs, [y * scale for _, y in points], marker="o" if len(points) <= 50 else None, linewidth=1)
+            if not numeric:
+                shown = thinned(list(range(len(values[axis]))), 12)
+                panel.set_xticks(shown, [values[axis][i] for i in shown], fontsize=7)
+            panel.set_xlabel(AXIS_TITLES[axis])
+            panel.set_ylabel(label)
+            panel.set_title(label, fontsize=9)
+    for panel in list(grid_axes.flat)[len(panels) :]:
+        panel.set_visible(False)
+    figure.suptitle(f"{sweep}: {len(grid.sections[sweep]):,} cells")
+    return _save(store, figure, f"{sweep}.png", tight=False)
+
+
+def _save(store: ResultStore, figure, name: str, tight: bool = True) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    if tight:  # the other figures are laid out by matplotlib's constrained layout as they are drawn
+        figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    store.write_bytes(f"plots/{name}", buffer.getvalue())
+    return f"plots/{name}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rebuild the report from cell files already on disk, e.g. those the GPU check wrote."""
+    import argparse
+    import json
+    import sys
+
+    from fuyu_ray.job.cells import expand
+    from fuyu_ray.job.spec import JobError, load_job
+
+    parser = argparse.ArgumentParser(prog="python -m fuyu_ray.report", description=main.__doc__)
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    try:
+        job = load_job(args.job)
+    except JobError as exc:
+        print(f"fuyu_ray: {exc}", file=sys.stderr)
+        return 2
+    store = ResultStore.at(args.out)
+    store.ensure_dirs()
+    try:
+        with store.filesystem.open_input_stream(store.path("run.json")) as stream:
+            run_info = json.loads(stream.read())
+    except (OSError, FileNotFoundError, ValueError):
+        run_info = {"job_file": job.source_path, "note": "report rebuilt from cell files; no driver run recorded"}
+    write_report(store, job, expand(job), run_info)
+    print(f"report: {store.path('summary.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

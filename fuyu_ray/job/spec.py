@@ -1,0 +1,353 @@
+"""Job spec: the YAML job file, parsed into typed, validated dataclasses.
+
+Everything a run depends on is decided here, before Ray starts or any file is written,
+so bad input is one line naming the file and the key, and nothing else happens.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fuyu_ray.job.presets import PRESET_NAMES
+from fuyu_ray.job.quality import QualityThresholds
+from fuyu_ray.tasks import TASKS as task_registry
+
+DEVICES = ("cpu", "cuda")
+TASKS = tuple(task_registry)
+WEIGHTS = ("pretrained", "random")
+AXES = ("device", "dataset", "batch_size", "image_size", "seq_len", "optimization")
+POSITIVE_INT_AXES = ("batch_size", "seq_len")
+_WIDTH_BY_HEIGHT = re.compile(r"(\d+)\s*[xX]\s*(\d+)")
+
+
+class JobError(ValueError):
+    """A job file that cannot be run; the message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where one task's samples come from: `synthetic`, a hub id or a local path."""
+
+    source: str = "synthetic"
+    split: str | None = None
+    config: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskOverride:
+    """Per-task prompt template and generation length, when the job overrides the defaults."""
+
+    template: str | None = None
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Point:
+    """One setting of every axis: the base of all sweeps, or one grid cell's settings."""
+
+    device: str
+    dataset: str
+    batch_size: int
+    image_size: int | str  # S (an S x S image) or "WxH"
+    seq_len: int
+    optimization: str
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    model: str
+    weights: str
+    limit: int
+    base: Point
+    sweeps: dict[str, dict[str, list[Any]]]
+    datasets: dict[str, DatasetSource] = field(default_factory=dict)
+    tasks: dict[str, TaskOverride] = field(default_factory=dict)
+    cpus_per_actor: int | None = None
+    cell_timeout_s: float = 1800.0
+    max_actors_per_variant: int | None = 1  # None: as many as the cluster has room for
+    min_energy_window_s: float = 1.0
+    quality: QualityThresholds = field(default_factory=QualityThresholds)
+    remeasure_disturbed: int = 0  # measure a disturbed cell again up to this many times, keeping the cleanest
+    source_path: str = ""
+
+    def dataset_source(self, task: str) -> DatasetSource:
+        return self.datasets.get(task, DatasetSource())
+
+    def runner_options(self) -> dict[str, Any]:
+        """What every worker's CellRunner is built with."""
+        return {
+            "min_energy_window_s": self.min_energy_window_s,
+            "quality": self.quality,
+            "remeasure_disturbed": self.remeasure_disturbed,
+        }
+
+
+TOP_KEYS = {
+    "name",
+    "model",
+    "weights",
+    "limit",
+    "datasets",
+    "tasks",
+    "base",
+    "sweeps",
+    "cpus_per_actor",
+    "cell_timeout_s",
+    "max_actors_per_variant",
+    "min_energy_window_s",
+    "quality",
+    "remeasure_disturbed",
+}
+REQUIRED_TOP_KEYS = ("name", "model", "base", "sweeps")
+
+
+def load_job(path: str | Path) -> JobSpec:
+    import yaml  # here, not at the top: the per-cell core imports this module on bare GPU boxes without PyYAML
+
+    path = Path(path)
+    if not path.is_file():
+        raise JobError(f"{path}: job file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise JobError(f"{path}: broken YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_job(raw, str(path))
+
+
+def parse_job(raw: Any, origin: str) -> JobSpec:
+    def fail(key: str, problem: str) -> JobError:
+        return JobError(f"{origin}: {key}: {problem}")
+
+    if not isinstance(raw, dict):
+        raise JobError(f"{origin}: the job must be a YAML mapping")
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise fail(str(key), f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+    for key in REQUIRED_TOP_KEYS:
+        if key not in raw:
+            raise fail(key, "missing")
+
+    name = _string(raw["name"], "name", fail)
+    model = _string(raw["model"], "model", fail)
+    weights = raw.get("weights", "pretrained")
+    if weights not in WEIGHTS:
+        raise fail("weights", f"unknown value {weights!r} (known: {', '.join(WEIGHTS)})")
+    limit = _positive_int(raw.get("limit", 16), "limit", fail)
+
+    base = _parse_point(raw["base"], "base", fail)
+    sweeps = _parse_sweeps(raw["sweeps"], fail)
+    # Absent or empty means none; any other non-mapping, `datasets: []` or `tasks: 0` included, is a mistake.
+    datasets = _parse_datasets(_mapping(raw.get("datasets"), "datasets", fail), fail)
+    tasks = _parse_tasks(_mapping(raw.get("tasks"), "tasks", fail), fail)
+
+    cpus = raw.get("cpus_per_actor")
+    return JobSpec(
+        name=name,
+        model=model,
+        weights=weights,
+        limit=limit,
+        base=base,
+        sweeps=sweeps,
+        datasets=datasets,
+        tasks=tasks,
+        cpus_per_actor=None if cpus is None else _positive_int(cpus, "cpus_per_actor", fail),
+        cell_timeout_s=_positive_number(raw.get("cell_timeout_s", 1800.0), "cell_timeout_s", fail),
+        max_actors_per_variant=_actor_cap(raw.get("max_actors_per_variant", 1), fail),
+        min_energy_window_s=_positive_number(raw.get("min_energy_window_s", 1.0), "min_energy_window_s", fail),
+        quality=_quality(raw.get("quality"), fail),
+        remeasure_disturbed=_count(raw.get("remeasure_disturbed", 0), "remeasure_disturbed", fail),
+        source_path=origin,
+    )
+
+
+def _string(value: Any, key: str, fail) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise fail(key, f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+TEMPLATE_FIELDS = ("question", "context", "options")
+
+
+def _template(value: Any, key: str, fail) -> str:
+    """A prompt template may use {question}, {context} and {options}, nothing else."""
+    text = _string(value, key, fail)
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as exc:
+        raise fail(key, f"not a valid template ({exc})") from None
+    unknown = fields - set(TEMPLATE_FIELDS)
+    if unknown:
+        raise fail(
+            key, f"unknown field {{{sorted(unknown)[0]}}} (known: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})"
+        )
+    return text
+
+
+def _positive_int(value: Any, key: str, fail) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise fail(key, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _actor_cap(value: Any, fail) -> int | None:
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise fail("max_actors_per_variant", f"must be a positive integer or 'auto', got {value!r}")
+    return value
+
+
+def _quality(value: Any, fail) -> QualityThresholds:
+    try:
+        return QualityThresholds.from_mapping(_mapping(value, "quality", fail))
+    except ValueError as exc:
+        raise fail("quality", str(exc)) from None
+
+
+def _count(value: Any, key: str, fail) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise fail(key, f"must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, key: str, fail) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise fail(key, f"must be a mapping, got {value!r}")
+    return value
+
+
+def _positive_number(value: Any, key: str, fail) -> float:
+    # NaN compares false with everything, and infinity would switch a limit off: both are refused.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise fail(key, f"must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_axis_value(axis: str, value: Any, key: str, fail) -> Any:
+    """Validate one value of one axis; `key` is the dotted path shown to the user."""
+    if axis == "device":
+        if value not in DEVICES:
+            raise fail(key, f"unknown device {value!r} (known: {', '.join(DEVICES)})")
+    elif axis == "dataset":
+        if value not in TASKS:
+            raise fail(key, f"unknown dataset {value!r} (known: {', '.join(TASKS)})")
+    elif axis == "optimization":
+        if value not in PRESET_NAMES:
+            raise fail(key, f"unknown optimization {value!r} (known: {', '.join(PRESET_NAMES)})")
+    elif axis == "image_size":
+        try:
+            return image_size_value(value)
+        except ValueError as exc:
+            raise fail(key, str(exc)) from None
+    elif axis in POSITIVE_INT_AXES:
+        _positive_int(value, key, fail)
+    return value
+
+
+def image_size_value(value: Any) -> int | str:
+    """An image_size as cells carry it: S for a square (also written "SxS"), else "WxH" (width x height)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _WIDTH_BY_HEIGHT.fullmatch(value.strip()) if isinstance(value, str) else None
+    width, height = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"must be a positive integer S (S x S pixels) or 'WxH' such as '1920x1080', got {value!r}")
+    return width if width == height else f"{width}x{height}"
+
+
+def image_dims(image_size: int | str) -> tuple[int, int]:
+    """(width, height) in pixels of an image_size value."""
+    value = image_size_value(image_size)
+    if isinstance(value, int):
+        return value, value
+    width, height = value.split("x")
+    return int(width), int(height)
+
+
+def _parse_point(raw: Any, key: str, fail) -> Point:
+    if not isinstance(raw, dict):
+        raise fail(key, "must be a mapping of axis: value")
+    for axis in raw:
+        if axis not in AXES:
+            raise fail(f"{key}.{axis}", f"unknown axis (known: {', '.join(AXES)})")
+    for axis in AXES:
+        if axis not in raw:
+            raise fail(f"{key}.{axis}", "missing")
+    return Point(**{axis: check_axis_value(axis, raw[axis], f"{key}.{axis}", fail) for axis in AXES})
+
+
+def _parse_sweeps(raw: Any, fail) -> dict[str, dict[str, list[Any]]]:
+    if not isinstance(raw, dict) or not raw:
+        raise fail("sweeps", "must be a non-empty mapping of sweep name: {axis: [values]}")
+    sweeps: dict[str, dict[str, list[Any]]] = {}
+    for sweep_name, axes in raw.items():
+        where = f"sweeps.{sweep_name}"
+        if not isinstance(axes, dict) or not axes:
+            raise fail(where, "empty sweep: give at least one axis with a list of values")
+        parsed: dict[str, list[Any]] = {}
+        for axis, values in axes.items():
+            if axis not in AXES:
+                raise fail(f"{where}.{axis}", f"unknown axis (known: {', '.join(AXES)})")
+            if not isinstance(values, list) or not values:
+                raise fail(f"{where}.{axis}", "empty sweep: give a non-empty list of values")
+            parsed[axis] = [check_axis_value(axis, v, f"{where}.{axis}", fail) for v in values]
+        sweeps[str(sweep_name)] = parsed
+    return sweeps
+
+
+def _parse_datasets(raw: Any, fail) -> dict[str, DatasetSource]:
+    if not isinstance(raw, dict):
+        raise fail("datasets", "must be a mapping of dataset: source")
+    parsed = {}
+    for task, value in raw.items():
+        if task not in TASKS:
+            raise fail(f"datasets.{task}", f"unknown dataset (known: {', '.join(TASKS)})")
+        if isinstance(value, str) and value.strip():
+            parsed[task] = DatasetSource(source=value.strip())
+        elif isinstance(value, dict):
+            unknown = set(value) - {"source", "split", "config"}
+            if unknown:
+                raise fail(f"datasets.{task}.{sorted(unknown)[0]}", "unknown key (known: source, split, config)")
+            parsed[task] = DatasetSource(
+                source=_string(value.get("source"), f"datasets.{task}.source", fail),
+                split=None if value.get("split") is None else _string(value["split"], f"datasets.{task}.split", fail),
+                config=None
+                if value.get("config") is None
+                else _string(value["config"], f"datasets.{task}.config", fail),
+            )
+        else:
+            raise fail(f"datasets.{task}", f"must be 'synthetic', a hub id or a path, got {value!r}")
+    return parsed
+
+
+def _parse_tasks(raw: Any, fail) -> dict[str, TaskOverride]:
+    if not isinstance(raw, dict):
+        raise fail("tasks", "must be a mapping of dataset: {template, max_new_tokens}")
+    parsed = {}
+    for task, value in raw.items():
+        if task not in TASKS:
+            raise fail(f"tasks.{task}", f"unknown dataset (known: {', '.join(TASKS)})")
+        if not isinstance(value, dict):
+            raise fail(f"tasks.{task}", "must be a mapping with template and/or max_new_tokens")
+        unknown = set(value) - {"template", "max_new_tokens"}
+        if unknown:
+            raise fail(f"tasks.{task}.{sorted(unknown)[0]}", "unknown key (known: template, max_new_tokens)")
+        max_new = value.get("max_new_tokens")
+        parsed[task] = TaskOverride(
+            template=None
+            if value.get("template") is None
+            else _template(value["template"], f"tasks.{task}.template", fail),
+            max_new_tokens=None if max_new is None else _positive_int(max_new, f"tasks.{task}.max_new_tokens", fail),
+        )
+    return parsed
