@@ -37,7 +37,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from fuyu_ray.driver.store import TEMP_MARK, ResultStore
+from fuyu_ray.tasks import TASKS
 from fuyu_ray.tasks.metrics import bootstrap_interval
+from fuyu_ray.tasks.scorers import OPTION_METRIC
 
 # What cells.Cell.settings() records, less cell_id and the image's width and height, which
 # `image_size` stands for here (it is null for a "WxH" image).
@@ -64,8 +66,16 @@ SPEED = ("faster", "slower")
 GOODNESS = ("better", "worse")
 NO_CHANGE = "no clear change"
 NOT_AVAILABLE = "n/a"
-LETTER_DATASETS = ("scienceqa",)
-PROPORTION_DATASETS = ("scienceqa", "textvqa")  # scores in [0, 1]: differences shown in points
+
+
+def is_option_task(dataset: str) -> bool:
+    """Scored right or wrong per sample: paired differences are counted, not averaged."""
+    return dataset in TASKS and TASKS[dataset].metric == OPTION_METRIC
+
+
+def is_proportion_task(dataset: str) -> bool:
+    """Scores in [0, 1]: differences are shown in points."""
+    return dataset in TASKS and TASKS[dataset].scale == 100
 
 
 class BadInput(Exception):
@@ -350,7 +360,7 @@ def accuracy_change(
     change.base, change.new, change.estimate = float(base.mean()), float(new.mean()), float(differences.mean())
     change.low, change.high = bootstrap_interval(list(differences), n_resamples=RESAMPLES, seed=SEED, level=LEVEL)
     excludes_zero = change.low > 0 or change.high < 0
-    letters = dataset in LETTER_DATASETS and set(np.unique(np.concatenate([base, new]))) <= {0.0, 1.0}
+    letters = is_option_task(dataset) and set(np.unique(np.concatenate([base, new]))) <= {0.0, 1.0}
     if letters:
         from scipy.stats import binomtest
 
@@ -633,7 +643,7 @@ def format_change(change: Change, dataset: str | None) -> str:
     if change.estimate is None:
         return NOT_AVAILABLE
     if change.metric == "accuracy":
-        points = dataset in PROPORTION_DATASETS
+        points = is_proportion_task(dataset)
         show = (lambda v: f"{v * 100:+.1f}") if points else (lambda v: f"{v:+.3f}")
         text = f"{show(change.estimate)}{' pts' if points else ''} [{show(change.low)}, {show(change.high)}]"
         if change.p_value is not None:
@@ -658,7 +668,7 @@ def format_figures(change: Change, dataset: str | None) -> str:
     if change.base is None:
         return NOT_AVAILABLE
     if change.metric == "accuracy":
-        show = (lambda v: f"{v * 100:.1f}%") if dataset in PROPORTION_DATASETS else (lambda v: f"{v:.3f}")
+        show = (lambda v: f"{v * 100:.1f}%") if is_proportion_task(dataset) else (lambda v: f"{v:.3f}")
         return f"{show(change.base)} -> {show(change.new)} (n={change.n_base})"
     if change.metric == "energy":
         return f"{change.base:.3g} -> {change.new:.3g} J (n={change.n_base}/{change.n_new})"

@@ -583,7 +583,7 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
         parts += section
     if "pareto" in plots:
         parts += ["## Latency against accuracy", "", f"![pareto]({plots['pareto']})", ""]
-    parts += roofline_section(cells) + per_node_section(cells)
+    parts += published_section(job, cells) + roofline_section(cells) + per_node_section(cells)
     parts += ["¹ n/a energy: " + ("; ".join(notes(cells, "energy_note")) or "-"), ""]
     problems = cells.filter(pl.col("status").is_in(PROBLEM_STATUSES)) if not cells.is_empty() else cells
     skipped = cells.filter(pl.col("status") == "skipped") if not cells.is_empty() else cells
@@ -657,6 +657,56 @@ def per_node_section(cells: pl.DataFrame) -> list[str]:
         "",
         *capped_table(["Node", "Host", "GPU", "Cells", "ok", "Median latency s"], table, "nodes", FULL_TABLE_ROWS),
     ]
+
+
+PAPER_SCALE = 100  # papers give proportions in percent and CIDEr x 100
+
+
+def published_section(job: JobSpec, cells: pl.DataFrame) -> list[str]:
+    """The job's published figures beside ours, per task: the ok cell at the base point where there
+    is one (else the first ok cell of the task), its 95% interval, and the difference."""
+    if job.published is None:
+        return []
+    lines = ["## Beside the published figures", "", f"Published: {job.published.source}."]
+    if job.published.note:
+        lines += ["", job.published.note]
+    lines += [
+        "",
+        "In the unit papers use (percent; CIDEr x 100). Our prompts are under Prompts; where the publisher's "
+        "prompts, split, shots or image handling differ from ours, or are unknown, the figures measure different "
+        "things, and the difference is not an error of either.",
+        "",
+        "| Task | published | ours [95% interval] | ours - published | n | prompt | cell |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = {axis: getattr(job.base, axis) for axis in AXES if axis != "dataset"}
+    for task, figure in job.published.figures.items():
+        row = published_counterpart(cells, task, base)
+        if row is None:
+            lines.append(f"| {title(task)} | {figure:g} | not measured in this run | - | - | - | - |")
+            continue
+        ours = row["accuracy"] * PAPER_SCALE
+        interval = (
+            f" [{row['accuracy_ci_low'] * PAPER_SCALE:.1f}, {row['accuracy_ci_high'] * PAPER_SCALE:.1f}]"
+            if row["accuracy_ci_low"] is not None
+            else ""
+        )
+        prompt = "the job's own" if task in job.tasks and job.tasks[task].template else "lmms-eval's"
+        lines.append(
+            f"| {title(task)} | {figure:g} | {ours:.1f}{interval} | {ours - figure:+.1f} | {row['accuracy_n']} | "
+            f"{prompt} | {row['cell_id']} |"
+        )
+    return lines + [""]
+
+
+def published_counterpart(cells: pl.DataFrame, task: str, base: dict[str, Any]) -> dict | None:
+    if cells.is_empty():
+        return None
+    scored = cells.filter(
+        (pl.col("dataset") == task) & (pl.col("status") == "ok") & pl.col("accuracy").is_not_null()
+    ).to_dicts()
+    at_base = [row for row in scored if all(str(row[axis]) == str(value) for axis, value in base.items())]
+    return (at_base or scored or [None])[0]
 
 
 def prompt_lines(cells: pl.DataFrame) -> list[str]:

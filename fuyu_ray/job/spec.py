@@ -59,6 +59,16 @@ class Point:
 
 
 @dataclass(frozen=True)
+class PublishedFigures:
+    """Figures someone published for this model, to be shown beside ours: in the unit papers use
+    (percent; CIDEr x 100), from `source`, with what is known to differ in `note`."""
+
+    source: str
+    figures: dict[str, float]
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     model: str
@@ -74,6 +84,7 @@ class JobSpec:
     min_energy_window_s: float = 1.0
     quality: QualityThresholds = field(default_factory=QualityThresholds)
     remeasure_disturbed: int = 0  # measure a disturbed cell again up to this many times, keeping the cleanest
+    published: PublishedFigures | None = None
     source_path: str = ""
 
     def dataset_source(self, task: str) -> DatasetSource:
@@ -103,6 +114,7 @@ TOP_KEYS = {
     "min_energy_window_s",
     "quality",
     "remeasure_disturbed",
+    "published",
 }
 REQUIRED_TOP_KEYS = ("name", "model", "base", "sweeps")
 
@@ -164,7 +176,32 @@ def parse_job(raw: Any, origin: str) -> JobSpec:
         min_energy_window_s=_positive_number(raw.get("min_energy_window_s", 1.0), "min_energy_window_s", fail),
         quality=_quality(raw.get("quality"), fail),
         remeasure_disturbed=_count(raw.get("remeasure_disturbed", 0), "remeasure_disturbed", fail),
+        published=_published(raw.get("published"), fail),
         source_path=origin,
+    )
+
+
+def _published(value: Any, fail) -> PublishedFigures | None:
+    if value is None:
+        return None
+    raw = _mapping(value, "published", fail)
+    unknown = set(raw) - {"source", "figures", "note"}
+    if unknown:
+        raise fail(f"published.{sorted(unknown)[0]}", "unknown key (known: figures, note, source)")
+    if "source" not in raw or "figures" not in raw:
+        raise fail("published", "needs `source` (where the figures come from) and `figures` ({task: figure})")
+    figures = {}
+    for task, figure in _mapping(raw["figures"], "published.figures", fail).items():
+        if task not in TASKS:
+            raise fail(f"published.figures.{task}", f"unknown dataset (known: {', '.join(TASKS)})")
+        if isinstance(figure, bool) or not isinstance(figure, (int, float)) or not math.isfinite(figure):
+            raise fail(f"published.figures.{task}", f"must be a number, got {figure!r}")
+        figures[task] = float(figure)
+    note = raw.get("note")
+    return PublishedFigures(
+        source=_string(raw["source"], "published.source", fail),
+        figures=figures,
+        note=None if note is None else _string(note, "published.note", fail),
     )
 
 

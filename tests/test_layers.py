@@ -1,0 +1,108 @@
+"""The layers the folder listing shows, kept: each imports only the layers below it, and only the
+libraries its machines have.
+
+    job     the job file, presets, cells          no torch, Ray or Polars
+    tasks   one module per task, its metrics       no torch, Ray or Polars
+    bench   the per-cell measurement core          torch; no Ray or Polars (a bare GPU box has neither)
+    driver  command lines, scheduling, storage, report: anything
+
+Every import counts, at the top of a module or inside a function.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+PACKAGE = ROOT / "fuyu_ray"
+MAY_IMPORT = {  # the fuyu_ray layers each layer may import
+    "job": {"job", "tasks"},
+    "tasks": {"tasks"},
+    "bench": {"bench", "job", "tasks"},
+    "driver": {"driver", "bench", "job", "tasks"},
+}
+FORBIDDEN_LIBRARIES = {
+    "job": {"torch", "transformers", "ray", "polars", "datasets"},
+    "tasks": {"torch", "transformers", "ray", "polars", "datasets"},
+    "bench": {"ray", "polars"},
+    "driver": set(),
+}
+
+
+def imported_modules(source: str) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module)
+            if node.module == "fuyu_ray":  # `from fuyu_ray import tasks` names a layer
+                modules.update(f"fuyu_ray.{alias.name}" for alias in node.names)
+    return modules
+
+
+def violations(layer: str, source: str) -> list[str]:
+    found = []
+    for module in sorted(imported_modules(source)):
+        parts = module.split(".")
+        if parts[0] == "fuyu_ray" and len(parts) > 1 and parts[1] in MAY_IMPORT:
+            if parts[1] not in MAY_IMPORT[layer]:
+                found.append(f"imports {module}")
+        elif parts[0] in FORBIDDEN_LIBRARIES[layer]:
+            found.append(f"imports {module}")
+    return found
+
+
+def layer_files() -> list[tuple[str, Path]]:
+    return [(layer, path) for layer in MAY_IMPORT for path in sorted((PACKAGE / layer).glob("*.py"))]
+
+
+def test_every_module_is_in_a_layer():
+    """The package's top level holds only the three commands, each a line that calls its driver module."""
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert top == ["__init__.py", "compare.py", "gpu_check.py", "grid.py"]
+    for name in ("compare", "gpu_check", "grid"):
+        assert imported_modules((PACKAGE / f"{name}.py").read_text()) == {"sys", f"fuyu_ray.driver.{name}"}
+    assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(MAY_IMPORT)
+
+
+@pytest.mark.parametrize("layer, path", layer_files(), ids=lambda v: v if isinstance(v, str) else v.name)
+def test_a_module_imports_only_what_its_layer_may(layer, path):
+    assert violations(layer, path.read_text()) == [], f"{path.relative_to(ROOT)}"
+
+
+@pytest.mark.parametrize(
+    "layer, source",
+    [
+        ("job", "def f():\n    import torch\n"),
+        ("job", "from fuyu_ray.bench.runner import CellRunner\n"),
+        ("tasks", "from fuyu_ray.job.spec import TaskOverride\n"),
+        ("bench", "import ray\n"),
+        ("bench", "from fuyu_ray.driver import store\n"),
+        ("bench", "from fuyu_ray import driver\n"),
+        ("bench", "import polars as pl\n"),
+    ],
+)
+def test_the_rule_catches_a_crossing(layer, source):
+    assert violations(layer, source)
+
+
+def test_importing_a_layer_loads_no_forbidden_library():
+    """What the import statements do not show: a light layer that pulls a heavy one in through another."""
+    script = (
+        "import sys, importlib, pathlib\n"
+        "for layer, banned in (('tasks', {'torch', 'ray', 'polars'}), ('job', {'torch', 'ray', 'polars'}),"
+        " ('bench', {'ray', 'polars'})):\n"
+        "    for path in sorted(pathlib.Path('fuyu_ray', layer).glob('*.py')):\n"
+        "        importlib.import_module(f'fuyu_ray.{layer}.{path.stem}')\n"
+        "    loaded = banned & set(sys.modules)\n"
+        "    assert not loaded, f'{layer} loads {sorted(loaded)}'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

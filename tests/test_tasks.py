@@ -1,0 +1,117 @@
+"""Tasks: each is one module in `fuyu_ray/tasks`, and nothing outside that folder tells one from another."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import ROOT
+
+from fuyu_ray.bench.data import load_samples
+from fuyu_ray.bench.prompts import TaskSettings, build_prompt
+from fuyu_ray.job.spec import DatasetSource, TaskOverride
+from fuyu_ray.tasks import TASKS, get_task, tiny_training_tasks
+from fuyu_ray.tasks.base import NO_REFERENCES, score_answers, synthetic_rows
+from fuyu_ray.tasks.synthetic import EVAL_SPLIT
+
+NAMES = tuple(TASKS)
+
+
+def test_no_module_outside_the_tasks_names_a_task():
+    """A per-task branch anywhere else would make adding a task touch more than its own file."""
+    quoted = re.compile(r"""["'](%s)["']""" % "|".join(NAMES))
+    offenders = []
+    for layer in ("job", "bench", "driver"):
+        for path in sorted((ROOT / "fuyu_ray" / layer).glob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if quoted.search(line) and "TARGET_DATASET =" not in line:
+                    offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_training_answer_scores_full_marks_and_a_wrong_one_none(name):
+    task = get_task(name)
+    samples = load_samples(name, DatasetSource("synthetic"), limit=6).samples
+    right = score_answers(task, samples, [task.training_answer(s) for s in samples])
+    wrong = score_answers(task, samples, ["zebra crossing"] * len(samples))
+    if name == "coco":  # CIDEr-D is not bounded by 1; a wrong caption still scores 0
+        assert right.accuracy > 1.0 and wrong.accuracy == 0.0
+    else:
+        assert (right.accuracy, wrong.accuracy) == (1.0, 0.0)
+    assert right.n == len(samples) == 6 and right.metric == task.metric
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_row_without_references_is_timed_not_scored(name):
+    task = get_task(name)
+    row = synthetic_rows(task, 1, EVAL_SPLIT)[0]
+    for key in ("answers", "answer"):
+        if key in row:
+            row[key] = None
+    sample = task.to_sample(row, 0)
+    result = score_answers(task, [sample], ["anything"])
+    assert result.accuracy is None and result.note == NO_REFERENCES
+
+
+# lmms-eval's prompts for these tasks (its task YAML files' pre/post prompts, default model entry).
+LMMS_EVAL_PROMPTS = {
+    "vqav2": "What shape is this?\nAnswer the question using a single word or phrase.\n",
+    "okvqa": (
+        "How many sides does this shape have?\nWhen the provided information is insufficient, respond with "
+        "'Unanswerable'.\nAnswer the question using a single word or phrase.\n"
+    ),
+    "ai2d": (
+        "Which shape does the diagram show?\nA. triangle\nB. line\nC. square\nD. circle\n"
+        "Answer with the option's letter from the given choices directly.\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LMMS_EVAL_PROMPTS))
+def test_new_tasks_ask_as_lmms_eval_does(name):
+    samples = load_samples(name, DatasetSource("synthetic"), limit=8).samples
+    sample = next(s for s in samples if s.question in LMMS_EVAL_PROMPTS[name])
+    prompt = build_prompt(TaskSettings.for_task(name, TaskOverride()), sample, 10_000, lambda text: 0)
+    assert prompt.text == LMMS_EVAL_PROMPTS[name]
+
+
+def test_hub_schemas_become_samples():
+    """Rows as the hub's dataset cards define them: VQAv2's answers are records, OK-VQA's strings,
+    AI2D's answer an option index written as a string."""
+    vqav2 = get_task("vqav2").to_sample(
+        {
+            "question_id": 262148000,
+            "question": "Where is he looking?",
+            "image": _png(),
+            "answers": [{"answer": "down", "answer_confidence": "yes", "answer_id": i} for i in range(1, 11)],
+            "multiple_choice_answer": "down",
+        },
+        0,
+    )
+    assert vqav2.sample_id == "262148000" and vqav2.references == ("down",) * 10
+    okvqa = get_task("okvqa").to_sample(
+        {"question_id": "2971475", "question": "What sport?", "image": _png(), "answers": ["racing"] * 10}, 0
+    )
+    assert okvqa.references == ("racing",) * 10
+    ai2d = get_task("ai2d").to_sample(
+        {"question": "Which stage?", "options": ["egg", "larva", "pupa", "adult"], "answer": "2", "image": _png()}, 0
+    )
+    assert ai2d.choices == ("egg", "larva", "pupa", "adult") and ai2d.answer_index == 2
+    assert score_answers(get_task("ai2d"), [ai2d], ["C"]).accuracy == 1.0
+    assert score_answers(get_task("vqav2"), [vqav2], ["Down."]).accuracy == 1.0
+
+
+def test_tiny_learns_the_seed_tasks_only():
+    """Its weights are fixed by what it learns: a new task joins only by asking to (tiny_examples)."""
+    assert [task.name for task in tiny_training_tasks()] == ["textvqa", "scienceqa", "coco"]
+
+
+def _png() -> dict:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
