@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from fuyu_ray.bench.device import NvmlDevice, open_device
 from fuyu_ray.bench.energy import (
     EnergyMeter,
     EnergyUnavailable,
@@ -245,21 +246,40 @@ def test_nvml_energy_not_supported_is_unavailable() -> None:
 
 
 def test_nvml_device_info_and_clocks_give_none_where_unreadable() -> None:
-    meter = NvmlEnergyMeter(nvml=FakeNvml(FakeClock()))
+    device = NvmlDevice(nvml=FakeNvml(FakeClock()))
 
-    assert meter.device_info() == {
+    assert device.info() == {
         "gpu_name": "NVIDIA H200",
         "gpu_uuid": "GPU-1234",
         "driver_version": None,
     }
-    assert meter.clock_and_temperature() == {"sm_clock_mhz": 1980, "temperature_c": None}
+    assert device.clocks() == {"sm_clock_mhz": 1980, "temperature_c": None}
 
 
 def test_nvml_device_info_all_none_when_init_failed() -> None:
-    meter = NvmlEnergyMeter(nvml=FakeNvml(FakeClock(), init_error=RuntimeError("x")))
+    device = NvmlDevice(nvml=FakeNvml(FakeClock(), init_error=RuntimeError("x")))
 
-    assert meter.device_info() == {"gpu_name": None, "gpu_uuid": None, "driver_version": None}
-    assert meter.clock_and_temperature() == {"sm_clock_mhz": None, "temperature_c": None}
+    assert device.info() == {"gpu_name": None, "gpu_uuid": None, "driver_version": None}
+    assert device.clocks() == {"sm_clock_mhz": None, "temperature_c": None}
+    assert "NVML not available" in device.unavailable_reason and device.sampler() is None
+
+
+def test_a_cpu_or_stand_in_device_answers_none_to_everything() -> None:
+    device = open_device("cpu")
+    assert device.info() == {"gpu_name": None, "gpu_uuid": None, "driver_version": None}
+    assert device.clocks() == {"sm_clock_mhz": None, "temperature_c": None}
+    assert device.sampler() is None and device.unavailable_reason
+
+
+def test_a_meter_reading_through_a_device_leaves_closing_it_to_its_owner() -> None:
+    fake = FakeNvml(FakeClock())
+    device = NvmlDevice(nvml=fake)
+    meter = NvmlEnergyMeter(device=device)
+    meter.close()
+    assert fake.shutdown_calls == 0 and meter.available
+    device.close()
+    device.close()
+    assert fake.shutdown_calls == 1
 
 
 def test_nvml_close_shuts_down_once() -> None:
@@ -518,13 +538,13 @@ def test_meter_for_unknown_device_is_no_meter() -> None:
 
 def test_nvml_handle_is_found_by_the_cuda_uuid_first_then_by_index():
     by_uuid = NvmlEnergyMeter(device_index=0, nvml=FakeNvml(FakeClock()), uuid="GPU-fake-5")
-    assert by_uuid.available and by_uuid._handle == 5
+    assert by_uuid.available and by_uuid.device.handle == 5
     unknown = NvmlEnergyMeter(device_index=2, nvml=FakeNvml(FakeClock()), uuid="MIG-something")
-    assert unknown.available and unknown._handle == 2
+    assert unknown.available and unknown.device.handle == 2
 
 
 def test_nvml_index_follows_the_gpu_ray_assigned():
-    from fuyu_ray.bench.energy import nvml_index
+    from fuyu_ray.bench.device import nvml_index
 
     assert nvml_index(0, {"CUDA_VISIBLE_DEVICES": "3"}) == 3
     assert nvml_index(1, {"CUDA_VISIBLE_DEVICES": "5,7"}) == 7

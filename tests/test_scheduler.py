@@ -72,7 +72,7 @@ class FakeActor:
     def state(self) -> ActorState:
         return ActorState(self.phase, {"dead": "no restarts left", "waiting": "restarting"}.get(self.phase, "alive"))
 
-    def lifetime(self) -> dict | None:
+    def finish(self) -> dict | None:
         return None if self.phase == "dead" else {"started_at": 0.0, "load_s": 0.0}
 
     # what happens when the pool completes a call

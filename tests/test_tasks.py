@@ -115,3 +115,36 @@ def _png() -> dict:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 24), (200, 10, 10)).save(buffer, format="PNG")
     return {"bytes": buffer.getvalue(), "path": None}
+
+
+def test_a_model_card_job_puts_the_published_figures_beside_ours(tmp_path):
+    """The new tasks through the real driver, Ray and the tiny model, on their synthetic rows; the
+    summary's table agrees with cells.parquet."""
+    import polars as pl
+    from conftest import run_grid, write_job
+
+    published = (
+        "published:\n"
+        "  source: a model card\n"
+        "  note: Prompts unknown.\n"
+        "  figures: {vqav2: 74.2, okvqa: 60.6, coco: 141, ai2d: 64.5, textvqa: 50}\n"
+    )
+    job = write_job(
+        tmp_path, "card", "tiny", "  card: {dataset: [vqav2, okvqa, coco, ai2d]}\n", extra="limit: 4\n" + published
+    )
+    out = tmp_path / "out"
+    result = run_grid("--job", str(job), "--out", str(out))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    cells = pl.read_parquet(out / "cells.parquet")
+    assert sorted(cells.get_column("dataset").to_list()) == ["ai2d", "coco", "okvqa", "vqav2"]
+    assert cells.get_column("accuracy").null_count() == 0
+    summary = (out / "summary.md").read_text()
+    assert "## Beside the published figures" in summary and "Published: a model card." in summary
+    section = summary.split("## Beside the published figures")[1].split("\n## ")[0]
+    for row in cells.to_dicts():
+        ours = row["accuracy"] * 100
+        figure = {"vqav2": 74.2, "okvqa": 60.6, "coco": 141, "ai2d": 64.5}[row["dataset"]]
+        line = next(line for line in section.splitlines() if line.startswith(f"| {get_task(row['dataset']).title} |"))
+        assert f"| {figure:g} | {ours:.1f} [" in line and f"| {ours - figure:+.1f} |" in line, line
+        assert line.endswith(f"| lmms-eval's | {row['cell_id']} |")
+    assert "| TextVQA | 50 | not measured in this run |" in section

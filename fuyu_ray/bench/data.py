@@ -96,7 +96,7 @@ def resolve_local_folder(task: str, source: DatasetSource) -> LocalLayout:
     """The config, split and files that `datasets`' own loader reads from a folder copied from the
     hub: split files side by side (`data/validation-*.parquet`), a folder per config, or a README
     `configs:` block. Raises DatasetNotFound naming what exists."""
-    import datasets
+    import datasets  # heavy: the driver imports this module for folder checks and starts without it
 
     default = get_task(task)
     path = str(Path(source.source))
@@ -134,7 +134,7 @@ def describe_files(root: str, files: tuple[str, ...]) -> str:
 def open_dataset(task: str, source: DatasetSource):
     """Rows from a save_to_disk folder, a parquet file, a folder copied from the hub, or a hub id
     (HF_HUB_OFFLINE is honoured), and a description that says which split, config and files."""
-    import datasets
+    import datasets  # heavy: the driver imports this module for folder checks and starts without it
 
     default = get_task(task)
     split = source.split or default.split
@@ -169,7 +169,7 @@ def open_dataset(task: str, source: DatasetSource):
 
 def _undecoded_images(dataset):
     """Decode images ourselves, per row, so that one corrupt file skips one sample, not the cell."""
-    import datasets
+    import datasets  # heavy: the driver imports this module for folder checks and starts without it
 
     if isinstance((dataset.features or {}).get("image"), datasets.Image):
         return dataset.cast_column("image", datasets.Image(decode=False))

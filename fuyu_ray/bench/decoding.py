@@ -27,6 +27,7 @@ import types
 from typing import Callable
 
 import torch
+from transformers import StaticCache
 
 from fuyu_ray.bench.models import kv_cache_shape
 
@@ -37,7 +38,7 @@ WARM_UP_RUNS = 3
 
 def _compile_counter(group: str, name: str) -> int:
     """One of torch.compile's process-wide counters: graphs compiled, CUDA graphs skipped."""
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters  # compile machinery, loaded only when counting compilations
 
     return int(counters[group][name])
 
@@ -169,8 +170,6 @@ class StaticGreedyDecoder:
     """
 
     def __init__(self, model, max_batch: int, prompt_len: int, max_new_tokens: int, compiled: bool, device: str):
-        from transformers import StaticCache
-
         if max_batch < 1 or prompt_len < 1 or max_new_tokens < 1:
             raise ValueError(
                 f"need max_batch, prompt_len and max_new_tokens >= 1, got {max_batch}, {prompt_len}, {max_new_tokens}"

@@ -9,13 +9,14 @@ means adding one class and one branch in ``meter_for``.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from fuyu_ray.bench.device import Device, NvmlDevice, open_device
 
 __all__ = [
     "EnergyUnavailable",
@@ -58,10 +59,6 @@ class EnergyMeter(ABC):
     def close(self) -> None:
         """Release resources; safe to call more than once."""
 
-    def gpu_sampler(self):
-        """A sampler of the device's clocks, throttle reasons and processes, where the counter has a device."""
-        return None
-
     def _raise_if_unavailable(self) -> None:
         if self.unavailable_reason is not None:
             raise EnergyUnavailable(self.unavailable_reason)
@@ -82,18 +79,13 @@ class NoEnergyMeter(EnergyMeter):
 # --------------------------------------------------------------------------- NVML
 
 
-def _decode(value: Any) -> str:
-    # Older pynvml releases return bytes, newer ones str.
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _is_not_supported(error: BaseException, nvml: Any) -> bool:
     not_supported_code = getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", 3)
     return getattr(error, "value", None) == not_supported_code or "NotSupported" in type(error).__name__
 
 
 class NvmlEnergyMeter(EnergyMeter):
-    """GPU energy from ``nvmlDeviceGetTotalEnergyConsumption`` (millijoules).
+    """GPU energy from ``nvmlDeviceGetTotalEnergyConsumption`` (millijoules), read through an NvmlDevice.
 
     The driver refreshes this counter roughly every 100 ms, so windows should
     be >= 1 s for the granularity error to stay under ~10%
@@ -102,72 +94,39 @@ class NvmlEnergyMeter(EnergyMeter):
 
     method = "nvml-total-energy"
 
-    def __init__(self, device_index: int = 0, nvml: Any = None, uuid: str | None = None) -> None:
-        self.device_index = device_index
-        self.uuid = uuid  # "GPU-…", as CUDA names the device: the one identity NVML and CUDA agree on
-        self.unavailable_reason = None
-        self._handle: Any = None
-        self._initialized = False
-        self._nvml = nvml if nvml is not None else self._import_pynvml()
-        if self._nvml is None:
-            return
-        self._init_and_probe()
+    def __init__(
+        self, device_index: int = 0, nvml: Any = None, uuid: str | None = None, device: NvmlDevice | None = None
+    ) -> None:
+        self.owns_device = device is None  # a device it opened itself, it closes
+        self.device = device if device is not None else NvmlDevice(device_index, nvml, uuid)
+        self.device_index = self.device.device_index
+        self.unavailable_reason = self.device.unavailable_reason or self._energy_reason()
 
-    def _import_pynvml(self) -> Any:
-        # Imported lazily so that importing this module never fails.
-        try:
-            import pynvml
-        except Exception as error:  # noqa: BLE001 - any import failure means "no NVML"
-            self.unavailable_reason = f"NVML not available: {error!r}"
-            return None
-        return pynvml
-
-    def _init_and_probe(self) -> None:
-        nvml = self._nvml
-        try:
-            nvml.nvmlInit()
-        except Exception as error:  # noqa: BLE001
-            self.unavailable_reason = f"NVML not available: {error!r}"
-            return
-        self._initialized = True
-        try:
-            self._handle = self._open_handle()
-        except Exception as error:  # noqa: BLE001
-            self.unavailable_reason = f"NVML cannot open GPU index {self.device_index}: {error!r}"
-            return
+    def _energy_reason(self) -> str | None:
         mig_reason = self._mig_reason()
         if mig_reason is not None:
-            self.unavailable_reason = mig_reason
-            return
+            return mig_reason
         try:
-            nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+            self.device.nvml.nvmlDeviceGetTotalEnergyConsumption(self.device.handle)
         except Exception as error:  # noqa: BLE001
-            if _is_not_supported(error, nvml):
-                self.unavailable_reason = (
+            if _is_not_supported(error, self.device.nvml):
+                return (
                     f"energy counter not supported on GPU {self.device_index}"
                     f" (nvmlDeviceGetTotalEnergyConsumption: {error!r})"
                 )
-            else:
-                self.unavailable_reason = f"energy counter unreadable on GPU {self.device_index}: {error!r}"
-
-    def _open_handle(self) -> Any:
-        if self.uuid:
-            try:
-                return self._nvml.nvmlDeviceGetHandleByUUID(self.uuid)
-            except Exception:  # noqa: BLE001 - e.g. a MIG instance's UUID: fall back to the index
-                pass
-        return self._nvml.nvmlDeviceGetHandleByIndex(self.device_index)
+            return f"energy counter unreadable on GPU {self.device_index}: {error!r}"
+        return None
 
     def _mig_reason(self) -> str | None:
-        nvml = self._nvml
+        nvml, handle = self.device.nvml, self.device.handle
         try:
-            is_mig_instance = bool(nvml.nvmlDeviceIsMigDeviceHandle(self._handle))
+            is_mig_instance = bool(nvml.nvmlDeviceIsMigDeviceHandle(handle))
         except Exception:  # noqa: BLE001 - old drivers/fakes lack the call
             is_mig_instance = False
         if is_mig_instance:
             return "energy counter not supported on MIG instances"
         try:
-            current_mode, _pending_mode = nvml.nvmlDeviceGetMigMode(self._handle)
+            current_mode, _pending_mode = nvml.nvmlDeviceGetMigMode(handle)
         except Exception:  # noqa: BLE001 - non-MIG-capable GPUs raise NotSupported
             return None
         mig_enabled = getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
@@ -183,57 +142,14 @@ class NvmlEnergyMeter(EnergyMeter):
     def read_joules(self) -> float:
         self._raise_if_unavailable()
         try:
-            millijoules = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+            millijoules = self.device.nvml.nvmlDeviceGetTotalEnergyConsumption(self.device.handle)
         except Exception as error:  # noqa: BLE001
             raise EnergyUnavailable(f"energy counter read failed on GPU {self.device_index}: {error!r}") from error
         return float(millijoules) / 1000.0
 
-    def _query(self, call: Callable[[], Any]) -> Any:
-        if not self._initialized:
-            return None
-        try:
-            return call()
-        except Exception:  # noqa: BLE001 - each field is independently optional
-            return None
-
-    def gpu_sampler(self):
-        from fuyu_ray.bench.interference import GpuSampler
-
-        return GpuSampler(self._nvml, self._handle) if self._handle is not None else None
-
-    def device_info(self) -> dict[str, str | None]:
-        nvml, handle = self._nvml, self._handle
-        has_handle = handle is not None
-        name = self._query(lambda: nvml.nvmlDeviceGetName(handle)) if has_handle else None
-        uuid = self._query(lambda: nvml.nvmlDeviceGetUUID(handle)) if has_handle else None
-        driver = self._query(lambda: nvml.nvmlSystemGetDriverVersion())
-        return {
-            "gpu_name": None if name is None else _decode(name),
-            "gpu_uuid": None if uuid is None else _decode(uuid),
-            "driver_version": None if driver is None else _decode(driver),
-        }
-
-    def clock_and_temperature(self) -> dict[str, int | None]:
-        nvml, handle = self._nvml, self._handle
-        if handle is None:
-            return {"sm_clock_mhz": None, "temperature_c": None}
-        sm_clock = self._query(lambda: nvml.nvmlDeviceGetClockInfo(handle, getattr(nvml, "NVML_CLOCK_SM", 1)))
-        temperature = self._query(
-            lambda: nvml.nvmlDeviceGetTemperature(handle, getattr(nvml, "NVML_TEMPERATURE_GPU", 0))
-        )
-        return {
-            "sm_clock_mhz": None if sm_clock is None else int(sm_clock),
-            "temperature_c": None if temperature is None else int(temperature),
-        }
-
     def close(self) -> None:
-        if not self._initialized:
-            return
-        self._initialized = False
-        try:
-            self._nvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001 - shutdown failure changes no measurement
-            pass
+        if self.owns_device:
+            self.device.close()
 
 
 # --------------------------------------------------------------------------- RAPL
@@ -342,42 +258,15 @@ class RaplEnergyMeter(EnergyMeter):
 # --------------------------------------------------------------------------- selection
 
 
-def nvml_index(cuda_index: int, environ=os.environ) -> int:
-    """NVML counts every GPU in the machine; CUDA only the visible ones (Ray sets CUDA_VISIBLE_DEVICES
-    per actor). Without this, every actor on a multi-GPU node would read GPU 0's counter."""
-    visible = [d.strip() for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    if cuda_index < len(visible) and visible[cuda_index].isdigit():
-        return int(visible[cuda_index])
-    return cuda_index
-
-
-def cuda_uuid(cuda_index: int) -> str | None:
-    """NVML's UUID ("GPU-…") of CUDA device `cuda_index` as this process numbers it, or None.
-
-    Matching by UUID holds where index arithmetic does not: UUIDs in CUDA_VISIBLE_DEVICES,
-    or a CUDA_DEVICE_ORDER that is not NVML's PCI order.
-    """
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        uuid = str(torch.cuda.get_device_properties(cuda_index).uuid)
-    except Exception:  # noqa: BLE001 - no CUDA, an old torch without the field
-        return None
-    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
-
-
-def meter_for(device: str, device_index: int = 0) -> EnergyMeter:
-    """The meter for a device kind ("cuda", "cuda:N", "cpu").
+def meter_for(device: str, opened: Device | None = None) -> EnergyMeter:
+    """The meter for a device kind ("cuda", "cuda:N", "cpu"), reading through `opened` where given.
 
     An unavailable meter is still returned: its ``unavailable_reason`` is the
     note recorded with the result.
     """
-    kind, _, index_text = device.partition(":")
+    kind, _, _ = device.partition(":")
     if kind == "cuda":
-        index = int(index_text) if index_text.isdigit() else device_index
-        return NvmlEnergyMeter(device_index=nvml_index(index), uuid=cuda_uuid(index))
+        return NvmlEnergyMeter(device=opened or open_device(device))
     if kind == "cpu":
         return RaplEnergyMeter()
     return NoEnergyMeter(f"no energy counter for device kind {device!r}")

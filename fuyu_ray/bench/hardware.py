@@ -8,6 +8,7 @@ such as `measure_peaks` gives (the GPU check measures them first, in the same ru
 from __future__ import annotations
 
 import os
+import platform
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -90,7 +91,7 @@ def measure_peaks(
 
 
 def _matmul_seconds(matrix_side: int, device: str, *timing) -> float:
-    import torch
+    import torch  # here: the driver reads this module's peak tables, and runs without torch
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32  # CPUs have no fast fp16 matmul
     left = torch.randn(matrix_side, matrix_side, dtype=dtype, device=device)
@@ -100,7 +101,7 @@ def _matmul_seconds(matrix_side: int, device: str, *timing) -> float:
 
 
 def _copy_seconds(copy_bytes: int, device: str, *timing) -> float:
-    import torch
+    import torch  # here: the driver reads this module's peak tables, and runs without torch
 
     source = torch.empty(copy_bytes // 2, dtype=torch.float16, device=device)
     target = torch.empty_like(source)
@@ -111,7 +112,7 @@ def best_loop_seconds(
     work: Callable[[], object], device: str, repeats: int, trials: int, warm_up_s: float, clock: Callable[[], float]
 ) -> float:
     """The fastest of `trials` loops of `repeats` calls, after calling `work` for `warm_up_s`."""
-    from fuyu_ray.bench.measure import synchronize
+    from fuyu_ray.bench.measure import synchronize  # measure imports torch: see _matmul_seconds
 
     deadline = clock() + warm_up_s
     while True:
@@ -151,7 +152,7 @@ def weight_bytes_per_token(model) -> int:
 
 def kv_bytes_per_token(model) -> int:
     """Bytes of keys and values one token of context holds in the KV cache, over all layers."""
-    from fuyu_ray.bench.models import kv_cache_shape
+    from fuyu_ray.bench.models import kv_cache_shape  # models imports torch: see _matmul_seconds
 
     layers, kv_heads, head_dim = kv_cache_shape(model.config)
     return 2 * layers * kv_heads * head_dim * next(model.parameters()).element_size()
@@ -199,6 +200,4 @@ def cpu_model() -> str | None:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
-
     return platform.processor() or None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import statistics
 import threading
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 
 def synchronize(device: str) -> None:
@@ -168,8 +170,6 @@ def count_flops(run: Callable[[], Any]) -> int:
     torch has no formula for SDPA's CPU flash kernel, so CPU attention would count as zero
     and sdpa would look cheaper than eager; it gets the same formula as the CUDA kernels.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
         run()
@@ -177,8 +177,6 @@ def count_flops(run: Callable[[], Any]) -> int:
 
 
 def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
@@ -191,8 +189,6 @@ def _rss_bytes() -> int | None:
 
 
 def _page_size() -> int:
-    import os
-
     return os.sysconf("SC_PAGE_SIZE")
 
 

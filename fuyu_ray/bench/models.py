@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import constants, hf_hub_url
+from huggingface_hub.utils import get_session
+from transformers import AutoConfig, AutoProcessor, FuyuConfig, FuyuForCausalLM
 
 from fuyu_ray.bench import tiny, train_tiny
 from fuyu_ray.job.cells import Variant
@@ -129,9 +132,6 @@ def hub_access(source: str) -> tuple[bool, str | None]:
 
 def _probe_hub(source: str) -> str | None:
     """None when the hub answers a request for the source's config (any HTTP status), else why not."""
-    from huggingface_hub import constants, hf_hub_url
-    from huggingface_hub.utils import get_session
-
     timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or constants.HF_HUB_ETAG_TIMEOUT)
     try:
         # No auth headers: a private repository's 401 is an answer too.
@@ -144,8 +144,6 @@ def _probe_hub(source: str) -> str | None:
 def resolve_processor(source: str, stand_in_allowed: bool):
     """(processor, note): the source's own processor, or for random weights, the built-in stand-in."""
     if source not in _processors:
-        from transformers import AutoProcessor
-
         local_only, _ = hub_access(source)
         try:
             _processors[source] = (AutoProcessor.from_pretrained(source, local_files_only=local_only), None)
@@ -169,8 +167,6 @@ def stand_in_processor():
 
 
 def _pretrained_model(source: str, dtype, attention: str, device: str):
-    from transformers import FuyuForCausalLM
-
     local_only, _ = hub_access(source)
     return FuyuForCausalLM.from_pretrained(
         source, dtype=dtype, attn_implementation=attention, local_files_only=local_only
@@ -183,8 +179,6 @@ def full_size_config(source: str):
     A fresh copy every call: the caller edits it.
     """
     if source not in _configs:
-        from transformers import AutoConfig, FuyuConfig
-
         local_only, _ = hub_access(source)
         try:
             _configs[source] = AutoConfig.from_pretrained(source, local_files_only=local_only)
@@ -194,8 +188,6 @@ def full_size_config(source: str):
 
 
 def _random_model(source: str, processor, dtype, attention: str, device: str):
-    from transformers import FuyuForCausalLM
-
     config = full_size_config(source)
     # The processor marks image positions with its own |SPEAKER| id; the model must agree.
     config.image_token_id = processor.tokenizer.convert_tokens_to_ids("|SPEAKER|")

@@ -13,15 +13,19 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from fuyu_ray.bench import energy, hardware
 from fuyu_ray.bench.data import LoadedSamples, Sample, load_samples
+from fuyu_ray.bench.decoding import StaticGreedyDecoder, first_token_agreement
+from fuyu_ray.bench.device import Device, open_device
 from fuyu_ray.bench.interference import (
     CLEAN,
     HostWindow,
@@ -38,7 +42,7 @@ from fuyu_ray.bench.records import CUDA_FATAL, cell_batch, now_iso, outcome_row,
 from fuyu_ray.job.cells import Cell, Variant
 from fuyu_ray.job.spec import image_dims
 from fuyu_ray.tasks import get_task
-from fuyu_ray.tasks.base import score_answers, unscored
+from fuyu_ray.tasks.base import TaskScore, score_answers, unscored
 
 PATCH = 30  # Fuyu's image patch side in pixels
 
@@ -98,13 +102,14 @@ class CellRunner:
         started = time.perf_counter()
         self.loaded, self.load_outcome = self._load()
         self.load_s = time.perf_counter() - started
+        self.device = self._device()
         self.meter = self._meter()
         # Three windows on a GPU, which is still settling from loading the model; one second elsewhere.
         idle_windows = 3 if variant.device == "cuda" else 1
         self.idle_power_w, _ = (
             energy.measure_idle_power(self.meter, windows=idle_windows) if self.load_outcome is None else (None, None)
         )
-        self.device_info = self.meter.device_info() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
+        self.device_info = self.device.info()
 
     def _load(self) -> tuple[LoadedModel | None, tuple[str, str] | None]:
         """The model, or the (status, error) that every cell of the variant gets instead.
@@ -120,13 +125,21 @@ class CellRunner:
             status, error = classify(exc)
             return None, (status, error if status == "skipped" else load_error_line(self.variant.model, error))
 
+    def _device(self) -> Device:
+        return open_device(self.variant.device)
+
+    def close(self) -> None:
+        """Release the device and its counters (NVML): when the worker that holds this runner ends."""
+        self.meter.close()
+        self.device.close()
+
     def _meter(self) -> energy.EnergyMeter:
         if self.variant.device == "cpu" and self.cpu_package_shared:
             return energy.NoEnergyMeter(
                 "the CPU package counter is shared with other actors on this node; "
                 "give cpus_per_actor a whole node to measure CPU energy"
             )
-        return energy.meter_for(self.variant.device)
+        return energy.meter_for(self.variant.device, self.device)
 
     def run(self, cell: Cell, deadline: float | None = None) -> CellResult:
         """One cell's record. With a `deadline` (a `time.perf_counter()` value), a cell still running
@@ -168,9 +181,6 @@ class CellRunner:
         row["measurement_attempts"] = len(attempts)
         return row, samples
 
-    def _clocks(self) -> dict[str, Any]:
-        return self.meter.clock_and_temperature() if isinstance(self.meter, energy.NvmlEnergyMeter) else {}
-
     def _free_memory(self) -> None:
         self.decoders.clear()  # a failed compile's cache and graph pool would stay for the actor's life
         gc.collect()
@@ -185,8 +195,6 @@ class CellRunner:
         time; its static cache and graph memory (gigabytes for fuyu-8b at batch 16) go when a
         cell of another shape arrives.
         """
-        from fuyu_ray.bench.decoding import StaticGreedyDecoder
-
         key = (point.batch_size, max(b.prompt_length for b in batches), point.image_size, max_new_tokens)
         if key not in self.decoders:
             self._free_memory()
@@ -196,21 +204,43 @@ class CellRunner:
             )
         return self.decoders[key]
 
-    # --- one cell -------------------------------------------------------------------------
+    # --- one cell, in three phases: prepare the workload, time it, answer and score -------------
 
     def _measure(self, cell: Cell, deadline: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        guard = DeadlineGuard(deadline)
+        workload = self._prepare(cell)
+        timed = self._time(workload, cell.point, guard)
+        answers = self._answer(workload, timed, cell.point.dataset)
+        guard.check("before counting FLOPs")
         loaded = self.loaded
-        point = cell.point
-        started = time.perf_counter()
+        flops = count_cell_flops(loaded, workload.batches[0])
+        row = {
+            "model_label": loaded.label,
+            "attention": loaded.attention,
+            "dtype": loaded.preset.dtype,
+            "tokenizer_note": loaded.tokenizer_note,
+            "torch_threads": torch.get_num_threads(),
+            **workload.columns(answers.generated, cell.point.image_size),
+            **answers.columns(loaded),
+            **timed.columns(self.meter, self.idle_power_w, self.quality),
+            **flops,
+            **first_token_columns(loaded, workload.decoder, workload.batches[0]),
+            **hardware.roofline_columns(
+                self.device_info.get("gpu_name"),
+                loaded,
+                timed.latency["prefill_compute_s"],
+                timed.latency["decode_s_per_token"],
+                flops,
+                cell.point.batch_size,
+                context_tokens=mean_context_tokens(workload.batches, answers.generated_mean),
+            ),
+            **self.device_info,
+        }
+        return row, answers.sample_rows(cell, workload)
 
-        def check_deadline(where: str) -> None:
-            now = time.perf_counter()
-            if deadline is not None and now > deadline:
-                raise CellDeadline(
-                    f"stopped {where}: past its deadline by {now - deadline:.1f} s "
-                    f"({now - started:.1f} s into the cell)"
-                )
-
+    def _prepare(self, cell: Cell) -> Workload:
+        """Samples, prompts and processed batches, and the decoder that runs them: outside any timed window."""
+        loaded, point = self.loaded, cell.point
         settings = TaskSettings.for_task(point.dataset, cell.task_override)
         data = load_samples(point.dataset, cell.source, cell.limit)
         if not data.samples:
@@ -221,117 +251,219 @@ class CellRunner:
             raise PresetUnsupported(
                 "SDPA's flash backend takes no attention mask, and this cell's prompts are padded; install flash-attn"
             )
-        ignore_eos = loaded.accuracy_note is not None  # random weights: every cell runs to max_new_tokens
         decoder = self._decoder(batches, point, settings.max_new_tokens) if loaded.preset.compiled else None
+        # Random weights answer nothing: every cell runs to max_new_tokens.
+        return Workload(settings, data, prompts, batches, loaded.accuracy_note is not None, decoder)
 
-        def run_batch(batch: Batch, token_clock) -> torch.Tensor:
-            if decoder is None:
-                return generate(loaded, batch, settings.max_new_tokens, ignore_eos, token_clock)
-            with attention_context(loaded):
-                return decoder.generate(
-                    batch.inputs,
-                    settings.max_new_tokens,
-                    loaded.eos_token_id,
-                    ignore_eos,
-                    on_token=token_clock,
-                    prefill_timer=token_clock.prefill,
-                )
-
-        clocks = self._clocks()
-        compile_s_before = decoder.compile_s if decoder else 0.0
-        with PeakMemory(point.device) as memory:
-            warmup_settled = True
+    def _time(self, workload: Workload, point, guard: DeadlineGuard) -> TimedRun:
+        """Warm up, then time every batch in passes until the energy window is long enough."""
+        loaded, decoder, first, device = self.loaded, workload.decoder, workload.batches[0], point.device
+        run_batch = batch_runner(loaded, workload)
+        timed = TimedRun(
+            batch_size=point.batch_size,
+            batches_per_pass=len(workload.batches),
+            decoder=decoder,
+            clocks_start=self.device.clocks(),
+            compile_s_before=decoder.compile_s if decoder else 0.0,
+        )
+        with PeakMemory(device) as memory:
             if decoder:  # until its graphs are compiled and (on CUDA) recorded
-                first_call_s, warmup_s, warmup_batches = decoder.warm_up(batches[0].inputs)
+                timed.first_call_s, timed.warmup_s, timed.warmup_batches = decoder.warm_up(first.inputs)
             else:  # until the timings settle, within a cap: a cold cache or a busy start is not the cell
-                first_call_s, warmup_s, warmup_batches, warmup_settled = settle(
-                    lambda: warm_up(run_batch, batches[0], point.device), self.quality
+                timed.first_call_s, timed.warmup_s, timed.warmup_batches, timed.warmup_settled = settle(
+                    lambda: warm_up(run_batch, first, device), self.quality
                 )
-            check_deadline("after the warm-up")
-            compilations_warm = decoder.compilations if decoder else 0
-            timings: list[BatchTiming] = []
-            first_pass: list[torch.Tensor] = []
-            repeat_joules: list[float] = []  # each pass's own energy, so that compare can bootstrap over passes
+            guard.check("after the warm-up")
+            timed.compilations_warm = decoder.compilations if decoder else 0
 
-            def timed_pass() -> None:
+            def one_pass() -> None:
                 before = read_joules(self.meter)
-                for batch in batches:
-                    output, timing = time_batch(lambda clock: run_batch(batch, clock), point.device)
-                    timings.append(timing)
-                    if len(first_pass) < len(batches):
-                        first_pass.append(output)
-                    check_deadline(f"after timed batch {len(timings)}")
+                for batch in workload.batches:
+                    output, timing = time_batch(lambda clock: run_batch(batch, clock), device)
+                    timed.timings.append(timing)
+                    if len(timed.first_pass) < len(workload.batches):
+                        timed.first_pass.append(output)
+                    guard.check(f"after timed batch {len(timed.timings)}")
                 after = read_joules(self.meter)
                 if before is not None and after is not None:
-                    repeat_joules.append(after - before)
+                    timed.repeat_joules.append(after - before)
 
-            host, sampler = HostWindow().start(), self.meter.gpu_sampler()
+            host, sampler = HostWindow().start(), self.device.sampler()
             if sampler:
                 sampler.start()
-            window = energy.run_until_min_window(timed_pass, self.meter, self.min_energy_window_s)
-            gpu = sampler.stop() if sampler else None
+            timed.window = energy.run_until_min_window(one_pass, self.meter, self.min_energy_window_s)
+            timed.gpu = sampler.stop() if sampler else None
             host.stop()
-        clocks_end = self._clocks()
-        stability = noise_series([t.total_s for t in timings], len(batches), [t.decode_s_per_token for t in timings])
+        timed.host, timed.memory, timed.clocks_end = host, memory, self.device.clocks()
+        return timed
 
-        latency = latency_columns(timings, point.batch_size, first_call_s, warmup_s, warmup_batches)
-        predictions, generations, generated, stopped = decode_outputs(loaded, batches, first_pass, len(data.samples))
-        # Random weights answer nothing: skip scoring (and its pycocoevalcap import on bare GPU boxes).
-        task_score = (
-            score_answers(get_task(point.dataset), data.samples, predictions)
-            if loaded.accuracy_note is None
-            else unscored(get_task(point.dataset), len(data.samples))
+    def _answer(self, workload: Workload, timed: TimedRun, dataset: str) -> Answers:
+        """The answers of the first timed pass, and the task's score of them."""
+        predictions, generations, generated, stopped = decode_outputs(
+            self.loaded, workload.batches, timed.first_pass, len(workload.data.samples)
         )
-        check_deadline("before counting FLOPs")
-        flops = count_cell_flops(loaded, batches[0])
-        agreement = first_token_columns(loaded, decoder, batches[0])
+        task = get_task(dataset)
+        # Random weights answer nothing: skip scoring (and its pycocoevalcap import on bare GPU boxes).
+        if self.loaded.accuracy_note is None:
+            score = score_answers(task, workload.data.samples, predictions)
+        else:
+            score = unscored(task, len(workload.data.samples))
+        return Answers(predictions, generations, generated, stopped, score)
 
-        workload = workload_columns(data, prompts, batches, settings, generated, ignore_eos, point.image_size)
 
-        row = {
-            "model_label": loaded.label,
-            "attention": loaded.attention,
-            "dtype": loaded.preset.dtype,
-            "tokenizer_note": loaded.tokenizer_note,
+class DeadlineGuard:
+    """Stops a cell at the next safe point once a `time.perf_counter()` deadline has passed."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline, self.started = deadline, time.perf_counter()
+
+    def check(self, where: str) -> None:
+        now = time.perf_counter()
+        if self.deadline is not None and now > self.deadline:
+            raise CellDeadline(
+                f"stopped {where}: past its deadline by {now - self.deadline:.1f} s "
+                f"({now - self.started:.1f} s into the cell)"
+            )
+
+
+@dataclass
+class Workload:
+    """What a cell runs, prepared before anything is timed."""
+
+    settings: TaskSettings
+    data: LoadedSamples
+    prompts: list[Prompt]
+    batches: list[Batch]
+    ignore_eos: bool
+    decoder: Any  # a compiled StaticGreedyDecoder, or None for transformers' generate
+
+    def columns(self, generated: list[int | None], image_size: int | str) -> dict[str, Any]:
+        lengths = [g for g in generated if g is not None]
+        data = self.data
+        return {
             "dataset_description": data.description,
-            "torch_threads": torch.get_num_threads(),
-            **workload,
-            "eos_fraction": sum(stopped) / len(stopped),
-            **latency,
-            **energy_columns(window, self.meter, self.idle_power_w, len(timings), point.batch_size),
-            "energy_repeats_j": repeat_joules if window.joules is not None and repeat_joules else None,
-            **flops,
-            "peak_gpu_allocated_bytes": memory.allocated_bytes,
-            "peak_gpu_reserved_bytes": memory.reserved_bytes,
-            "peak_rss_bytes": memory.rss_bytes,
-            "compile_s": decoder.compile_s - compile_s_before if decoder else None,
-            "recompiles": decoder.compilations - compilations_warm if decoder else None,
+            "n_samples": len(data.samples),
+            "n_skipped_samples": len(data.skipped),
+            "skipped_samples_reason": "; ".join(f"{i}: {r}" for i, r in data.skipped[:5]) or None,
+            "n_batches": len(self.batches),
+            "padded_rows": sum(len(b.sample_indices) for b in self.batches) - len(data.samples),
+            "image_tokens": image_token_count(image_size),
+            "prompt_tokens_mean": sum(p.text_tokens for p in self.prompts) / len(self.prompts),
+            "truncated_prompts": sum(p.truncated for p in self.prompts),
+            "max_new_tokens": self.settings.max_new_tokens,
+            "generated_tokens_mean": sum(lengths) / len(lengths) if lengths else None,
+            "ignore_eos": self.ignore_eos,
+            "prompt_template": self.settings.template,
+        }
+
+
+@dataclass
+class TimedRun:
+    """The timed window: each batch's timing, the energy window, memory, clocks, and what else ran."""
+
+    batch_size: int
+    batches_per_pass: int
+    decoder: Any  # as the workload's: its compile time and recompilations are the window's
+    clocks_start: dict[str, Any]
+    compile_s_before: float
+    first_call_s: float = 0.0
+    warmup_s: float = 0.0
+    warmup_batches: int = 0
+    warmup_settled: bool = True
+    compilations_warm: int = 0
+    timings: list[BatchTiming] = field(default_factory=list)
+    first_pass: list[torch.Tensor] = field(default_factory=list)  # the outputs answers are read from
+    repeat_joules: list[float] = field(default_factory=list)  # each pass's own energy, for compare's intervals
+    window: energy.WindowResult | None = None
+    host: HostWindow | None = None
+    gpu: Any = None  # the GPU sampler's findings, where the device has a sampler
+    memory: PeakMemory | None = None
+    clocks_end: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def latency(self) -> dict[str, Any]:
+        return latency_columns(self.timings, self.batch_size, self.first_call_s, self.warmup_s, self.warmup_batches)
+
+    def columns(self, meter, idle_power_w, quality: QualityThresholds) -> dict[str, Any]:
+        decoder, window, batch_size = self.decoder, self.window, self.batch_size
+        stability = noise_series(
+            [t.total_s for t in self.timings], self.batches_per_pass, [t.decode_s_per_token for t in self.timings]
+        )
+        return {
+            **self.latency,
+            **energy_columns(window, meter, idle_power_w, len(self.timings), batch_size),
+            "energy_repeats_j": self.repeat_joules if window.joules is not None and self.repeat_joules else None,
+            "peak_gpu_allocated_bytes": self.memory.allocated_bytes,
+            "peak_gpu_reserved_bytes": self.memory.reserved_bytes,
+            "peak_rss_bytes": self.memory.rss_bytes,
+            "compile_s": decoder.compile_s - self.compile_s_before if decoder else None,
+            "recompiles": decoder.compilations - self.compilations_warm if decoder else None,
             "decoder": describe_decoder(decoder),
-            **agreement,
-            **hardware.roofline_columns(
-                self.device_info.get("gpu_name"),
-                loaded,
-                latency["prefill_compute_s"],
-                latency["decode_s_per_token"],
-                flops,
-                point.batch_size,
-                context_tokens=mean_context_tokens(batches, workload["generated_tokens_mean"]),
-            ),
-            **accuracy_columns(task_score, loaded),
-            **self.device_info,
-            "sm_clock_start_mhz": clocks.get("sm_clock_mhz"),
-            "gpu_temp_start_c": clocks.get("temperature_c"),
-            "sm_clock_end_mhz": clocks_end.get("sm_clock_mhz"),
-            "gpu_temp_end_c": clocks_end.get("temperature_c"),
-            **host.columns(),
-            **(gpu.columns() if gpu else {}),
+            "sm_clock_start_mhz": self.clocks_start.get("sm_clock_mhz"),
+            "gpu_temp_start_c": self.clocks_start.get("temperature_c"),
+            "sm_clock_end_mhz": self.clocks_end.get("sm_clock_mhz"),
+            "gpu_temp_end_c": self.clocks_end.get("temperature_c"),
+            **self.host.columns(),
+            **(self.gpu.columns() if self.gpu else {}),
             "latency_cv": coefficient_of_variation(stability),
             "measurement_quality": verdict(
-                self.quality, host, gpu, stability, unsettled_warmup=None if warmup_settled else warmup_batches
+                quality,
+                self.host,
+                self.gpu,
+                stability,
+                unsettled_warmup=None if self.warmup_settled else self.warmup_batches,
             ),
         }
-        samples = sample_rows(cell, data.samples, prompts, generations, predictions, task_score, generated)
-        return row, samples
+
+
+@dataclass
+class Answers:
+    """What the model answered on the first timed pass, and the task's score of it."""
+
+    predictions: list[str | None]
+    generations: list[str | None]
+    generated: list[int | None]  # new tokens per sample, the end-of-text token included
+    stopped: list[bool]  # whether the sample ended with end-of-text before max_new_tokens
+    score: TaskScore
+
+    @property
+    def generated_mean(self) -> float | None:
+        lengths = [g for g in self.generated if g is not None]
+        return sum(lengths) / len(lengths) if lengths else None
+
+    def columns(self, loaded: LoadedModel) -> dict[str, Any]:
+        return {"eos_fraction": sum(self.stopped) / len(self.stopped), **accuracy_columns(self.score, loaded)}
+
+    def sample_rows(self, cell: Cell, workload: Workload) -> list[dict[str, Any]]:
+        return sample_rows(
+            cell,
+            workload.data.samples,
+            workload.prompts,
+            self.generations,
+            self.predictions,
+            self.score,
+            self.generated,
+        )
+
+
+def batch_runner(loaded: LoadedModel, workload: Workload):
+    """One batch through the cell's decoder: transformers' generate, or the compiled static-cache one."""
+    max_new_tokens, ignore_eos, decoder = workload.settings.max_new_tokens, workload.ignore_eos, workload.decoder
+
+    def run_batch(batch: Batch, token_clock) -> torch.Tensor:
+        if decoder is None:
+            return generate(loaded, batch, max_new_tokens, ignore_eos, token_clock)
+        with attention_context(loaded):
+            return decoder.generate(
+                batch.inputs,
+                max_new_tokens,
+                loaded.eos_token_id,
+                ignore_eos,
+                on_token=token_clock,
+                prefill_timer=token_clock.prefill,
+            )
+
+    return run_batch
 
 
 def describe_decoder(decoder) -> str:
@@ -343,8 +475,6 @@ def first_token_columns(loaded: LoadedModel, decoder, batch: Batch) -> dict[str,
     (same weights, same inputs); nothing for the stock paths themselves."""
     if decoder is None:
         return {}
-    from fuyu_ray.bench.decoding import first_token_agreement
-
     return first_token_agreement(loaded.model, decoder, batch.inputs, context=lambda: attention_context(loaded))
 
 
@@ -379,15 +509,11 @@ def prepare_batches(
 
 def attention_context(loaded: LoadedModel):
     if loaded.attention == "sdpa-flash":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         return sdpa_kernel(SDPBackend.FLASH_ATTENTION)
     return contextlib.nullcontext()
 
 
 def generate(loaded: LoadedModel, batch: Batch, max_new_tokens: int, ignore_eos: bool, token_clock) -> torch.Tensor:
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
     class ClockCriterion(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             return token_clock(input_ids, scores)
@@ -485,26 +611,6 @@ def mean_context_tokens(batches: list[Batch], generated_tokens_mean: float | Non
     """Tokens a decode step attends to, per row, on average: the prompt plus half the generation."""
     prompt = sum(b.prompt_length for b in batches) / len(batches)
     return prompt + (generated_tokens_mean or 0.0) / 2
-
-
-def workload_columns(
-    data: LoadedSamples, prompts, batches, settings, generated, ignore_eos, image_size
-) -> dict[str, Any]:
-    lengths = [g for g in generated if g is not None]
-    return {
-        "n_samples": len(data.samples),
-        "n_skipped_samples": len(data.skipped),
-        "skipped_samples_reason": "; ".join(f"{i}: {r}" for i, r in data.skipped[:5]) or None,
-        "n_batches": len(batches),
-        "padded_rows": sum(len(b.sample_indices) for b in batches) - len(data.samples),
-        "image_tokens": image_token_count(image_size),
-        "prompt_tokens_mean": sum(p.text_tokens for p in prompts) / len(prompts),
-        "truncated_prompts": sum(p.truncated for p in prompts),
-        "max_new_tokens": settings.max_new_tokens,
-        "generated_tokens_mean": sum(lengths) / len(lengths) if lengths else None,
-        "ignore_eos": ignore_eos,
-        "prompt_template": settings.template,
-    }
 
 
 def latency_columns(

@@ -16,7 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from fuyu_ray.bench import energy
+from fuyu_ray.bench.device import Device
 from fuyu_ray.bench.measure import spread
 from fuyu_ray.bench.runner import CellRunner
 from fuyu_ray.job.cells import Cell
@@ -61,14 +64,15 @@ class StandInRunner(CellRunner):
         self.behaviour = parse_behaviour(self.variant.model)
         return None, None
 
+    def _device(self) -> Device:
+        return Device()  # nothing runs on it: even on a GPU node, nothing of the GPU is the stand-in's
+
     def _meter(self) -> energy.EnergyMeter:
         return energy.NoEnergyMeter("stand-in model: nothing is computed, so nothing is measured")
 
     def _measure(self, cell: Cell, deadline: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         batch = cell.point.batch_size
         if batch == self.behaviour.oom_at_batch:
-            import torch
-
             raise torch.cuda.OutOfMemoryError("stand-in: CUDA out of memory (simulated)")
         if batch == self.behaviour.fail_at_batch:
             raise RuntimeError("stand-in: simulated failure")

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import json
 
+from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+from tokenizers import models as token_models
+from transformers import FuyuConfig, FuyuProcessor, PreTrainedTokenizerFast
+from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil
+
 from fuyu_ray.tasks import tiny_training_tasks
 from fuyu_ray.tasks.base import synthetic_rows
 from fuyu_ray.tasks.synthetic import BACKGROUNDS, COLORS, SHAPES, WORDS
@@ -35,11 +40,8 @@ def tokenizer_corpus() -> list[str]:
 
 def build_tokenizer():
     """A byte-fallback BPE with Fuyu's normaliser (prepend and replace "▁") and Fuyu's special pieces."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    learner = Tokenizer(models.BPE())
+    learner = Tokenizer(token_models.BPE())
     learner.normalizer = normalizer
     # Learn merges within words only, as sentencepiece does, so token counts stay word-like.
     learner.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
@@ -56,7 +58,7 @@ def build_tokenizer():
         vocab.setdefault(token, len(vocab))
     merges.extend(tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in learned["merges"])
 
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True))
+    tokenizer = Tokenizer(token_models.BPE(vocab=vocab, merges=merges, byte_fallback=True))
     tokenizer.normalizer = normalizer
     tokenizer.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
@@ -81,8 +83,6 @@ def _merge_chain(piece: str, vocab: dict[str, int]) -> list[tuple[str, str]]:
 
 
 def build_config(tokenizer):
-    from transformers import FuyuConfig
-
     vocab = tokenizer.get_vocab()
     return FuyuConfig(
         vocab_size=len(vocab),
@@ -96,7 +96,4 @@ def build_config(tokenizer):
 
 
 def build_processor(tokenizer):
-    from transformers import FuyuProcessor
-    from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil
-
     return FuyuProcessor(image_processor=FuyuImageProcessorPil(), tokenizer=tokenizer)

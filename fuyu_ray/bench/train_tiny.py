@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import FuyuForCausalLM
 
 from fuyu_ray.bench import data, prompts, tiny
 from fuyu_ray.bench.data import rows_to_samples
@@ -83,8 +84,6 @@ def collate(batch: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torc
 
 
 def train(log=print):
-    from transformers import FuyuForCausalLM
-
     random.seed(SEED)
     torch.manual_seed(SEED)
     processor = tiny.build_processor(tiny.build_tokenizer())

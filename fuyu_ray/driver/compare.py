@@ -262,7 +262,7 @@ def ratio_interval(base: np.ndarray, new: np.ndarray, statistic: Callable) -> tu
     """95% percentile bootstrap interval of statistic(NEW) / statistic(BASE), each run resampled on its own."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from scipy.stats import bootstrap
+        from scipy.stats import bootstrap  # heavy: loaded only when a comparison computes intervals
 
         result = bootstrap(
             (base, new),
@@ -362,7 +362,7 @@ def accuracy_change(
     excludes_zero = change.low > 0 or change.high < 0
     letters = is_option_task(dataset) and set(np.unique(np.concatenate([base, new]))) <= {0.0, 1.0}
     if letters:
-        from scipy.stats import binomtest
+        from scipy.stats import binomtest  # heavy: loaded only for paired right/wrong scores
 
         lost = int(((base == 1) & (new == 0)).sum())
         gained = int(((base == 0) & (new == 1)).sum())
@@ -811,7 +811,7 @@ def plot(comparison: Comparison) -> bytes | None:
     metrics = [m for m in METRICS if any(r.changes[m].relative_pct is not None for r, _ in compared)]
     if not metrics:
         return None
-    import matplotlib
+    import matplotlib  # heavy: loaded only to draw
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -40,7 +40,7 @@ def check_token(address: str, origin: str) -> None:
 
     def probe() -> None:
         try:
-            from ray._raylet import GcsClient
+            from ray._raylet import GcsClient  # Ray loads once the input is known good: bad input answers at once
 
             GcsClient(address=address).internal_kv_get(b"fuyu_ray_probe", None, timeout=5)
         except Exception as exc:  # anything but a refused token is left to ray.init to report
@@ -81,7 +81,7 @@ def connect(address: str | None, origin: str, facts: dict[str, str] | None = Non
 
 
 def _init_ray(ray, address: str | None, facts: dict[str, str]):
-    from ray.job_config import JobConfig
+    from ray.job_config import JobConfig  # Ray loads once the input is known good
 
     started = time.perf_counter()
     # The dashboard's job list shows this metadata beside the driver's command line.
@@ -138,7 +138,7 @@ def label_submission(facts: dict[str, str]) -> None:
     """The dashboard lists a submission by its own record, which Ray fills from the driver's job only
     at times of its choosing: write the facts into that record as soon as the driver is up."""
     from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
-    from ray.experimental import internal_kv
+    from ray.experimental import internal_kv  # Ray loads once the input is known good
 
     try:
         submission = (

@@ -28,12 +28,12 @@ class CellWorker:
 
     def __init__(self, variant: Variant, runner_options: dict, threads: int | None):
         self.started_at = time.time()
-        import torch
+        import torch  # in the actor's process only: the driver never loads torch
 
         if threads:
             torch.set_num_threads(threads)
-        from fuyu_ray.bench.runner import CellRunner
-        from fuyu_ray.bench.standin import StandInRunner, is_standin
+        from fuyu_ray.bench.runner import CellRunner  # torch, in the actor's process only
+        from fuyu_ray.bench.standin import StandInRunner, is_standin  # torch, in the actor's process only
 
         context = ray.get_runtime_context()
         node = next((n for n in ray.nodes() if n["NodeID"] == context.get_node_id()), {})
@@ -55,7 +55,9 @@ class CellWorker:
         """Which incarnation answers: a restarted actor has a new start time."""
         return self.started_at
 
-    def lifetime(self) -> dict:
+    def finish(self) -> dict:
+        """Release the runner's device counters, and say how long this process lived."""
+        self.runner.close()
         return {"started_at": self.started_at, "load_s": self.load_s}
 
 
@@ -135,9 +137,9 @@ class RayActor:
         }.get(state, state.lower().replace("_", " "))
         return ActorState("waiting", detail)
 
-    def lifetime(self) -> dict | None:
+    def finish(self) -> dict | None:
         try:
-            return ray.get(self.handle.lifetime.remote(), timeout=10)
+            return ray.get(self.handle.finish.remote(), timeout=10)
         except RayError:
             return None
 

@@ -150,7 +150,10 @@ def image_label(value) -> str:
 def workload_key(cell: Cell, loaded) -> tuple:
     """What a cell measures beyond its settings' names: the exact prompts its seq_len leaves."""
     from fuyu_ray.bench.data import load_samples
-    from fuyu_ray.bench.prompts import TaskSettings, build_prompt
+    from fuyu_ray.bench.prompts import (  # with bench.data: datasets, once the job is known good
+        TaskSettings,
+        build_prompt,
+    )
 
     point = cell.point
     settings = TaskSettings.for_task(point.dataset, cell.task_override)
@@ -163,7 +166,7 @@ def measured_peaks_line(job, log=print) -> str:
     """Measure the chip's real matrix rate and copy bandwidth, and make them the roofline's limits."""
     import torch
 
-    from fuyu_ray.bench import hardware
+    from fuyu_ray.bench import hardware  # torch, once the job is known good
 
     if job.base.device != "cuda" or not torch.cuda.is_available():
         return "Roofline limits: none (no CUDA device)."
@@ -255,6 +258,9 @@ def _release(runners: dict, variant) -> None:
     """Free a variant's model once none of its cells is left: at most a couple stay loaded."""
     import torch
 
+    runner, _ = runners[variant]
+    if runner is not None:
+        runner.close()
     runners[variant] = (None, "released")
     gc.collect()
     if torch.cuda.is_available():

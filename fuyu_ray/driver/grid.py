@@ -127,9 +127,9 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
     # Ray, Polars and matplotlib load only once the job and --out are known good: bad input answers at once.
     import ray
 
-    from fuyu_ray.driver.dryrun import dry_run
-    from fuyu_ray.driver.execute import execute
-    from fuyu_ray.driver.report import write_report
+    from fuyu_ray.driver.dryrun import dry_run  # Ray, as above
+    from fuyu_ray.driver.execute import execute  # Ray, as above
+    from fuyu_ray.driver.report import write_report  # Polars and matplotlib, as above
 
     started_at = now_iso()
     try:

@@ -46,8 +46,8 @@ class PlainProgress:
 
 class RichProgress(PlainProgress):
     def __init__(self, total: int):
-        from rich.console import Console
-        from rich.progress import (
+        from rich.console import Console  # only on a terminal; a log needs no rich
+        from rich.progress import (  # only on a terminal
             BarColumn,
             MofNCompleteColumn,
             Progress,

@@ -6,15 +6,19 @@ an edited job file never shows stale cells.
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
+import sys
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from fuyu_ray.driver.store import ResultStore
-from fuyu_ray.job.cells import Grid
+from fuyu_ray.job.cells import Grid, expand
 from fuyu_ray.job.presets import PRESET_NAMES
-from fuyu_ray.job.spec import AXES, JobSpec
+from fuyu_ray.job.spec import AXES, JobError, JobSpec, load_job
 from fuyu_ray.tasks import TASKS
 
 AXIS_TITLES = {
@@ -757,10 +761,10 @@ SEED_GAPS = [
 
 
 def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFrame) -> dict[str, str]:
-    import matplotlib
+    import matplotlib  # heavy: loaded only to draw
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: loaded only to draw
 
     plots: dict[str, str] = {}
     ok = cells.filter(pl.col("status") == "ok") if not cells.is_empty() else cells
@@ -828,8 +832,7 @@ def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFram
 def large_sweep_plot(store: ResultStore, job: JobSpec, grid: Grid, ok: pl.DataFrame, sweep: str) -> str | None:
     """Every value of a large sweep: heatmaps over its two main axes (the median over the others),
     one per metric and dataset; for a single axis, lines against it."""
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # heavy: loaded only to draw
 
     varied = varied_axes(job, sweep)
     frame, values = sweep_frame(job, grid, ok, sweep)
@@ -899,7 +902,7 @@ def large_sweep_plot(store: ResultStore, job: JobSpec, grid: Grid, ok: pl.DataFr
 
 
 def _save(store: ResultStore, figure, name: str, tight: bool = True) -> str:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: loaded only to draw
 
     buffer = io.BytesIO()
     if tight:  # the other figures are laid out by matplotlib's constrained layout as they are drawn
@@ -912,13 +915,6 @@ def _save(store: ResultStore, figure, name: str, tight: bool = True) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Rebuild the report from cell files already on disk, e.g. those the GPU check wrote."""
-    import argparse
-    import json
-    import sys
-
-    from fuyu_ray.job.cells import expand
-    from fuyu_ray.job.spec import JobError, load_job
-
     parser = argparse.ArgumentParser(prog="python -m fuyu_ray.report", description=main.__doc__)
     parser.add_argument("--job", required=True)
     parser.add_argument("--out", required=True)

@@ -48,7 +48,7 @@ class Actor(Protocol):
     def ping(self) -> Any: ...  # answers with the start time of the process: a new one after a restart
     def kill(self, restart: bool) -> None: ...
     def state(self) -> ActorState: ...
-    def lifetime(self) -> dict | None: ...  # started_at and load_s, when the actor can still say
+    def finish(self) -> dict | None: ...  # releases what it holds; started_at and load_s, when it can still say
 
 
 class Pool(Protocol):
@@ -71,7 +71,7 @@ class Slot:
     retry_at: float | None = None
     incarnation: float | None = None  # the start time of the process that last answered
     stale: float | None = None  # an incarnation that was restarted on purpose: its answers do not count
-    answered: bool = False  # the actor's current process has answered: it can report its lifetime
+    answered: bool = False  # the actor's current process has answered: it can finish and report its lifetime
     pinged_at: float = 0.0
     waiting_since: float | None = None  # when it last went quiet; for the one line that says so
 
@@ -250,7 +250,7 @@ class Scheduler:
         self.on_start(slot.cell)
 
     def _retire(self, slot: Slot) -> None:
-        lifetime = slot.actor.lifetime() if slot.answered else None
+        lifetime = slot.actor.finish() if slot.answered else None
         if lifetime:
             self.stats.actors.append({**lifetime, "ended_at": time.time(), "name": slot.actor.name})
         slot.actor.kill(restart=False)

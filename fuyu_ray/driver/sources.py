@@ -55,7 +55,7 @@ def from_the_hub(repo_id: str, what: str) -> tuple[str | None, str]:
 
 
 def check_model(model: str, weights: str) -> SourceCheck:
-    from fuyu_ray.bench.standin import is_standin
+    from fuyu_ray.bench.standin import is_standin  # torch, on the worker only
 
     if model == "tiny" or is_standin(model):
         return SourceCheck("model", model, None, "built in")
@@ -76,7 +76,11 @@ def check_model(model: str, weights: str) -> SourceCheck:
 
 
 def check_dataset(task: str, source: DatasetSource) -> SourceCheck:
-    from fuyu_ray.bench.data import DatasetNotFound, is_local_folder, resolve_local_folder
+    from fuyu_ray.bench.data import (  # datasets, on the worker only
+        DatasetNotFound,
+        is_local_folder,
+        resolve_local_folder,
+    )
 
     kind, name = f"dataset {task}", source.source
     if name == "synthetic":

@@ -13,11 +13,13 @@ import hashlib
 import json
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Collection, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -258,8 +260,6 @@ class ResultStore:
             if with_source:
                 frame = frame.with_columns(_polars_cell_id(SOURCE))
             return frame.rechunk().to_arrow().cast(_with_source(schema) if with_source else schema)
-        import pyarrow.dataset as ds
-
         projection = {name: ds.field(name) for name in schema.names}
         if with_source:
             projection[SOURCE] = ds.field("__filename")
@@ -271,8 +271,6 @@ class ResultStore:
         return table.combine_chunks()
 
     def _each(self, paths: list[str], schema: pa.Schema, with_source: bool = False) -> list[pa.Table | None]:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=8) as pool:
             return list(pool.map(lambda path: self._read(path, schema, with_source), paths))
 
@@ -333,7 +331,7 @@ def scan_errors() -> tuple[type[BaseException], ...]:
     """What a read of files that do not read back whole raises. Looked up only when something was raised,
     so that writing cells (the GPU check) never imports Polars."""
     try:
-        from polars.exceptions import PolarsError
+        from polars.exceptions import PolarsError  # the GPU check writes through this module where Polars is absent
     except ImportError:  # the GPU check's bare machine: no Polars, so only pyarrow reads
         return (OSError, pa.ArrowException)
     return (OSError, pa.ArrowException, PolarsError)
@@ -356,7 +354,7 @@ def _with_keys(schema: pa.Schema) -> pa.Schema:
 
 
 def _polars_scan(paths: list[str], schema: pa.Schema, with_source: bool):
-    import polars as pl
+    import polars as pl  # the GPU check writes through this module where Polars is absent
 
     return pl.scan_parquet(
         paths,
@@ -370,7 +368,7 @@ def _polars_scan(paths: list[str], schema: pa.Schema, with_source: bool):
 
 
 def _polars_cell_id(column: str):
-    import polars as pl
+    import polars as pl  # the GPU check writes through this module where Polars is absent
 
     return pl.col(column).str.split("/").list.last().str.strip_suffix(".parquet")
 

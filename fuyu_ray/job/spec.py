@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +72,10 @@ class PublishedFigures:
 class JobSpec:
     name: str
     model: str
-    weights: str
-    limit: int
     base: Point
     sweeps: dict[str, dict[str, list[Any]]]
+    weights: str = "pretrained"
+    limit: int = 16  # samples per cell
     datasets: dict[str, DatasetSource] = field(default_factory=dict)
     tasks: dict[str, TaskOverride] = field(default_factory=dict)
     cpus_per_actor: int | None = None
@@ -99,6 +99,7 @@ class JobSpec:
         }
 
 
+DEFAULTS = {f.name: f.default for f in fields(JobSpec) if f.default is not MISSING}  # what a job may leave out
 TOP_KEYS = {
     "name",
     "model",
@@ -149,10 +150,10 @@ def parse_job(raw: Any, origin: str) -> JobSpec:
 
     name = _string(raw["name"], "name", fail)
     model = _string(raw["model"], "model", fail)
-    weights = raw.get("weights", "pretrained")
+    weights = raw.get("weights", DEFAULTS["weights"])
     if weights not in WEIGHTS:
         raise fail("weights", f"unknown value {weights!r} (known: {', '.join(WEIGHTS)})")
-    limit = _positive_int(raw.get("limit", 16), "limit", fail)
+    limit = _positive_int(raw.get("limit", DEFAULTS["limit"]), "limit", fail)
 
     base = _parse_point(raw["base"], "base", fail)
     sweeps = _parse_sweeps(raw["sweeps"], fail)
@@ -171,11 +172,15 @@ def parse_job(raw: Any, origin: str) -> JobSpec:
         datasets=datasets,
         tasks=tasks,
         cpus_per_actor=None if cpus is None else _positive_int(cpus, "cpus_per_actor", fail),
-        cell_timeout_s=_positive_number(raw.get("cell_timeout_s", 1800.0), "cell_timeout_s", fail),
-        max_actors_per_variant=_actor_cap(raw.get("max_actors_per_variant", 1), fail),
-        min_energy_window_s=_positive_number(raw.get("min_energy_window_s", 1.0), "min_energy_window_s", fail),
+        cell_timeout_s=_positive_number(raw.get("cell_timeout_s", DEFAULTS["cell_timeout_s"]), "cell_timeout_s", fail),
+        max_actors_per_variant=_actor_cap(raw.get("max_actors_per_variant", DEFAULTS["max_actors_per_variant"]), fail),
+        min_energy_window_s=_positive_number(
+            raw.get("min_energy_window_s", DEFAULTS["min_energy_window_s"]), "min_energy_window_s", fail
+        ),
         quality=_quality(raw.get("quality"), fail),
-        remeasure_disturbed=_count(raw.get("remeasure_disturbed", 0), "remeasure_disturbed", fail),
+        remeasure_disturbed=_count(
+            raw.get("remeasure_disturbed", DEFAULTS["remeasure_disturbed"]), "remeasure_disturbed", fail
+        ),
         published=_published(raw.get("published"), fail),
         source_path=origin,
     )

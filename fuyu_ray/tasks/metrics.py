@@ -545,7 +545,7 @@ def _check_caption_inputs(predictions: Mapping, references: Mapping) -> None:
 
 
 def _tokenize_java(predictions: Mapping, references: Mapping) -> tuple[dict, dict]:
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer  # optional on a bare GPU box: only captions need it
 
     # One combined call because each call starts a JVM.
     batch = {("pred", k): [{"caption": v}] for k, v in predictions.items()}
@@ -563,7 +563,7 @@ def _tokenize_python(predictions: Mapping, references: Mapping) -> tuple[dict, d
 
 
 def _bleu4(gts: dict, res: dict) -> float:
-    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.bleu.bleu import Bleu  # optional on a bare GPU box: only captions need it
 
     # The default verbose=1 prints corpus n-gram counts to stdout.
     scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
@@ -571,7 +571,7 @@ def _bleu4(gts: dict, res: dict) -> float:
 
 
 def _cider_d(gts: dict, res: dict) -> tuple[float, dict]:
-    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.cider.cider import Cider  # optional on a bare GPU box: only captions need it
 
     score, per_image = Cider().compute_score(gts, res)
     # Cider iterates gts.keys(), so the per-image array follows that order.
