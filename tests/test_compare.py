@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, run_grid, write_job
 
-from fuyu_ray import compare as cmp
+from fuyu_ray.driver import compare as cmp
 from fuyu_ray.bench.energy import EnergyMeter
 from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
 from fuyu_ray.bench.runner import CellResult, CellRunner

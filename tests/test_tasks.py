@@ -33,13 +33,13 @@ def test_no_module_outside_the_tasks_names_a_task():
 def test_the_training_answer_scores_full_marks_and_a_wrong_one_none(name):
     task = get_task(name)
     samples = load_samples(name, DatasetSource("synthetic"), limit=6).samples
-    right = score_answers(task, samples, [task.training_answer(s) for s in samples])
+    right = score_answers(task, samples, [task.scoring.training_answer(s) for s in samples])
     wrong = score_answers(task, samples, ["zebra crossing"] * len(samples))
     if name == "coco":  # CIDEr-D is not bounded by 1; a wrong caption still scores 0
         assert right.accuracy > 1.0 and wrong.accuracy == 0.0
     else:
         assert (right.accuracy, wrong.accuracy) == (1.0, 0.0)
-    assert right.n == len(samples) == 6 and right.metric == task.metric
+    assert right.n == len(samples) == 6 and right.metric == task.scoring.metric
 
 
 @pytest.mark.parametrize("name", NAMES)

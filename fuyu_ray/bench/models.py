@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,6 @@ class LoadedModel:
     eos_token_id: int
     accuracy_note: str | None  # why accuracy means nothing for this model, if it does not
     tokenizer_note: str | None
-    load_s: float
 
     @property
     def tokenizer(self):
@@ -60,7 +58,6 @@ class LoadedModel:
 
 
 def load_model(variant: Variant) -> LoadedModel:
-    started = time.perf_counter()
     preset = PRESETS[variant.optimization]
     attention, reason = resolve_attention(preset, variant.device)
     if attention is None:
@@ -89,7 +86,6 @@ def load_model(variant: Variant) -> LoadedModel:
         eos_token_id=_end_of_text_id(variant.model, processor),
         accuracy_note=accuracy_note,
         tokenizer_note=tokenizer_note,
-        load_s=time.perf_counter() - started,
     )
 
 

@@ -52,7 +52,7 @@ def encode_examples(processor) -> list[dict[str, torch.Tensor]]:
                 return_tensors="pt",
                 size={"height": PADDED_SIDE, "width": PADDED_SIDE},
             )
-            answer = tokenizer(task.training_answer(sample), add_special_tokens=False)["input_ids"] + [eos]
+            answer = tokenizer(task.scoring.training_answer(sample), add_special_tokens=False)["input_ids"] + [eos]
             prompt_ids = inputs["input_ids"][0]
             examples.append(
                 {

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from fuyu_ray.driver.store import TEMP_MARK, ResultStore
 from fuyu_ray.tasks import TASKS
 from fuyu_ray.tasks.metrics import bootstrap_interval
-from fuyu_ray.tasks.scorers import OPTION_METRIC
+from fuyu_ray.tasks.scorers import OPTION_LETTER
 
 # What cells.Cell.settings() records, less cell_id and the image's width and height, which
 # `image_size` stands for here (it is null for a "WxH" image).
@@ -70,12 +70,12 @@ NOT_AVAILABLE = "n/a"
 
 def is_option_task(dataset: str) -> bool:
     """Scored right or wrong per sample: paired differences are counted, not averaged."""
-    return dataset in TASKS and TASKS[dataset].metric == OPTION_METRIC
+    return dataset in TASKS and TASKS[dataset].scoring is OPTION_LETTER
 
 
 def is_proportion_task(dataset: str) -> bool:
     """Scores in [0, 1]: differences are shown in points."""
-    return dataset in TASKS and TASKS[dataset].scale == 100
+    return dataset in TASKS and TASKS[dataset].scoring.scale == 100
 
 
 class BadInput(Exception):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 from fuyu_ray.job.cells import Cell
 
@@ -69,7 +68,6 @@ class RichProgress(PlainProgress):
             console=self.console,
         )
         self.task = self.bar.add_task("", total=total)
-        self.running: dict[str, float] = {}
 
     def __enter__(self):
         self.bar.start()
@@ -79,12 +77,10 @@ class RichProgress(PlainProgress):
         self.bar.stop()
 
     def started(self, cell: Cell) -> None:
-        self.running[cell.cell_id] = time.monotonic()
         self.bar.update(self.task, description=cell.description)
 
     def finished(self, cell_description: str, row: dict) -> None:
         self.done += 1
-        self.running.pop(row["cell_id"], None)
         self.bar.console.print(f"{row['cell_id']} {cell_description}: {outcome_line(row)}")
         self.bar.update(self.task, advance=1)
 

@@ -52,7 +52,7 @@ def title(dataset: str) -> str:
 
 def accuracy_scale(dataset: str | None) -> float:
     """CIDEr is reported as is, proportions as percent."""
-    return TASKS[dataset].scale if dataset in TASKS else 100
+    return TASKS[dataset].scoring.scale if dataset in TASKS else 100
 
 
 def write_report(store: ResultStore, job: JobSpec, grid: Grid, run_info: dict[str, Any]) -> pl.DataFrame:
@@ -567,7 +567,7 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
         parts += ["Data: " + "; ".join(f"{title(d)} from {desc}" for d, desc in sources), ""]
         parts += [
             "Accuracy columns: "
-            + "; ".join(f"{title(d)} = {TASKS[d].legend}" for d, _ in sources if d in TASKS)
+            + "; ".join(f"{title(d)} = {TASKS[d].scoring.legend}" for d, _ in sources if d in TASKS)
             + ". Brackets hold the 95% interval; n is the number of scored samples.",
             "",
         ]
@@ -822,7 +822,7 @@ def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFram
                 )
             panel.set_title(title(dataset))
             panel.set_xlabel("latency per batch (s)")
-            panel.set_ylabel(TASKS[dataset].axis_label if dataset in TASKS else "accuracy")
+            panel.set_ylabel(TASKS[dataset].scoring.axis_label if dataset in TASKS else "accuracy")
             panel.legend(fontsize=7)
         figure.suptitle("latency against accuracy, by optimization")
         plots["pareto"] = _save(store, figure, "pareto_latency_accuracy.png")

@@ -41,12 +41,7 @@ TASK = Task(
     config=None,
     template="{question}\n{options}\nAnswer with the option's letter from the given choices directly.",
     max_new_tokens=16,
-    metric=scorers.OPTION_METRIC,
-    legend=scorers.OPTION_LEGEND,
-    scale=100,
-    axis_label="accuracy",
+    scoring=scorers.OPTION_LETTER,
     to_sample=to_sample,
-    score=scorers.option_letter,
     synthetic_row=synthetic_row,
-    training_answer=scorers.option_answer,
 )

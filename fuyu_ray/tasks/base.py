@@ -45,6 +45,18 @@ Row = dict[str, Any]
 
 
 @dataclass(frozen=True)
+class Scoring:
+    """How a kind of task is scored and shown; tasks of a kind share one (see scorers.py)."""
+
+    metric: str  # what `accuracy` is, in cells.parquet
+    legend: str  # what the report's accuracy column holds
+    scale: float  # the report shows accuracy x scale: 100 for proportions, 1 for CIDEr
+    axis_label: str  # a plot's accuracy axis
+    score: Callable[[Sequence[Sample], Sequence[str]], TaskScore]  # samples with references only
+    training_answer: Callable[[Sample], str]  # what the built-in tiny model learns to answer
+
+
+@dataclass(frozen=True)
 class Task:
     name: str  # as jobs and cells.parquet name it
     title: str  # as the report names it
@@ -53,14 +65,9 @@ class Task:
     config: str | None
     template: str  # {question}, {context} and {options} are filled in; a job may override it
     max_new_tokens: int
-    metric: str  # what `accuracy` is, in cells.parquet
-    legend: str  # what the report's accuracy column holds
-    scale: float  # the report shows accuracy x scale: 100 for proportions, 1 for CIDEr
-    axis_label: str  # a plot's accuracy axis
+    scoring: Scoring
     to_sample: Callable[[Row, int], Sample]  # a row of the dataset, in its real schema
-    score: Callable[[Sequence[Sample], Sequence[str]], TaskScore]  # samples with references only
     synthetic_row: Callable[[random.Random, int, str], Row]  # a built-in row in the real schema
-    training_answer: Callable[[Sample], str]  # what the built-in tiny model learns to answer
     tiny_examples: int = 0  # training examples for tiny; 0 leaves the task out of its training
     capitalize_question: bool = False
 
@@ -80,6 +87,18 @@ class Task:
 
 def option_lines(choices: Sequence[str]) -> str:
     return "\n".join(f"{letter}. {choice}" for letter, choice in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", choices))
+
+
+def question_with_answers(row: Row, index: int) -> Sample:
+    """A question and its answers as a list of strings, as TextVQA and OK-VQA keep them; a test
+    split's null `answers` make a sample that is timed, and scored as having no reference."""
+    image = to_image(row.get("image"))
+    return Sample(
+        sample_id=str(row.get("question_id", index)),
+        image=image,
+        question=row["question"],
+        references=tuple(row.get("answers") or ()),
+    )
 
 
 def to_image(value: Any) -> Image.Image:
@@ -106,16 +125,16 @@ def has_reference(sample: Sample) -> bool:
 
 
 def unscored(task: Task, n: int) -> TaskScore:
-    return TaskScore(None, task.metric, None, None, n, [None] * n)
+    return TaskScore(None, task.scoring.metric, None, None, n, [None] * n)
 
 
 def score_answers(task: Task, samples: Sequence[Sample], predictions: Sequence[str]) -> TaskScore:
     """The task's metric over a cell's answers; a cell with no samples or no references is not scored."""
     if not samples:
-        return TaskScore(None, task.metric, None, None, 0, [], note="no samples could be scored")
+        return TaskScore(None, task.scoring.metric, None, None, 0, [], note="no samples could be scored")
     if not any(has_reference(s) for s in samples):
-        return TaskScore(None, task.metric, None, None, 0, [None] * len(samples), note=NO_REFERENCES)
-    return task.score(samples, predictions)
+        return TaskScore(None, task.scoring.metric, None, None, 0, [None] * len(samples), note=NO_REFERENCES)
+    return task.scoring.score(samples, predictions)
 
 
 def synthetic_rows(task: Task, count: int, split: str) -> list[Row]:

@@ -10,20 +10,10 @@ from __future__ import annotations
 import random
 
 from fuyu_ray.tasks import scorers, synthetic
-from fuyu_ray.tasks.base import Row, Sample, Task, to_image
+from fuyu_ray.tasks.base import Row, Task, question_with_answers
 
 # What each synthetic shape is known as: a fact about the object, not read off the image.
 KNOWN_AS = {"circle": "round", "square": "four sides", "triangle": "three sides"}
-
-
-def to_sample(row: Row, index: int) -> Sample:
-    image = to_image(row.get("image"))
-    return Sample(
-        sample_id=str(row.get("question_id", index)),
-        image=image,
-        question=row["question"],
-        references=tuple(row.get("answers") or ()),
-    )
 
 
 def synthetic_row(rng: random.Random, index: int, split: str) -> Row:
@@ -49,12 +39,7 @@ TASK = Task(
         "Answer the question using a single word or phrase."
     ),
     max_new_tokens=16,
-    metric=scorers.VQA_METRIC,
-    legend=scorers.VQA_LEGEND,
-    scale=100,
-    axis_label="accuracy",
-    to_sample=to_sample,
-    score=scorers.vqa_accuracy,
+    scoring=scorers.VQA,
+    to_sample=question_with_answers,
     synthetic_row=synthetic_row,
-    training_answer=scorers.first_reference,
 )

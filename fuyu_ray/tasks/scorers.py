@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from fuyu_ray.tasks import metrics
-from fuyu_ray.tasks.base import Sample, TaskScore
+from fuyu_ray.tasks.base import Sample, Scoring, TaskScore
 
 VQA_METRIC = "VQA accuracy (EvalAI normalisation, leave-one-out over 10 answers)"
 VQA_LEGEND = "VQA accuracy in % (EvalAI normalisation, min(1, matches/3) over 10 leave-one-out subsets)"
@@ -65,3 +65,8 @@ def option_answer(sample: Sample) -> str:
 
 def first_reference(sample: Sample) -> str:
     return sample.references[0]
+
+
+VQA = Scoring(VQA_METRIC, VQA_LEGEND, 100, "accuracy", vqa_accuracy, first_reference)
+OPTION_LETTER = Scoring(OPTION_METRIC, OPTION_LEGEND, 100, "accuracy", option_letter, option_answer)
+CAPTION = Scoring(CAPTION_METRIC, CAPTION_LEGEND, 1, "CIDEr-D", caption_cider, first_reference)

@@ -48,12 +48,7 @@ TASK = Task(
     config=None,
     template="{question}\nAnswer the question using a single word or phrase.",
     max_new_tokens=16,
-    metric=scorers.VQA_METRIC,
-    legend=scorers.VQA_LEGEND,
-    scale=100,
-    axis_label="accuracy",
+    scoring=scorers.VQA,
     to_sample=to_sample,
-    score=scorers.vqa_accuracy,
     synthetic_row=synthetic_row,
-    training_answer=scorers.first_reference,
 )
