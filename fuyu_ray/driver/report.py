@@ -45,7 +45,7 @@ METRICS = (  # column, title, which way is better
 )
 
 
-def title(dataset: str) -> str:
+def task_title(dataset: str) -> str:
     """The task's title; a name from results this version has no task for is shown as it is."""
     return TASKS[dataset].title if dataset in TASKS else dataset
 
@@ -213,7 +213,7 @@ def dataset_pivot_table(varied: list[str], rows: list[dict]) -> str:
     datasets = sorted({row["dataset"] for row in rows})
     header = [AXIS_TITLES[a] for a in keys]
     for dataset in datasets:
-        header += [title(dataset), f"{title(dataset)} latency"]
+        header += [task_title(dataset), f"{task_title(dataset)} latency"]
     grouped: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         grouped.setdefault(tuple(row[a] for a in keys), {})[row["dataset"]] = row
@@ -321,7 +321,7 @@ def sweep_section(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str, plo
         rows = section_rows(cells, grid, sweep)
         lines += [sweep_table(job, sweep, rows), ""]
         cut = [
-            f"{title(r['dataset'])} at seq_len {r['seq_len']}: {r['truncated_prompts']}/{r['n_samples']}"
+            f"{task_title(r['dataset'])} at seq_len {r['seq_len']}: {r['truncated_prompts']}/{r['n_samples']}"
             for r in rows
             if r.get("truncated_prompts")
         ]
@@ -445,7 +445,7 @@ def large_sweep_lines(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str)
         for dataset in datasets:
             subset = ok.filter(pl.col("dataset") == dataset) if dataset is not None and not ok.is_empty() else ok
             data = subset.filter(pl.col(column).is_not_null()) if not subset.is_empty() else subset
-            lines += [f"### {title}" + (f", {title(dataset)}" if dataset is not None else ""), ""]
+            lines += [f"### {title}" + (f", {task_title(dataset)}" if dataset is not None else ""), ""]
             if data.is_empty():
                 why = (
                     notes(frame, "energy_note" if column.startswith("energy") else "accuracy_note")
@@ -564,10 +564,10 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
         else []
     )
     if sources:
-        parts += ["Data: " + "; ".join(f"{title(d)} from {desc}" for d, desc in sources), ""]
+        parts += ["Data: " + "; ".join(f"{task_title(d)} from {desc}" for d, desc in sources), ""]
         parts += [
             "Accuracy columns: "
-            + "; ".join(f"{title(d)} = {TASKS[d].scoring.legend}" for d, _ in sources if d in TASKS)
+            + "; ".join(f"{task_title(d)} = {TASKS[d].scoring.legend}" for d, _ in sources if d in TASKS)
             + ". Brackets hold the 95% interval; n is the number of scored samples.",
             "",
         ]
@@ -687,7 +687,7 @@ def published_section(job: JobSpec, cells: pl.DataFrame) -> list[str]:
     for task, figure in job.published.figures.items():
         row = published_counterpart(cells, task, base)
         if row is None:
-            lines.append(f"| {title(task)} | {figure:g} | not measured in this run | - | - | - | - |")
+            lines.append(f"| {task_title(task)} | {figure:g} | not measured in this run | - | - | - | - |")
             continue
         ours = row["accuracy"] * PAPER_SCALE
         interval = (
@@ -697,7 +697,7 @@ def published_section(job: JobSpec, cells: pl.DataFrame) -> list[str]:
         )
         prompt = "the job's own" if task in job.tasks and job.tasks[task].template else "lmms-eval's"
         lines.append(
-            f"| {title(task)} | {figure:g} | {ours:.1f}{interval} | {ours - figure:+.1f} | {row['accuracy_n']} | "
+            f"| {task_title(task)} | {figure:g} | {ours:.1f}{interval} | {ours - figure:+.1f} | {row['accuracy_n']} | "
             f"{prompt} | {row['cell_id']} |"
         )
     return lines + [""]
@@ -730,7 +730,7 @@ def prompt_lines(cells: pl.DataFrame) -> list[str]:
         "",
     ]
     for dataset, template, max_new in used.rows():
-        lines += [f"- {title(dataset)} (max_new_tokens {max_new}): `{template!r}`"]
+        lines += [f"- {task_title(dataset)} (max_new_tokens {max_new}): `{template!r}`"]
     return lines
 
 
@@ -820,7 +820,7 @@ def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFram
                     label=optimization,
                     color=f"C{PRESET_NAMES.index(optimization)}",
                 )
-            panel.set_title(title(dataset))
+            panel.set_title(task_title(dataset))
             panel.set_xlabel("latency per batch (s)")
             panel.set_ylabel(TASKS[dataset].scoring.axis_label if dataset in TASKS else "accuracy")
             panel.legend(fontsize=7)
@@ -861,7 +861,7 @@ def large_sweep_plot(store: ResultStore, job: JobSpec, grid: Grid, ok: pl.DataFr
             pl.col(column).is_not_null() & (pl.col("dataset") == dataset if dataset is not None else pl.lit(True))
         )
         scale = accuracy_scale(data.get_column("dataset")[0]) if column == "accuracy" else 1  # as the tables show it
-        label = title + (f", {title(dataset)}" if dataset is not None else "")
+        label = title + (f", {task_title(dataset)}" if dataset is not None else "")
         if len(axes) >= 2:
             rows_axis, columns_axis = axes[0], axes[1]
             medians = data.group_by(axis_key(rows_axis), axis_key(columns_axis)).agg(pl.col(column).median())
