@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, run_grid, write_job
 
-from fuyu_ray.driver import compare as cmp
 from fuyu_ray.bench.energy import EnergyMeter
 from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
 from fuyu_ray.bench.runner import CellResult, CellRunner
 from fuyu_ray.bench.standin import StandInRunner, parse_behaviour
+from fuyu_ray.driver import compare as cmp
 from fuyu_ray.driver.store import ResultStore
 from fuyu_ray.job.cells import Cell
 from fuyu_ray.job.spec import DatasetSource, Point, TaskOverride
