@@ -27,7 +27,6 @@ import types
 from typing import Callable
 
 import torch
-from transformers import StaticCache
 
 from fuyu_ray.bench.models import kv_cache_shape
 
@@ -198,6 +197,8 @@ class StaticGreedyDecoder:
         # Made here once: a tensor made from a Python number per batch would be a copy from pageable
         # host memory, which waits for the queued prefill.
         self._pad_ids = torch.full((), self.pad_token_id, dtype=torch.long, device=self.device)
+
+        from transformers import StaticCache  # slow to import: not in stand-in workers
 
         self.cache = StaticCache(config=config, max_cache_len=self.max_cache_len)
         _, kv_heads, head_dim = kv_cache_shape(config)

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from huggingface_hub import constants, hf_hub_url
 from huggingface_hub.utils import get_session
-from transformers import AutoConfig, AutoProcessor, FuyuConfig, FuyuForCausalLM
 
 from fuyu_ray.bench import tiny, train_tiny
 from fuyu_ray.job.cells import Variant
@@ -142,6 +141,8 @@ def resolve_processor(source: str, stand_in_allowed: bool):
     if source not in _processors:
         local_only, _ = hub_access(source)
         try:
+            from transformers import AutoProcessor  # slow to import: not in stand-in workers
+
             _processors[source] = (AutoProcessor.from_pretrained(source, local_files_only=local_only), None)
         except OSError as exc:
             _processors[source] = (None, exc)
@@ -163,6 +164,8 @@ def stand_in_processor():
 
 
 def _pretrained_model(source: str, dtype, attention: str, device: str):
+    from transformers import FuyuForCausalLM  # slow to import: not in stand-in workers
+
     local_only, _ = hub_access(source)
     return FuyuForCausalLM.from_pretrained(
         source, dtype=dtype, attn_implementation=attention, local_files_only=local_only
@@ -174,6 +177,8 @@ def full_size_config(source: str):
 
     A fresh copy every call: the caller edits it.
     """
+    from transformers import AutoConfig, FuyuConfig  # slow to import: not in stand-in workers
+
     if source not in _configs:
         local_only, _ = hub_access(source)
         try:
@@ -184,6 +189,8 @@ def full_size_config(source: str):
 
 
 def _random_model(source: str, processor, dtype, attention: str, device: str):
+    from transformers import FuyuForCausalLM  # slow to import: not in stand-in workers
+
     config = full_size_config(source)
     # The processor marks image positions with its own |SPEAKER| id; the model must agree.
     config.image_token_id = processor.tokenizer.convert_tokens_to_ids("|SPEAKER|")

@@ -20,7 +20,6 @@ from typing import Any
 import pyarrow as pa
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from fuyu_ray.bench import energy, hardware
 from fuyu_ray.bench.data import LoadedSamples, Sample, load_samples
@@ -514,6 +513,8 @@ def attention_context(loaded: LoadedModel):
 
 
 def generate(loaded: LoadedModel, batch: Batch, max_new_tokens: int, ignore_eos: bool, token_clock) -> torch.Tensor:
+    from transformers import StoppingCriteria, StoppingCriteriaList  # slow to import: not in stand-in workers
+
     class ClockCriterion(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             return token_clock(input_ids, scores)

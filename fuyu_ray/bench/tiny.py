@@ -10,8 +10,6 @@ import json
 
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
 from tokenizers import models as token_models
-from transformers import FuyuConfig, FuyuProcessor, PreTrainedTokenizerFast
-from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil
 
 from fuyu_ray.tasks import tiny_training_tasks
 from fuyu_ray.tasks.base import synthetic_rows
@@ -66,6 +64,8 @@ def build_tokenizer():
     tokenizer.add_special_tokens(
         [AddedToken(t, normalized=False, special=True) for t in (*SPECIAL_TOKENS, BEGINNING_OF_ANSWER)]
     )
+    from transformers import PreTrainedTokenizerFast  # slow to import: not in stand-in workers
+
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<s>", eos_token="|ENDOFTEXT|", pad_token="<pad>"
     )
@@ -83,6 +83,8 @@ def _merge_chain(piece: str, vocab: dict[str, int]) -> list[tuple[str, str]]:
 
 
 def build_config(tokenizer):
+    from transformers import FuyuConfig  # slow to import: not in stand-in workers
+
     vocab = tokenizer.get_vocab()
     return FuyuConfig(
         vocab_size=len(vocab),
@@ -96,4 +98,7 @@ def build_config(tokenizer):
 
 
 def build_processor(tokenizer):
+    from transformers import FuyuProcessor  # slow to import: not in stand-in workers
+    from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil
+
     return FuyuProcessor(image_processor=FuyuImageProcessorPil(), tokenizer=tokenizer)

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import FuyuForCausalLM
 
 from fuyu_ray.bench import data, prompts, tiny
 from fuyu_ray.bench.data import rows_to_samples
@@ -90,6 +89,8 @@ def train(log=print):
     started = time.perf_counter()
     examples = encode_examples(processor)
     log(f"tiny: {len(examples)} training examples encoded in {time.perf_counter() - started:.1f}s")
+
+    from transformers import FuyuForCausalLM  # slow to import: not in stand-in workers
 
     model = FuyuForCausalLM(tiny.build_config(processor.tokenizer))
     model.train()

@@ -19,7 +19,6 @@ from typing import Collection, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -260,6 +259,8 @@ class ResultStore:
             if with_source:
                 frame = frame.with_columns(_polars_cell_id(SOURCE))
             return frame.rechunk().to_arrow().cast(_with_source(schema) if with_source else schema)
+        import pyarrow.dataset as ds  # pulls pandas in: only for stores off the local disk
+
         projection = {name: ds.field(name) for name in schema.names}
         if with_source:
             projection[SOURCE] = ds.field("__filename")
