@@ -814,7 +814,7 @@ def plot(comparison: Comparison) -> bytes | None:
     import matplotlib  # heavy: loaded only to draw
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: loaded only to draw
 
     colours = {SPEED[1]: "C3", GOODNESS[1]: "C3", SPEED[0]: "C2", GOODNESS[0]: "C2"}
     height = 2.0 + 0.35 * len(compared)

@@ -60,7 +60,7 @@ def check_token(address: str, origin: str) -> None:
 
 def connect(address: str | None, origin: str, facts: dict[str, str] | None = None):
     """ray.init, bounded: against something that listens but is not Ray it would retry for minutes."""
-    import ray
+    import ray  # Ray loads once the input is known good
 
     def give_up() -> None:
         print(
@@ -121,7 +121,7 @@ def name_submission(facts: dict[str, str], environ=os.environ) -> None:
     """Under `ray job submit`, Ray hands the driver the submission's metadata, with the submission
     id standing in as `job_name`, and that metadata wins over the driver's own when Ray starts.
     Put the run's facts in it, and its real name in place of the stand-in, before Ray reads it."""
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR  # Ray loads once the input is known good
 
     if RAY_JOB_CONFIG_JSON_ENV_VAR not in environ:
         return
@@ -137,7 +137,7 @@ def name_submission(facts: dict[str, str], environ=os.environ) -> None:
 def label_submission(facts: dict[str, str]) -> None:
     """The dashboard lists a submission by its own record, which Ray fills from the driver's job only
     at times of its choosing: write the facts into that record as soon as the driver is up."""
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR  # Ray loads once the input is known good
     from ray.experimental import internal_kv  # Ray loads once the input is known good
 
     try:

@@ -27,6 +27,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from fuyu_ray.bench.data import load_samples
+from fuyu_ray.bench.prompts import TaskSettings, build_prompt
 from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
 from fuyu_ray.driver.store import ResultStore
 from fuyu_ray.job.cells import Cell, expand
@@ -149,12 +151,6 @@ def image_label(value) -> str:
 
 def workload_key(cell: Cell, loaded) -> tuple:
     """What a cell measures beyond its settings' names: the exact prompts its seq_len leaves."""
-    from fuyu_ray.bench.data import load_samples
-    from fuyu_ray.bench.prompts import (  # with bench.data: datasets, once the job is known good
-        TaskSettings,
-        build_prompt,
-    )
-
     point = cell.point
     settings = TaskSettings.for_task(point.dataset, cell.task_override)
     data = load_samples(point.dataset, cell.source, cell.limit)
@@ -164,7 +160,7 @@ def workload_key(cell: Cell, loaded) -> tuple:
 
 def measured_peaks_line(job, log=print) -> str:
     """Measure the chip's real matrix rate and copy bandwidth, and make them the roofline's limits."""
-    import torch
+    import torch  # torch loads once the job is known good: bad input answers at once
 
     from fuyu_ray.bench import hardware  # torch, once the job is known good
 
@@ -256,7 +252,7 @@ def run(
 
 def _release(runners: dict, variant) -> None:
     """Free a variant's model once none of its cells is left: at most a couple stay loaded."""
-    import torch
+    import torch  # torch loads once the job is known good: bad input answers at once
 
     runner, _ = runners[variant]
     if runner is not None:
@@ -269,7 +265,7 @@ def _release(runners: dict, variant) -> None:
 
 def _load(variant, job, log):
     """(runner, None), or (None, why) for a variant whose model cannot load: the others still run."""
-    from fuyu_ray.bench.runner import CellRunner
+    from fuyu_ray.bench.runner import CellRunner  # torch, once the job is known good
 
     started = time.perf_counter()
     try:

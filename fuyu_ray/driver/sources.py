@@ -33,7 +33,7 @@ def looks_like_path(source: str) -> bool:
 
 def cached_snapshot(repo_id: str, repo_type: str) -> Path | None:
     """The cached snapshot of a hub repository, if this machine's HF cache has one."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # on the worker that checks; the driver needs none
 
     try:
         return Path(snapshot_download(repo_id, repo_type=repo_type, local_files_only=True))
@@ -43,7 +43,7 @@ def cached_snapshot(repo_id: str, repo_type: str) -> Path | None:
 
 def from_the_hub(repo_id: str, what: str) -> tuple[str | None, str]:
     """(problem, detail) for something the cache lacks: the hub is the one place left."""
-    from fuyu_ray.bench.models import hub_access
+    from fuyu_ray.bench.models import hub_access  # torch, on the worker only
 
     local_only, why = hub_access(repo_id)
     if local_only:
