@@ -99,8 +99,11 @@ class NvmlEnergyMeter(EnergyMeter):
     ) -> None:
         self.owns_device = device is None  # a device it opened itself, it closes
         self.device = device if device is not None else NvmlDevice(device_index, nvml, uuid)
-        self.device_index = self.device.device_index
         self.unavailable_reason = self.device.unavailable_reason or self._energy_reason()
+
+    @property
+    def device_index(self) -> int:
+        return self.device.device_index
 
     def _energy_reason(self) -> str | None:
         mig_reason = self._mig_reason()

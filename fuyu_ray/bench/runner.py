@@ -7,6 +7,7 @@ machine can run the same code in-process (see fuyu_ray.driver.gpu_check).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import math
 import os
@@ -219,7 +220,7 @@ class CellRunner:
             "dtype": loaded.preset.dtype,
             "tokenizer_note": loaded.tokenizer_note,
             "torch_threads": torch.get_num_threads(),
-            **workload.columns(answers.generated, cell.point.image_size),
+            **workload.columns(answers.generated_mean, cell.point.image_size),
             **answers.columns(loaded),
             **timed.columns(self.meter, self.idle_power_w, self.quality),
             **flops,
@@ -336,8 +337,7 @@ class Workload:
     ignore_eos: bool
     decoder: Any  # a compiled StaticGreedyDecoder, or None for transformers' generate
 
-    def columns(self, generated: list[int | None], image_size: int | str) -> dict[str, Any]:
-        lengths = [g for g in generated if g is not None]
+    def columns(self, generated_tokens_mean: float | None, image_size: int | str) -> dict[str, Any]:
         data = self.data
         return {
             "dataset_description": data.description,
@@ -350,7 +350,7 @@ class Workload:
             "prompt_tokens_mean": sum(p.text_tokens for p in self.prompts) / len(self.prompts),
             "truncated_prompts": sum(p.truncated for p in self.prompts),
             "max_new_tokens": self.settings.max_new_tokens,
-            "generated_tokens_mean": sum(lengths) / len(lengths) if lengths else None,
+            "generated_tokens_mean": generated_tokens_mean,
             "ignore_eos": self.ignore_eos,
             "prompt_template": self.settings.template,
         }
@@ -379,7 +379,7 @@ class TimedRun:
     memory: PeakMemory | None = None
     clocks_end: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property  # read by the row's latency columns and by its roofline
     def latency(self) -> dict[str, Any]:
         return latency_columns(self.timings, self.batch_size, self.first_call_s, self.warmup_s, self.warmup_batches)
 

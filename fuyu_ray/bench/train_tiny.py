@@ -23,7 +23,7 @@ from fuyu_ray.bench import data, prompts, tiny
 from fuyu_ray.bench.data import rows_to_samples
 from fuyu_ray.bench.prompts import TaskSettings, build_prompt
 from fuyu_ray.job.spec import TaskOverride
-from fuyu_ray.tasks import base, synthetic, tiny_training_tasks
+from fuyu_ray.tasks import base, tiny_training_tasks
 from fuyu_ray.tasks.base import synthetic_rows
 from fuyu_ray.tasks.synthetic import TRAIN_SPLIT
 
@@ -118,11 +118,13 @@ def cache_root() -> Path:
 
 def code_fingerprint() -> str:
     """The cache key: the source of everything that defines the tiny model and its training."""
-    modules = [tiny, data, prompts, sys.modules[__name__], base, synthetic]
-    modules += [sys.modules[task.to_sample.__module__] for task in tiny_training_tasks()]
+    # Every task module, not only the trained tasks': a task's rows, prompt and reader may live in a
+    # shared module (tasks/base.py), and the registry fixes which tasks are learnt, in what order.
+    files = [Path(module.__file__) for module in (tiny, data, prompts, sys.modules[__name__])]
+    files += sorted(Path(base.__file__).parent.glob("*.py"))
     digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(module.__file__).read_bytes())
+    for path in files:
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
