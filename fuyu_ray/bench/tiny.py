@@ -23,6 +23,12 @@ BEGINNING_OF_ANSWER = "<0x04>"
 TINY_SHAPE = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4}
 TINY_LABEL = "tiny (built-in, trained on synthetic data)"
 TINY_UNTRAINED_LABEL = "tiny (built-in, untrained)"
+TRAINED_IMAGE_SIDE = 224  # every training image is this size: tiny's figures at other sizes show only that
+
+
+def trained_tasks_text() -> str:
+    """What tiny learnt from, as a report states it beside tiny's figures."""
+    return ", ".join(f"{task.tiny_examples} {task.title} examples" for task in tiny_training_tasks())
 
 
 def tokenizer_corpus() -> list[str]:

@@ -31,7 +31,7 @@ SEED = 0
 STEPS = 1200
 BATCH_SIZE = 16
 LEARNING_RATE = 3e-4  # 2e-3 with clipping learned nothing when this was tried
-IMAGE_SIDE = 224
+IMAGE_SIDE = tiny.TRAINED_IMAGE_SIDE
 PADDED_SIDE = 240  # the smallest multiple of Fuyu's 30 px patch that holds the image
 
 

@@ -18,7 +18,10 @@ For each matched cell:
 
 A change counts only when its interval excludes "no change" (a ratio of 1, a difference of 0;
 for option letters McNemar's p < 0.05 as well) and it is at least `--threshold` percent of
-BASE's figure. Everything else is "no clear change".
+BASE's figure. Everything else is "no clear change". A pair whose measurement was disturbed on
+either side (measurement_quality) gets "inconclusive" for its timings and energy: they are not
+counted, and they do not trip --fail-on-regression unless --judge-disturbed. Its accuracy is
+judged as usual, since outside load does not change greedy answers.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ PROBLEMS = ("failed", "oom", "timeout")  # a cell ok in BASE and one of these in
 SPEED = ("faster", "slower")
 GOODNESS = ("better", "worse")
 NO_CHANGE = "no clear change"
+INCONCLUSIVE = "inconclusive"  # a timing or energy figure of a pair disturbed on either side
+LOAD_BOUND = ("latency", "prefill", "decode", "energy")  # what outside load shifts; greedy answers it does not
 NOT_AVAILABLE = "n/a"
 
 
@@ -404,6 +409,7 @@ class Row:
     warnings: list[str] = field(default_factory=list)
     status_note: str | None = None  # why a matched cell was not compared
     regression_by_status: bool = False
+    disturbed: bool = False  # either side's figures were taken while something disturbed them
 
     @property
     def verdicts(self) -> dict[str, str]:
@@ -439,6 +445,19 @@ class Comparison:
         return any(r.regressed for r in self.matched)
 
 
+def is_disturbed(run: Run, cell: dict[str, Any]) -> bool:
+    return run.has_quality and str(cell.get("measurement_quality") or "").startswith("disturbed")
+
+
+def set_inconclusive(changes: dict[str, Change]) -> None:
+    """A disturbed pair's load-bound figures say nothing about the code: no verdict is drawn from them."""
+    for metric in LOAD_BOUND:
+        change = changes.get(metric)
+        if change is not None and change.estimate is not None:
+            change.verdict = INCONCLUSIVE
+            change.note = "; ".join(filter(None, ["measurement disturbed on a side", change.note]))
+
+
 def quality_warnings(run: Run, cell: dict[str, Any]) -> list[str]:
     quality = cell.get("measurement_quality") if run.has_quality else None
     if quality is not None and str(quality).strip().lower() != "clean":
@@ -469,7 +488,9 @@ def compare_cells(
     return changes
 
 
-def compare(base: Run, new: Run, keys: tuple[str, ...], threshold_pct: float) -> Comparison:
+def compare(
+    base: Run, new: Run, keys: tuple[str, ...], threshold_pct: float, judge_disturbed: bool = False
+) -> Comparison:
     base_cells, new_cells = index_cells(base, keys), index_cells(new, keys)
     common = [k for k in base_cells if k in new_cells]
     if not common:
@@ -495,6 +516,9 @@ def compare(base: Run, new: Run, keys: tuple[str, ...], threshold_pct: float) ->
         statuses = base_cell.get("status"), new_cell.get("status")
         if statuses == ("ok", "ok"):
             row.changes = compare_cells(base, new, base_cell, new_cell, threshold_pct)
+            row.disturbed = is_disturbed(base, base_cell) or is_disturbed(new, new_cell)
+            if row.disturbed and not judge_disturbed:
+                set_inconclusive(row.changes)
         else:
             row.status_note = "; ".join(
                 f"{role} {cell.get('status')}" + (f": {cell['error']}" if cell.get("error") else "")
@@ -696,6 +720,8 @@ def tally(comparison: Comparison) -> str:
             counts[verdict] = counts.get(verdict, 0) + 1
     order = (SPEED[1], SPEED[0], GOODNESS[1], GOODNESS[0])
     parts = [f"{counts.get(v, 0)} {v}" for v in order]
+    if counts.get(INCONCLUSIVE):
+        parts.append(f"{counts[INCONCLUSIVE]} inconclusive (measurement disturbed; not counted)")
     failed = sum(r.regression_by_status for r in comparison.matched)
     if failed:
         parts.append(f"{failed} ok in BASE and broken in NEW")
@@ -737,6 +763,9 @@ def markdown(comparison: Comparison, plot_name: str | None) -> str:
         f"- verdicts: {tally(comparison)}",
         "",
     ]
+    warned = [r for r in matched if r.warnings]
+    if warned:  # before the figures they qualify
+        lines += ["## Warnings", ""] + [f"- {names[id(r)]}: {'; '.join(r.warnings)}" for r in warned] + [""]
     if compared:
         shown = [m for m in METRICS if any(r.changes[m].estimate is not None for r in compared)]
         per_row = len({differing_settings(r, comparison.keys) for r in compared} - {""}) > 1
@@ -782,9 +811,6 @@ def markdown(comparison: Comparison, plot_name: str | None) -> str:
             lines += ["## Notes", ""] + notes + [""]
         if plot_name:
             lines += [f"![changes with their intervals]({plot_name})", ""]
-    warned = [r for r in matched if r.warnings]
-    if warned:
-        lines += ["## Warnings", ""] + [f"- {names[id(r)]}: {'; '.join(r.warnings)}" for r in warned] + [""]
     uncompared = [r for r in matched if not r.changes]
     if uncompared:
         lines += ["## Not compared", ""]
@@ -819,7 +845,7 @@ def plot(comparison: Comparison) -> bytes | None:
     colours = {SPEED[1]: "C3", GOODNESS[1]: "C3", SPEED[0]: "C2", GOODNESS[0]: "C2"}
     height = 2.0 + 0.35 * len(compared)
     figure, panels = plt.subplots(
-        1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, height), sharey=True, squeeze=False
+        1, len(metrics), figsize=(max(7.0, 3.2 * len(metrics) + 1.5), height), sharey=True, squeeze=False
     )
     positions = list(range(len(compared)))[::-1]
     for panel, metric in zip(panels[0], metrics):
@@ -827,32 +853,67 @@ def plot(comparison: Comparison) -> bytes | None:
             change = row.changes[metric]
             if change.relative_pct is None:
                 continue
-            scale = 100 / abs(change.base) if metric == "accuracy" else 100
-            offset = 0 if metric == "accuracy" else 1
-            x = change.relative_pct
-            colour = colours.get(change.verdict, "0.4")
-            if change.low is not None:
-                low, high = (change.low - offset) * scale, (change.high - offset) * scale
+            x, low, high = plotted_change(change, row.base.get("dataset"))
+            colour = "0.6" if change.verdict == INCONCLUSIVE else colours.get(change.verdict, "0.4")
+            hollow = change.verdict == INCONCLUSIVE or low is None
+            if low is not None:
                 panel.errorbar(
-                    [x], [y], xerr=[[max(0.0, x - low)], [max(0.0, high - x)]], fmt="o", color=colour, capsize=3
+                    [x],
+                    [y],
+                    xerr=[[max(0.0, x - low)], [max(0.0, high - x)]],
+                    fmt="o",
+                    color=colour,
+                    capsize=3,
+                    mfc="none" if hollow else colour,
                 )
             else:
                 panel.plot([x], [y], "o", mfc="none", color=colour)
         panel.axvline(0, color="0.2", linewidth=0.8)
-        for sign in (-1, 1):
-            panel.axvline(sign * comparison.threshold_pct, color="0.6", linewidth=0.8, linestyle="--")
+        if metric != "accuracy":  # --threshold is a % of BASE; accuracy is drawn in its own units
+            for sign in (-1, 1):
+                panel.axvline(sign * comparison.threshold_pct, color="0.6", linewidth=0.8, linestyle="--")
+        panel.margins(x=0.2)  # an interval at the edge stays inside the panel
         panel.set_title(metric if metric != "energy" else "energy/sample", fontsize=9)
-        panel.set_xlabel("NEW vs BASE (% of BASE)", fontsize=8)
+        panel.set_xlabel(axis_label(metric, [r.base.get("dataset") for r, _ in compared]), fontsize=8)
     panels[0][0].set_yticks(positions)
-    panels[0][0].set_yticklabels([name for _, name in compared], fontsize=7)
+    panels[0][0].set_yticklabels(
+        [name + (" " + DISTURBED if row.disturbed else "") for row, name in compared], fontsize=7
+    )
     figure.suptitle(
-        f"changes with {LEVEL:.0%} intervals (dashed: ±{comparison.threshold_pct:g}% threshold)", fontsize=9
+        f"changes with {LEVEL:.0%} intervals (dashed: ±{comparison.threshold_pct:g}% threshold"
+        + (
+            f";\n{DISTURBED} disturbed on a side, hollow grey: inconclusive"
+            if any(r.disturbed for r, _ in compared)
+            else ""
+        )
+        + ")",
+        fontsize=9,
     )
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
     return buffer.getvalue()
+
+
+DISTURBED = "†"
+
+
+def plotted_change(change: Change, dataset: str | None) -> tuple[float, float | None, float | None]:
+    """(figure, low, high) as the plot draws them: ratios as % change; accuracy as the tables give it,
+    in points for proportions and as is for CIDEr."""
+    if change.metric == "accuracy":
+        scale = 100 if is_proportion_task(dataset) else 1
+        bounds = (change.low * scale, change.high * scale) if change.low is not None else (None, None)
+        return change.estimate * scale, *bounds
+    bounds = ((change.low - 1) * 100, (change.high - 1) * 100) if change.low is not None else (None, None)
+    return change.relative_pct, *bounds
+
+
+def axis_label(metric: str, datasets: list[str | None]) -> str:
+    if metric != "accuracy":
+        return "NEW vs BASE (% of BASE)"
+    return "NEW - BASE (points)" if all(is_proportion_task(d) for d in datasets) else "NEW - BASE (points; CIDEr as is)"
 
 
 def write(comparison: Comparison, out: str) -> str:
@@ -912,13 +973,18 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 1 when any verdict is slower or worse, or a cell ok in BASE failed, ran out of "
         "memory or timed out in NEW",
     )
+    parser.add_argument(
+        "--judge-disturbed",
+        action="store_true",
+        help="draw verdicts from pairs whose measurement was disturbed too (by default they are inconclusive)",
+    )
     try:
         args = parser.parse_args(argv)
         if not (args.threshold >= 0 and math.isfinite(args.threshold)):
             raise BadInput(f"--threshold must be a percentage >= 0, got {args.threshold:g}")
         keys = parse_keys(args.match)
         base, new = open_run(args.base, "BASE"), open_run(args.new, "NEW")
-        comparison = compare(base, new, keys, args.threshold)
+        comparison = compare(base, new, keys, args.threshold, args.judge_disturbed)
     except BadInput as exc:
         print(f"fuyu_ray: {exc}", file=sys.stderr)
         return 2

@@ -2,8 +2,9 @@
 
 It lists the cells: which would run, which a rerun reuses from --out, which would be skipped and
 why. On a worker of each kind the job needs, it checks that the model and datasets resolve
-there. It loads no model and writes nothing. Exit 0 when everything resolves, 2 otherwise, with
-one line per problem.
+there. It loads no model and writes nothing. Exit 0 when every source was checked on a worker of
+each kind that needs it and resolves; 2 when one does not resolve (a line each); 3 when a kind the
+job needs has no worker in this cluster, so its sources went unchecked (a line each).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import ray
 
 from fuyu_ray.driver.execute import actor_demand, skip_reason
-from fuyu_ray.driver.sources import SourceCheck, check_sources
+from fuyu_ray.driver.sources import SourceCheck, check_sources, is_built_in
 from fuyu_ray.job.cells import Grid, Variant
 from fuyu_ray.job.spec import JobSpec
 
@@ -63,9 +64,29 @@ def dry_run(job: JobSpec, grid: Grid, done: dict[str, str], todo_ids: set[str], 
     problems = []
     for device, checks in check_on_workers(job, grid, runnable).items():
         for check in checks:
-            print(f"  on a {device} worker: {check.line}")
-            if check.problem:
+            if check.problem:  # said once, on stderr
                 problems.append(f"on a {device} worker: {check.line}")
-    for problem in problems:
-        print(f"fuyu_ray: {problem}", file=sys.stderr)
-    return 2 if problems else 0
+            else:
+                print(f"  on a {device} worker: {check.line}")
+    unchecked = unchecked_sources(job, grid, reasons, {variant.device for variant in runnable})
+    for line in problems + unchecked:
+        print(f"fuyu_ray: {line}", file=sys.stderr)
+    return 2 if problems else 3 if unchecked else 0
+
+
+def unchecked_sources(job: JobSpec, grid: Grid, reasons: dict[Variant, str | None], checked: set[str]) -> list[str]:
+    """A line per source that no worker of a kind the job needs could check: that kind has no worker here.
+    Built-in sources ship with the package and need none."""
+    missing = sorted({variant.device for variant in reasons} - checked)
+    sources = [("model", job.model)] if not is_built_in(job.model) else []
+    sources += [
+        (f"dataset {task}", job.dataset_source(task).source)
+        for task in sorted({cell.point.dataset for cell in grid.cells})
+        if job.dataset_source(task).source != "synthetic"
+    ]
+    return [
+        f"unchecked on a {device} worker: {kind} {source!r}: "
+        f"{next(r for v, r in reasons.items() if v.device == device)}"
+        for device in missing
+        for kind, source in sources
+    ]

@@ -427,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = load_plain_job(args.job, args.model, args.device)
     except JobError as exc:
-        print(f"fuyu_ray: {exc}", file=sys.stderr)
+        for line in exc.lines:
+            print(f"fuyu_ray: {line}", file=sys.stderr)
         return 2
     rows = run(job, args.out, budget_s=args.budget_s or None, started=started)
     print(f"{len(rows)} cells in {time.perf_counter() - started:.0f}s; summary: {args.out}/summary.md")

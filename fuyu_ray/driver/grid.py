@@ -1,4 +1,4 @@
-"""The driver: `python -m fuyu_ray.grid [--job FILE] [--out DIR|URI] [--address ADDR] [--force]`.
+"""The driver: `python -m fuyu_ray.grid [--job FILE] [--out DIR|URI] [--address ADDR] [--force] ...`.
 
 Job file -> cells -> Ray actors -> records on disk -> report. Bad input exits with status 2
 and one line, before anything is written.
@@ -31,7 +31,11 @@ DEFAULT_JOB = "jobs/smoke.yaml"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m fuyu_ray.grid", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fuyu_ray.grid",
+        description="Run a job's grid of cells on Ray (a new local Ray, or --address) and write each cell's "
+        "latency, energy, FLOPs and accuracy, then the report, to --out. A rerun skips the cells already there.",
+    )
     parser.add_argument("--job", default=DEFAULT_JOB, help=f"job file (default {DEFAULT_JOB})")
     parser.add_argument("--out", help="results directory or pyarrow.fs URI (default results/<job name>)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             check_token(address, "--address" if args.address else "RAY_ADDRESS")
         store = open_store(args.out or f"results/{job.name}")
     except JobError as exc:
-        print(f"fuyu_ray: {exc}", file=sys.stderr)
+        for line in exc.lines:
+            print(f"fuyu_ray: {line}", file=sys.stderr)
         return 2
     return run(job, grid, args, address, store)
 
@@ -169,6 +174,7 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
         print(dashboard_line(dashboard), flush=True)
 
     statuses: dict[str, str] = {cell_id: status for cell_id, status in done.items()}
+    finished_now: list[str] = []  # cells this run wrote: an interrupted run wrote fewer than it planned
     by_id = {cell.cell_id: cell for cell in grid.cells}
     wall_started = time.perf_counter()
     interrupted, aborted = False, None
@@ -182,6 +188,7 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
             except (OSError, pa.ArrowException) as exc:
                 raise StoreFailed(first_line(exc)) from None
             statuses[finished.cell_id] = finished.row["status"]
+            finished_now.append(finished.cell_id)
             progress.finished(by_id[finished.cell_id].description, finished.row)
 
         try:
@@ -206,6 +213,7 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
     wall_s = time.perf_counter() - wall_started
 
     run_info = {
+        **earlier_runs(store),
         "job_name": job.name,
         "job_file": job.source_path,
         "job_text": Path(job.source_path).read_text(),
@@ -217,7 +225,8 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
         "ray_init_s": ray_init_s,
         "wall_s": wall_s,
         "cells_total": len(grid.cells),
-        "cells_run": len(todo),
+        "cells_planned": len(todo),
+        "cells_run": len(finished_now),
         "cells_reused": len(grid.cells) - len(todo),
         "interrupted": interrupted,
         "aborted": aborted,
@@ -231,7 +240,10 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
         write_report(store, job, grid, run_info)
     except (OSError, pa.ArrowException) as exc:
         store_failure = store_failure or first_line(exc)
-    ray.shutdown()
+    except KeyboardInterrupt:  # the cells are on disk; the report alone can be rebuilt from them
+        print(f"interrupted while writing the report; python -m fuyu_ray.report --out {store.root} rebuilds it")
+        return 130
+    interrupted = shut_down(ray) or interrupted
     if store_failure:
         kept = sum(1 for c in grid.cells if c.cell_id in statuses)
         print(
@@ -251,6 +263,30 @@ def exit_status(cell_statuses: list[str | None], interrupted: bool, aborted: str
     if interrupted:
         return 130
     return 1 if aborted or any(status in RETRYABLE for status in cell_statuses) else 0
+
+
+def shut_down(ray) -> bool:
+    """Stop Ray; a Ctrl-C while it stops (everything is written by then) ends the wait, not the run's report.
+    Returns whether one came."""
+    try:
+        ray.shutdown()
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
+EARLIER_RUNS_KEPT = 20  # a resumed run lists the runs before it; the oldest drop off past this
+
+
+def earlier_runs(store) -> dict:
+    """The facts of the runs that measured the cells on disk before this one (from run.json), so that a
+    rerun that reuses them does not replace how and when they were measured with its own empty figures."""
+    previous = store.read_json("run.json")
+    if not previous:
+        return {"earlier_runs": []}
+    before = previous.pop("earlier_runs", None) or []
+    previous.pop("job_text", None)
+    return {"earlier_runs": [*before, previous][-EARLIER_RUNS_KEPT:]}
 
 
 class StoreFailed(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from fuyu_ray.driver.units import accuracy_text
 from fuyu_ray.job.cells import Cell
 
 
@@ -14,7 +15,7 @@ def outcome_line(row: dict) -> str:
     if row.get("energy_j_per_sample") is not None:
         parts.append(f"energy {row['energy_j_per_sample']:.3f} J/sample")
     if row.get("accuracy") is not None:
-        parts.append(f"accuracy {row['accuracy']:.3f}")
+        parts.append(f"accuracy {accuracy_text(row.get('dataset'), row['accuracy'])}")
     return "ok " + ", ".join(parts)
 
 

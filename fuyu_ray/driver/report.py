@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 from typing import Any
 
@@ -16,9 +15,10 @@ import numpy as np
 import polars as pl
 
 from fuyu_ray.driver.store import ResultStore
+from fuyu_ray.driver.units import accuracy_axis, accuracy_scale, accuracy_text, counted
 from fuyu_ray.job.cells import Grid, expand
 from fuyu_ray.job.presets import PRESET_NAMES
-from fuyu_ray.job.spec import AXES, JobError, JobSpec, load_job
+from fuyu_ray.job.spec import AXES, JobError, JobSpec, load_job, parse_job
 from fuyu_ray.tasks import TASKS
 
 AXIS_TITLES = {
@@ -48,11 +48,6 @@ METRICS = (  # column, title, which way is better
 def task_title(dataset: str) -> str:
     """The task's title; a name from results this version has no task for is shown as it is."""
     return TASKS[dataset].title if dataset in TASKS else dataset
-
-
-def accuracy_scale(dataset: str | None) -> float:
-    """CIDEr is reported as is, proportions as percent."""
-    return TASKS[dataset].scoring.scale if dataset in TASKS else 100
 
 
 def write_report(store: ResultStore, job: JobSpec, grid: Grid, run_info: dict[str, Any]) -> pl.DataFrame:
@@ -117,7 +112,7 @@ def fmt_accuracy(row: dict) -> str:
     if row["accuracy"] is None:
         return f"n/a ({row['accuracy_note']})" if row["accuracy_note"] else "n/a"
     scale = accuracy_scale(row["dataset"])
-    text = f"{row['accuracy'] * scale:.1f}"
+    text = accuracy_text(row["dataset"], row["accuracy"])
     if row["accuracy_ci_low"] is not None:
         text += f" [{row['accuracy_ci_low'] * scale:.1f}, {row['accuracy_ci_high'] * scale:.1f}]"
     return text + f" (n={row['accuracy_n']})"
@@ -129,6 +124,13 @@ def fmt_energy(row: dict) -> str:
     if row["energy_j_per_sample"] is None:
         return "n/a¹"
     return f"{row['energy_j_per_sample']:.3f}"
+
+
+def fmt_throughput(row: dict) -> str:
+    """Samples per second of the timed batches: what a deployment of that batch size serves."""
+    if row["status"] != "ok" or not row.get("latency_s") or not row.get("batch_size"):
+        return "n/a"
+    return f"{row['batch_size'] / row['latency_s']:.1f}"
 
 
 def percent_of(value: float | None, reference: float | None) -> str:
@@ -173,6 +175,7 @@ def sweep_table(job: JobSpec, sweep: str, rows: list[dict]) -> str:
     keys = varied
     header = [AXIS_TITLES[a] for a in keys] + [
         "Latency s/batch (median, p90, n)",
+        "Samples/s",
         "Prefill s",
         "Decode s/token",
         "Energy J/sample",
@@ -191,6 +194,7 @@ def sweep_table(job: JobSpec, sweep: str, rows: list[dict]) -> str:
         reference = references.get(tuple(row[a] for a in keys if a != "optimization"), {})
         line = [row[a] for a in keys] + [
             fmt_latency(row),
+            fmt_throughput(row),
             fmt_seconds(row["prefill_s"]),
             fmt_seconds(row["decode_s_per_token"]),
             fmt_energy(row),
@@ -234,7 +238,7 @@ def measurement_notes(cells: pl.DataFrame) -> list[str]:
         return ["No cell finished, so nothing was measured."]
 
     def values(column: str) -> str:
-        return listed(ok.get_column(column).drop_nulls().unique().sort().to_list()) or "none"
+        return listed(ok.get_column(column).drop_nulls().unique().sort().to_list()) or "n/a"
 
     notes = [
         f"- Latency: wall time of `generate` for one batch (prefill + decode), after {values('warmup_batches')} "
@@ -282,7 +286,14 @@ def section_title(sweep: str) -> str:
     return f"{SEED_SECTION_NAMES.get(sweep, sweep.replace('_', ' ').title())} Tests"
 
 
-def disturbed_section(cells: pl.DataFrame) -> list[str]:
+def rerun_command(run_info: dict[str, Any], *flags: str) -> str:
+    """The driver's command for this job and this --out, as a user types it: a remedy that runs another job is none."""
+    return " ".join(
+        ["python -m fuyu_ray.grid", "--job", str(run_info.get("job_file")), "--out", str(run_info.get("out")), *flags]
+    )
+
+
+def disturbed_section(cells: pl.DataFrame, run_info: dict[str, Any]) -> list[str]:
     """The cells whose figures carry a mark, and why: what else used the machine, or how unsteady they were."""
     if cells.is_empty() or "measurement_quality" not in cells.columns:
         return []
@@ -307,7 +318,7 @@ def disturbed_section(cells: pl.DataFrame) -> list[str]:
         f"{DISTURBED_MARK.strip()}: "
         "their figures were taken while other processes, throttling or unsteady timings disturbed them "
         "(thresholds in the README, 'Was a measurement disturbed?'). "
-        "`python -m fuyu_ray.grid --remeasure-disturbed` measures them again.",
+        f"`{rerun_command(run_info, '--remeasure-disturbed')}` measures them again.",
         "",
         *capped_table(["cell_id", "device", "optimization", "dataset", "batch", "reasons"], rows, "disturbed cells"),
     ]
@@ -327,6 +338,8 @@ def sweep_section(job: JobSpec, grid: Grid, cells: pl.DataFrame, sweep: str, plo
         ]
         if cut:
             lines += ["Prompts cut to seq_len: " + listed(cut).replace(", ", "; ") + ".", ""]
+    if job.model == "tiny" and "image_size" in varied_axes(job, sweep):
+        lines += model_limits(job)
     if sweep in plots:
         lines += [f"![{sweep}]({plots[sweep]})", ""]
     return lines
@@ -553,10 +566,12 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
     parts = [
         f"# {job.name}: {labels or job.model}",
         "",
-        f"Job file `{run_info.get('job_file')}`, {len(grid.cells)} cells, model `{job.model}` ({job.weights} weights), "
-        f"fuyu_ray {run_info.get('fuyu_ray_version')} at commit {run_info.get('git_commit')}, finished "
-        f"{run_info.get('finished_at')}.",
+        *completeness_lines(grid, cells, run_info),
+        f"Job file `{run_info.get('job_file')}`, {counted(len(grid.cells), 'cell')}, model `{job.model}` "
+        f"({model_words(job)}), fuyu_ray {run_info.get('fuyu_ray_version')} at commit {run_info.get('git_commit')}, "
+        f"{runs_line(run_info)}.",
         "",
+        *[f"{line}" for line in model_limits(job)],
     ]
     sources = (
         cells.select("dataset", "dataset_description").unique().drop_nulls().sort("dataset").rows()
@@ -599,7 +614,7 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
             "",
         ]
         parts += capped_table(["status", "error", "cells", "cell ids"], grouped_problems(problems), "distinct errors")
-    parts += disturbed_section(cells)
+    parts += disturbed_section(cells, run_info)
     if not skipped.is_empty():
         parts += ["## Skipped cells", ""]
         reasons = skipped.group_by("device", "optimization", "error").len().sort("device", "optimization").rows()
@@ -610,7 +625,7 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
         )
     parts += ["## How this was measured", "", *measurement_notes(cells), ""]
     parts += ["## Prompts", "", *prompt_lines(cells), ""]
-    parts += ["## Harness", "", harness_line(run_info), ""]
+    parts += ["## Harness", "", *harness_lines(run_info), ""]
     parts += ["## What the seed report lacked, and where it is here", "", *SEED_GAPS, ""]
     return "\n".join(parts)
 
@@ -734,14 +749,97 @@ def prompt_lines(cells: pl.DataFrame) -> list[str]:
     return lines
 
 
+def harness_lines(run_info: dict[str, Any]) -> list[str]:
+    """One line per run that wrote into this --out, oldest first: a rerun that reused every cell adds its own
+    line and keeps the line of the run that measured them."""
+    runs = [*run_info.get("earlier_runs", []), run_info]
+    if len(runs) == 1:
+        return [harness_line(run_info)]
+    return [
+        f"- Run {i} of {len(runs)} (started {run.get('started_at')}): {harness_line(run)}"
+        for i, run in enumerate(runs, 1)
+    ]
+
+
+def runs_line(run_info: dict[str, Any]) -> str:
+    earlier = run_info.get("earlier_runs") or []
+    if not earlier:
+        return f"started {run_info.get('started_at')}, finished {run_info.get('finished_at')}"
+    return (
+        f"measured over {len(earlier) + 1} runs: the first started {earlier[0].get('started_at')}, "
+        f"the last finished {run_info.get('finished_at')} (Harness has each)"
+    )
+
+
+def completeness_lines(grid: Grid, cells: pl.DataFrame, run_info: dict[str, Any]) -> list[str]:
+    """An incomplete or interrupted run says so first: a table with rows missing reads as a finished one."""
+    total, present = len(grid.cells), cells.height
+    missing = total - present
+    if run_info.get("aborted"):
+        why = f"the run aborted: {run_info['aborted']}"
+    elif run_info.get("interrupted"):
+        why = "the run was interrupted"
+    else:
+        why = "they have not run yet"
+    if not missing and not run_info.get("aborted"):
+        return []
+    return [
+        f"**Incomplete: {present:,} of {counted(total, 'cell')} have results; {missing:,} missing ({why}).** "
+        f"`{rerun_command(run_info)}` runs the rest and keeps what is here.",
+        "",
+    ]
+
+
+def model_words(job: JobSpec) -> str:
+    if job.model.split(":")[0] == "standin":
+        return "a stand-in: no model"
+    return f"{job.weights} weights"
+
+
+def model_limits(job: JobSpec) -> list[str]:
+    """What the model under test cannot tell, said before the figures it shapes."""
+    from fuyu_ray.bench.tiny import TRAINED_IMAGE_SIDE, trained_tasks_text  # light: tokenizers only
+
+    lines = []
+    if job.model.split(":")[0] == "standin":
+        lines.append(
+            "The model is a stand-in: no model runs, so these figures measure the harness (scheduling, timing, "
+            "storage) and say nothing of fuyu-8b; accuracy is not measured."
+        )
+    elif job.weights == "random":
+        lines.append(
+            "Random weights: the answers are noise, so no accuracy is given; latency, energy and FLOPs are the "
+            "architecture's."
+        )
+    elif job.model == "tiny":
+        lines.append(tiny_limits(TRAINED_IMAGE_SIDE, trained_tasks_text()))
+    return [f"> {line}" for line in lines] + ([""] if lines else [])
+
+
+def tiny_limits(side: int, tasks: str) -> str:
+    return (
+        f"`tiny` is a 2-layer model trained only on built-in synthetic data ({tasks}) at {side} px: its latency "
+        f"says nothing of fuyu-8b's, and its accuracy falls at image sizes other than {side} px because it never "
+        "saw them in training, which is a fact about tiny, not about Fuyu."
+    )
+
+
 def harness_line(run_info: dict[str, Any]) -> str:
     ratio = run_info.get("busy_ratio")
+    if not run_info.get("workers") and run_info.get("cells_run"):  # stopped before the workers' figures came back
+        return (
+            f"wall {fmt_number(run_info.get('wall_s'), 1)} s; {run_info.get('cells_run')} of "
+            f"{run_info.get('cells_planned', run_info.get('cells_run'))} planned cell(s) run, "
+            f"{run_info.get('cells_reused')} reused from disk; "
+            f"{'interrupted' if run_info.get('interrupted') else 'aborted'} before the workers' figures came back."
+        )
     return (
         f"wall {fmt_number(run_info.get('wall_s'), 1)} s over {run_info.get('workers')} worker(s); busy "
         f"{fmt_number(run_info.get('busy_s'), 1)} s (model loads + cells); busy / (wall x workers) = "
         f"{fmt_number(ratio, 2)}; "
-        f"{run_info.get('model_loads')} model load(s); {run_info.get('cells_run')} cell(s) run now, "
-        f"{run_info.get('cells_reused')} reused from disk. "
+        f"{run_info.get('model_loads')} model load(s); {run_info.get('cells_run')} cell(s) run, "
+        f"{run_info.get('cells_reused')} reused from disk"
+        f"{'; interrupted' if run_info.get('interrupted') else ''}. "
         f"Ray start-up took {fmt_number(run_info.get('ray_init_s'), 1)} s and is not in the wall time."
     )
 
@@ -764,7 +862,6 @@ def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFram
     import matplotlib  # heavy: loaded only to draw
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # heavy: loaded only to draw
 
     plots: dict[str, str] = {}
     ok = cells.filter(pl.col("status") == "ok") if not cells.is_empty() else cells
@@ -774,59 +871,114 @@ def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFram
             if name:
                 plots[sweep] = name
             continue
-        rows = [r for r in section_rows(ok, grid, sweep)]
-        if not rows:
-            continue
-        varied = varied_axes(job, sweep)
-        axis = "optimization" if "optimization" in varied else next((a for a in varied if a != "dataset"), "dataset")
-        series_axes = list(dict.fromkeys(a for a in ("dataset", *varied) if a != axis))  # one line per combination
-        figure, left = plt.subplots(figsize=(6, 4))
-        right = left.twinx() if any(r["energy_j_per_sample"] is not None for r in rows) else None
-        for index, key in enumerate(sorted({tuple(r[a] for a in series_axes) for r in rows}, key=str)):
-            subset = [r for r in rows if tuple(r[a] for a in series_axes) == key]
-            label = ", ".join(str(v) for v in key)
-            xs = [str(r[axis]) for r in subset]
-            left.plot(xs, [r["latency_s"] for r in subset], marker="o", color=f"C{index}", label=f"latency {label}")
-            if right is not None:
-                energy = [
-                    (x, r["energy_j_per_sample"]) for x, r in zip(xs, subset) if r["energy_j_per_sample"] is not None
-                ]
-                right.plot(
-                    [x for x, _ in energy], [e for _, e in energy], "s--", color=f"C{index}", label=f"J/sample {label}"
-                )
-        left.set_xlabel(AXIS_TITLES[axis])
-        left.set_ylabel("latency per batch (s)")
-        if right is not None:
-            right.set_ylabel("energy per sample (J, dashed)")
-        left.legend(loc="upper left", fontsize=7)
-        left.set_title(
-            f"{sweep}: latency{' and energy' if right is not None else ''} against {AXIS_TITLES[axis].lower()}"
-        )
-        # The seed's file name for its one plot, which is the batch-size sweep's.
-        name = "latency_energy_plot.png" if varied == ["batch_size"] else f"{sweep}.png"
-        plots[sweep] = _save(store, figure, name)
+        rows = section_rows(ok, grid, sweep)
+        if rows:
+            plots[sweep] = sweep_plot(store, job, sweep, rows, cells)
     scored = ok.filter(pl.col("accuracy").is_not_null()) if not ok.is_empty() else ok
     if not scored.is_empty():
-        # One panel per dataset: CIDEr and proportions do not share a scale.
-        datasets = sorted(scored.get_column("dataset").unique().to_list())
-        figure, panels = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 4), squeeze=False)
-        for panel, dataset in zip(panels[0], datasets):
-            subset = scored.filter(pl.col("dataset") == dataset)
-            for optimization in sorted(subset.get_column("optimization").unique().to_list()):
-                points = subset.filter(pl.col("optimization") == optimization)
-                panel.scatter(
-                    points.get_column("latency_s").to_list(),
-                    points.get_column("accuracy").to_list(),
-                    label=optimization,
-                    color=f"C{PRESET_NAMES.index(optimization)}",
-                )
-            panel.set_title(task_title(dataset))
-            panel.set_xlabel("latency per batch (s)")
-            panel.set_ylabel(TASKS[dataset].scoring.axis_label if dataset in TASKS else "accuracy")
-            panel.legend(fontsize=7)
-        figure.suptitle("latency against accuracy, by optimization")
-        plots["pareto"] = _save(store, figure, "pareto_latency_accuracy.png")
+        plots["pareto"] = pareto_plot(store, scored)
     return plots
+
+
+LABELLED_POINTS = 30  # a Pareto panel names each point's setting up to this many points
+DISTURBED_RING = {"marker": "o", "markersize": 13, "markerfacecolor": "none", "markeredgecolor": "red", "linestyle": ""}
+
+
+def mark_disturbed(panel, points: list[tuple[float, float, dict]]) -> bool:
+    """A red ring and a dagger round each disturbed figure, as the tables mark it; whether there was one."""
+    marked = [(x, y) for x, y, row in points if disturbed(row) and y is not None]
+    for x, y in marked:
+        panel.plot([x], [y], **DISTURBED_RING)
+        panel.annotate(DISTURBED_MARK.strip(), (x, y), textcoords="offset points", xytext=(7, 5), color="red")
+    return bool(marked)
+
+
+def sweep_plot(store: ResultStore, job: JobSpec, sweep: str, rows: list[dict], cells: pl.DataFrame) -> str:
+    """Latency per batch (the median, a whisker to p90) and energy per sample against the sweep's axis. Values
+    are categories in the job's order, so points are not joined by lines; each series is nudged sideways."""
+    import matplotlib.pyplot as plt  # heavy: loaded only to draw
+
+    varied = varied_axes(job, sweep)
+    axis = "optimization" if "optimization" in varied else next((a for a in varied if a != "dataset"), "dataset")
+    series_axes = list(dict.fromkeys(a for a in ("dataset", *varied) if a != axis))  # one series per combination
+    categories = list(dict.fromkeys(str(r[axis]) for r in rows))
+    keys = sorted({tuple(r[a] for a in series_axes) for r in rows}, key=str)
+    figure, left = plt.subplots(figsize=(6.5, 4.2))
+    has_energy = any(r["energy_j_per_sample"] is not None for r in rows)
+    right = left.twinx() if has_energy else None
+    width = 0.5 / max(1, len(keys))
+    any_disturbed = False
+    for index, key in enumerate(keys):
+        subset = [r for r in rows if tuple(r[a] for a in series_axes) == key]
+        label = ", ".join(str(v) for v in key) or "latency"
+        xs = [categories.index(str(r[axis])) + (index - (len(keys) - 1) / 2) * width for r in subset]
+        medians = [r["latency_s"] for r in subset]
+        spread = [max(0.0, (r["latency_p90_s"] or r["latency_s"]) - r["latency_s"]) for r in subset]
+        left.errorbar(xs, medians, yerr=[[0.0] * len(xs), spread], fmt="o", capsize=3, color=f"C{index}", label=label)
+        any_disturbed |= mark_disturbed(left, list(zip(xs, medians, subset)))
+        if right is not None:
+            energy = [(x, r["energy_j_per_sample"]) for x, r in zip(xs, subset) if r["energy_j_per_sample"] is not None]
+            right.plot([x for x, _ in energy], [e for _, e in energy], "s", mfc="none", color=f"C{index}")
+    left.set_xticks(range(len(categories)), categories)
+    left.set_xlim(-0.5, len(categories) - 0.5)
+    left.set_ylim(bottom=0)  # from zero: a lone point or a 1% difference does not fill the axis
+    left.set_xlabel(AXIS_TITLES[axis])
+    left.set_ylabel("latency per batch (s): median, whisker to p90")
+    if right is not None:
+        right.set_ylim(bottom=0)
+        right.set_ylabel("energy per sample (J): open squares")
+    handles, names = left.get_legend_handles_labels()
+    if any_disturbed:
+        handles.append(plt.Line2D([], [], **DISTURBED_RING))
+        names.append(f"disturbed ({DISTURBED_MARK.strip()})")
+    left.legend(handles, names, loc="upper left", fontsize=7)
+    why = "" if right is not None else f"\nno energy: {'; '.join(notes(cells, 'energy_note')) or 'not measured'}"
+    left.set_title(f"{sweep}: latency{' and energy' if right is not None else ''}{why}", fontsize=9)
+    # The seed's file name for its one plot, which is the batch-size sweep's.
+    name = "latency_energy_plot.png" if varied == ["batch_size"] else f"{sweep}.png"
+    return _save(store, figure, name)
+
+
+def pareto_plot(store: ResultStore, scored: pl.DataFrame) -> str:
+    """Accuracy against latency per sample, one panel per dataset, each point labelled with its setting.
+    Per sample, so that batch sizes compare; accuracy in the tables' units."""
+    import matplotlib.pyplot as plt  # heavy: loaded only to draw
+
+    datasets = sorted(scored.get_column("dataset").unique().to_list())
+    figure, panels = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 4.2), squeeze=False)
+    for panel, dataset in zip(panels[0], datasets):
+        subset = scored.filter(pl.col("dataset") == dataset)
+        scale = accuracy_scale(dataset)
+        labelled: list[tuple[float, float]] = []
+        spans = (
+            (max(subset.get_column("latency_s") / subset.get_column("batch_size")) or 1.0),
+            (max(subset.get_column("accuracy")) * scale or 1.0),
+        )
+        for optimization in sorted(subset.get_column("optimization").unique().to_list()):
+            rows = subset.filter(pl.col("optimization") == optimization).to_dicts()
+            xs = [r["latency_s"] / r["batch_size"] for r in rows]
+            ys = [r["accuracy"] * scale for r in rows]
+            colour = f"C{PRESET_NAMES.index(optimization)}" if optimization in PRESET_NAMES else None
+            panel.scatter(xs, ys, label=optimization, color=colour)
+            if subset.height <= LABELLED_POINTS:  # past that, labels hide the points they name
+                for x, y, r in zip(xs, ys, rows):
+                    if any(abs(x - a) < 0.12 * spans[0] and abs(y - b) < 0.06 * spans[1] for a, b in labelled):
+                        continue  # a label over another is read as neither
+                    labelled.append((x, y))
+                    panel.annotate(point_label(r), (x, y), textcoords="offset points", xytext=(4, -9), fontsize=6)
+            mark_disturbed(panel, list(zip(xs, ys, rows)))
+        panel.set_title(task_title(dataset))
+        panel.set_xlabel("latency per sample (s)")
+        panel.set_ylabel(accuracy_axis(dataset))
+        panel.margins(0.15)
+        panel.legend(fontsize=7, loc="upper right")
+    figure.suptitle("accuracy against latency per sample, by optimization")
+    return _save(store, figure, "pareto_latency_accuracy.png")
+
+
+def point_label(row: dict) -> str:
+    image = row["image_size"] if row["image_size"] is not None else f"{row['image_width']}x{row['image_height']}"
+    return f"{row['device']} b{row['batch_size']} {image}px s{row['seq_len']}"
 
 
 def large_sweep_plot(store: ResultStore, job: JobSpec, grid: Grid, ok: pl.DataFrame, sweep: str) -> str | None:
@@ -914,26 +1066,51 @@ def _save(store: ResultStore, figure, name: str, tight: bool = True) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rebuild the report from cell files already on disk, e.g. those the GPU check wrote."""
+    """Rebuild the report of a run from its cell files: after an interrupted run, for cells the GPU check
+    wrote, or after an upgrade. The job is the one the run stored in run.json unless --job names another."""
     parser = argparse.ArgumentParser(prog="python -m fuyu_ray.report", description=main.__doc__)
-    parser.add_argument("--job", required=True)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="the run's results folder or URI (grid's --out)")
+    parser.add_argument("--job", help="job file (default: the job stored in the run's run.json)")
     args = parser.parse_args(argv)
     try:
-        job = load_job(args.job)
+        store, job, run_info = open_run(args.out, args.job)
     except JobError as exc:
-        print(f"fuyu_ray: {exc}", file=sys.stderr)
+        for line in exc.lines:
+            print(f"fuyu_ray: {line}", file=sys.stderr)
         return 2
-    store = ResultStore.at(args.out)
-    store.ensure_dirs()
-    try:
-        with store.filesystem.open_input_stream(store.path("run.json")) as stream:
-            run_info = json.loads(stream.read())
-    except (OSError, FileNotFoundError, ValueError):
-        run_info = {"job_file": job.source_path, "note": "report rebuilt from cell files; no driver run recorded"}
     write_report(store, job, expand(job), run_info)
     print(f"report: {store.path('summary.md')}")
     return 0
+
+
+def open_run(out: str, job_file: str | None) -> tuple[ResultStore, JobSpec, dict[str, Any]]:
+    """The run at --out and its job, refused (JobError) where a report would describe something else:
+    a folder without cells, or a job none of whose cells are the ones on disk. Nothing is written."""
+    store = ResultStore.at(out)
+    done = store.done_cells()
+    if not done:
+        raise JobError(f"--out {out}: no cells here; give the --out of a run of python -m fuyu_ray.grid")
+    run_info = store.read_json("run.json")
+    if job_file is not None:
+        job = load_job(job_file)
+    elif run_info.get("job_text"):
+        import yaml  # as load_job does: only where a job is read
+
+        job = parse_job(yaml.safe_load(run_info["job_text"]), f"{run_info.get('job_file')} (as stored in run.json)")
+    else:
+        raise JobError(f"--out {out}: its run.json holds no job; name the job file with --job")
+    on_disk = sum(1 for cell in expand(job).cells if cell.cell_id in done)
+    if not on_disk:
+        stored = run_info.get("job_name")
+        raise JobError(
+            f"--job {job.source_path}: none of its cells are in {out}"
+            + (f", which holds cells of the job {stored!r}" if stored else "")
+            + "; give the job that wrote them, or leave out --job"
+        )
+    if not run_info:
+        run_info = {"note": "report rebuilt from cell files; no driver run recorded"}
+    shown_file = job.source_path if job_file is not None else run_info.get("job_file", job.source_path)
+    return store, job, {**run_info, "job_file": shown_file, "out": store.root}
 
 
 if __name__ == "__main__":

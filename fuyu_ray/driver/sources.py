@@ -43,21 +43,21 @@ def cached_snapshot(repo_id: str, repo_type: str) -> Path | None:
 
 def from_the_hub(repo_id: str, what: str) -> tuple[str | None, str]:
     """(problem, detail) for something the cache lacks: the hub is the one place left."""
+    from huggingface_hub import constants  # on the worker that checks, as above
+
     from fuyu_ray.bench.models import hub_access  # torch, on the worker only
 
     local_only, why = hub_access(repo_id)
     if local_only:
         return (
-            f"{what} is not in the Hugging Face cache of this worker, and {why}; "
+            f"{what} is not in this worker's Hugging Face cache ({constants.HF_HUB_CACHE}), and {why}; "
             "download it into HF_HOME first (see the README, 'Before the seed job')"
         ), ""
     return None, "not cached: the worker will download it from the hub"
 
 
 def check_model(model: str, weights: str) -> SourceCheck:
-    from fuyu_ray.bench.standin import is_standin  # torch, on the worker only
-
-    if model == "tiny" or is_standin(model):
+    if is_built_in(model):
         return SourceCheck("model", model, None, "built in")
     path = Path(model).expanduser()
     if path.is_dir():
@@ -100,6 +100,11 @@ def check_dataset(task: str, source: DatasetSource) -> SourceCheck:
         return SourceCheck(kind, name, None, "HF cache")
     problem, detail = from_the_hub(name, "it")
     return SourceCheck(kind, name, problem, detail)
+
+
+def is_built_in(model: str) -> bool:
+    """Built-in models ship with the package: they resolve on every worker that runs it."""
+    return model == "tiny" or model.split(":")[0] == "standin"
 
 
 def check_sources(model: str, weights: str, datasets: dict[str, DatasetSource]) -> list[SourceCheck]:

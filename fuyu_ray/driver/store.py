@@ -88,6 +88,15 @@ class ResultStore:
     def write_json(self, relative: str, payload: dict) -> None:
         self.write_bytes(relative, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
 
+    def read_json(self, relative: str) -> dict:
+        """A JSON object this store wrote, or {} where there is none that reads back as one."""
+        try:
+            with self.filesystem.open_input_stream(self.path(relative)) as stream:
+                payload = json.loads(stream.read())
+        except (OSError, ValueError):
+            return {}
+        return payload if isinstance(payload, dict) else {}
+
     def write_cell(self, record: pa.RecordBatch, samples: pa.Table) -> None:
         cell_id = record.column("cell_id")[0].as_py()
         self.write_table(f"samples/{cell_id}.parquet", samples, **CELL_FILE_OPTIONS)

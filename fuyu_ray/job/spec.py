@@ -26,7 +26,11 @@ _WIDTH_BY_HEIGHT = re.compile(r"(\d+)\s*[xX]\s*(\d+)")
 
 
 class JobError(ValueError):
-    """A job file that cannot be run; the message is the one line the user sees."""
+    """A job file that cannot be run: one line per problem, each naming the file and the key."""
+
+    @property
+    def lines(self) -> list[str]:
+        return str(self).splitlines()
 
 
 @dataclass(frozen=True)
@@ -148,20 +152,41 @@ def parse_job(raw: Any, origin: str) -> JobSpec:
         if key not in raw:
             raise fail(key, "missing")
 
-    name = _string(raw["name"], "name", fail)
-    model = _string(raw["model"], "model", fail)
-    weights = raw.get("weights", DEFAULTS["weights"])
-    if weights not in WEIGHTS:
-        raise fail("weights", f"unknown value {weights!r} (known: {', '.join(WEIGHTS)})")
-    limit = _positive_int(raw.get("limit", DEFAULTS["limit"]), "limit", fail)
+    problems: list[str] = []
 
-    base = _parse_point(raw["base"], "base", fail)
-    sweeps = _parse_sweeps(raw["sweeps"], fail)
+    def checked(parse, *args):
+        """Each part of the job is checked on its own, so one run names every broken part, not just the first."""
+        try:
+            return parse(*args)
+        except JobError as exc:
+            problems.append(str(exc))
+            return None
+
+    name = checked(_string, raw["name"], "name", fail)
+    model = checked(_model, raw["model"], fail)
+    weights = checked(_choice, raw.get("weights", DEFAULTS["weights"]), "weights", WEIGHTS, fail)
+    limit = checked(_positive_int, raw.get("limit", DEFAULTS["limit"]), "limit", fail)
+    base = checked(_parse_point, raw["base"], "base", fail)
+    sweeps = checked(_parse_sweeps, raw["sweeps"], fail)
     # Absent or empty means none; any other non-mapping, `datasets: []` or `tasks: 0` included, is a mistake.
-    datasets = _parse_datasets(_mapping(raw.get("datasets"), "datasets", fail), fail)
-    tasks = _parse_tasks(_mapping(raw.get("tasks"), "tasks", fail), fail)
-
+    datasets = checked(lambda: _parse_datasets(_mapping(raw.get("datasets"), "datasets", fail), fail))
+    tasks = checked(lambda: _parse_tasks(_mapping(raw.get("tasks"), "tasks", fail), fail))
     cpus = raw.get("cpus_per_actor")
+    cpus_per_actor = None if cpus is None else checked(_positive_int, cpus, "cpus_per_actor", fail)
+    cell_timeout_s = checked(
+        _positive_number, raw.get("cell_timeout_s", DEFAULTS["cell_timeout_s"]), "cell_timeout_s", fail
+    )
+    max_actors = checked(_actor_cap, raw.get("max_actors_per_variant", DEFAULTS["max_actors_per_variant"]), fail)
+    min_energy_window_s = checked(
+        _positive_number, raw.get("min_energy_window_s", DEFAULTS["min_energy_window_s"]), "min_energy_window_s", fail
+    )
+    quality = checked(_quality, raw.get("quality"), fail)
+    remeasure = checked(
+        _count, raw.get("remeasure_disturbed", DEFAULTS["remeasure_disturbed"]), "remeasure_disturbed", fail
+    )
+    published = checked(_published, raw.get("published"), fail)
+    if problems:
+        raise JobError("\n".join(problems))
     return JobSpec(
         name=name,
         model=model,
@@ -171,19 +196,40 @@ def parse_job(raw: Any, origin: str) -> JobSpec:
         sweeps=sweeps,
         datasets=datasets,
         tasks=tasks,
-        cpus_per_actor=None if cpus is None else _positive_int(cpus, "cpus_per_actor", fail),
-        cell_timeout_s=_positive_number(raw.get("cell_timeout_s", DEFAULTS["cell_timeout_s"]), "cell_timeout_s", fail),
-        max_actors_per_variant=_actor_cap(raw.get("max_actors_per_variant", DEFAULTS["max_actors_per_variant"]), fail),
-        min_energy_window_s=_positive_number(
-            raw.get("min_energy_window_s", DEFAULTS["min_energy_window_s"]), "min_energy_window_s", fail
-        ),
-        quality=_quality(raw.get("quality"), fail),
-        remeasure_disturbed=_count(
-            raw.get("remeasure_disturbed", DEFAULTS["remeasure_disturbed"]), "remeasure_disturbed", fail
-        ),
-        published=_published(raw.get("published"), fail),
+        cpus_per_actor=cpus_per_actor,
+        cell_timeout_s=cell_timeout_s,
+        max_actors_per_variant=max_actors,
+        min_energy_window_s=min_energy_window_s,
+        quality=quality,
+        remeasure_disturbed=remeasure,
+        published=published,
         source_path=origin,
     )
+
+
+BUILT_IN_MODELS = ("tiny", "standin")  # names that are neither a hub id nor a path
+
+
+def _model(value: Any, fail) -> str:
+    """A hub id (owner/name), a local path, or a built-in name; a near miss of a built-in name is a typo,
+    not a hub id: a bare hub name without an owner would only fail later, on a worker, offline."""
+    import difflib
+
+    model = _string(value, "model", fail)
+    if "/" in model or model.startswith((".", "~")) or Path(model).expanduser().exists():
+        return model
+    if model in BUILT_IN_MODELS or model.startswith("standin:"):
+        return model
+    close = difflib.get_close_matches(model, BUILT_IN_MODELS, n=1, cutoff=0.6)
+    if close:
+        raise fail("model", f"unknown model {model!r}: did you mean {close[0]!r}?")
+    return model
+
+
+def _choice(value: Any, key: str, known: tuple[str, ...], fail) -> str:
+    if value not in known:
+        raise fail(key, f"unknown value {value!r} (known: {', '.join(known)})")
+    return value
 
 
 def _published(value: Any, fail) -> PublishedFigures | None:
@@ -341,7 +387,9 @@ def _parse_sweeps(raw: Any, fail) -> dict[str, dict[str, list[Any]]]:
         for axis, values in axes.items():
             if axis not in AXES:
                 raise fail(f"{where}.{axis}", f"unknown axis (known: {', '.join(AXES)})")
-            if not isinstance(values, list) or not values:
+            if not isinstance(values, list):
+                raise fail(f"{where}.{axis}", f"must be a list of values, got {values!r}; write [{values}] for one")
+            if not values:
                 raise fail(f"{where}.{axis}", "empty sweep: give a non-empty list of values")
             parsed[axis] = [check_axis_value(axis, v, f"{where}.{axis}", fail) for v in values]
         sweeps[str(sweep_name)] = parsed

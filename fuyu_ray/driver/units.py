@@ -1,0 +1,23 @@
+"""How figures are shown, the same in the progress line, the tables and the plots."""
+
+from __future__ import annotations
+
+from fuyu_ray.tasks import TASKS
+
+
+def accuracy_scale(dataset: str | None) -> float:
+    """CIDEr is shown as is, proportions as percent."""
+    return TASKS[dataset].scoring.scale if dataset in TASKS else 100
+
+
+def accuracy_text(dataset: str | None, value: float) -> str:
+    return f"{value * accuracy_scale(dataset):.1f}"
+
+
+def accuracy_axis(dataset: str | None) -> str:
+    label = TASKS[dataset].scoring.axis_label if dataset in TASKS else "accuracy"
+    return f"{label} (%)" if accuracy_scale(dataset) == 100 else label
+
+
+def counted(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
