@@ -568,8 +568,7 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
         "",
         *completeness_lines(grid, cells, run_info),
         f"Job file `{run_info.get('job_file')}`, {counted(len(grid.cells), 'cell')}, model `{job.model}` "
-        f"({model_words(job)}), fuyu_ray {run_info.get('fuyu_ray_version')} at commit {run_info.get('git_commit')}, "
-        f"{runs_line(run_info)}.",
+        f"({model_words(job)}), {version_words(run_info)}{runs_line(run_info)}.",
         "",
         *[f"{line}" for line in model_limits(job)],
     ]
@@ -763,12 +762,20 @@ def harness_lines(run_info: dict[str, Any]) -> list[str]:
 
 def runs_line(run_info: dict[str, Any]) -> str:
     earlier = run_info.get("earlier_runs") or []
+    if not run_info.get("started_at"):  # cell files written by something other than the driver, e.g. the GPU check
+        return run_info.get("note") or "no driver run recorded"
     if not earlier:
         return f"started {run_info.get('started_at')}, finished {run_info.get('finished_at')}"
     return (
         f"measured over {len(earlier) + 1} runs: the first started {earlier[0].get('started_at')}, "
         f"the last finished {run_info.get('finished_at')} (Harness has each)"
     )
+
+
+def version_words(run_info: dict[str, Any]) -> str:
+    if not run_info.get("fuyu_ray_version"):
+        return ""
+    return f"fuyu_ray {run_info['fuyu_ray_version']} at commit {run_info.get('git_commit')}, "
 
 
 def completeness_lines(grid: Grid, cells: pl.DataFrame, run_info: dict[str, Any]) -> list[str]:
@@ -921,11 +928,12 @@ def sweep_plot(store: ResultStore, job: JobSpec, sweep: str, rows: list[dict], c
             right.plot([x for x, _ in energy], [e for _, e in energy], "s", mfc="none", color=f"C{index}")
     left.set_xticks(range(len(categories)), categories)
     left.set_xlim(-0.5, len(categories) - 0.5)
-    left.set_ylim(bottom=0)  # from zero: a lone point or a 1% difference does not fill the axis
+    # From zero, with room above: a lone point or a 1% difference does not fill the axis, and no point sits on its edge.
+    left.set_ylim(0, left.get_ylim()[1] * 1.12)
     left.set_xlabel(AXIS_TITLES[axis])
     left.set_ylabel("latency per batch (s): median, whisker to p90")
     if right is not None:
-        right.set_ylim(bottom=0)
+        right.set_ylim(0, right.get_ylim()[1] * 1.12)
         right.set_ylabel("energy per sample (J): open squares")
     handles, names = left.get_legend_handles_labels()
     if any_disturbed:
