@@ -50,6 +50,7 @@ def ok_row(cell, latency_s: float = 0.5, quality: str = "clean", accuracy: float
         "latency_p90_s": latency_s * 1.2,
         "latency_n": 4,
         "latency_batches_s": [latency_s] * 4,
+        "samples_per_s": cell.point.batch_size / latency_s,
         "accuracy": accuracy,
         "accuracy_n": 4,
         "measurement_quality": quality,

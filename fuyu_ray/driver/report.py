@@ -127,10 +127,10 @@ def fmt_energy(row: dict) -> str:
 
 
 def fmt_throughput(row: dict) -> str:
-    """Samples per second of the timed batches: what a deployment of that batch size serves."""
-    if row["status"] != "ok" or not row.get("latency_s") or not row.get("batch_size"):
+    """Samples per second over the timed batches (`samples_per_s`): what a deployment of that batch size serves."""
+    if row["status"] != "ok" or row.get("samples_per_s") is None:
         return "n/a"
-    return f"{row['batch_size'] / row['latency_s']:.1f}"
+    return f"{row['samples_per_s']:.1f}"
 
 
 def percent_of(value: float | None, reference: float | None) -> str:
