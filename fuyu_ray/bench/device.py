@@ -42,11 +42,22 @@ def decode(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def cuda_name(index: int) -> str | None:
+    """The name CUDA gives the device, for when NVML gives none: a report names the GPU it ran on."""
+    try:
+        return torch.cuda.get_device_name(index) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - a device CUDA cannot describe has no name to give
+        return None
+
+
 class NvmlDevice(Device):
     """A GPU through NVML, opened by its UUID (the one identity CUDA and NVML agree on) or its index."""
 
-    def __init__(self, device_index: int = 0, nvml: Any = None, uuid: str | None = None) -> None:
+    def __init__(
+        self, device_index: int = 0, nvml: Any = None, uuid: str | None = None, cuda_index: int | None = None
+    ) -> None:
         self.device_index, self.uuid = device_index, uuid
+        self.cuda_index = device_index if cuda_index is None else cuda_index  # CUDA's numbering may differ
         self.unavailable_reason = None
         self.handle: Any = None
         self.initialized = False
@@ -96,7 +107,7 @@ class NvmlDevice(Device):
         uuid = self.query(lambda: nvml.nvmlDeviceGetUUID(handle)) if handle is not None else None
         driver = self.query(lambda: nvml.nvmlSystemGetDriverVersion())
         return {
-            "gpu_name": None if name is None else decode(name),
+            "gpu_name": decode(name) if name is not None else cuda_name(self.cuda_index),
             "gpu_uuid": None if uuid is None else decode(uuid),
             "driver_version": None if driver is None else decode(driver),
         }
@@ -156,5 +167,5 @@ def open_device(device: str, device_index: int = 0) -> Device:
     kind, _, index_text = device.partition(":")
     if kind == "cuda":
         index = int(index_text) if index_text.isdigit() else device_index
-        return NvmlDevice(device_index=nvml_index(index), uuid=cuda_uuid(index))
+        return NvmlDevice(device_index=nvml_index(index), uuid=cuda_uuid(index), cuda_index=index)
     return Device()

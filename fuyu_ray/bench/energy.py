@@ -339,6 +339,7 @@ def run_until_min_window(
     min_seconds: float = 1.0,
     clock: Clock = time.perf_counter,
     max_repeats: int = 1000,
+    stop: Callable[[], bool] = lambda: False,
 ) -> WindowResult:
     """Run ``run_once`` repeatedly inside one energy window until it lasts >= ``min_seconds``.
 
@@ -346,6 +347,7 @@ def run_until_min_window(
     divide ``joules``/``seconds`` by ``repeats`` for per-run figures. The window is
     extended without a meter too: the timings gain batches enough to judge their
     spread, and interference is measured over a window long enough to mean something.
+    `stop` ends the repeats early (a cell past its deadline): the window is then what it is, and says so.
     """
     if max_repeats < 1:
         raise ValueError(f"max_repeats must be >= 1, got {max_repeats}")
@@ -356,7 +358,7 @@ def run_until_min_window(
             repeats += 1
             if window.elapsed() >= min_seconds:
                 break
-            if repeats >= max_repeats:
+            if repeats >= max_repeats or stop():
                 break
     note = window.note
     if note is None and window.seconds < min_seconds and meter.available:

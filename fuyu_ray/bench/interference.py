@@ -128,9 +128,13 @@ class GpuSamples:
     sm_clock_max_mhz: int | None = None
     foreign_pids: set[int] = field(default_factory=set)
     note: str | None = None  # why nothing was sampled
+    # In a container NVML lists host PIDs, so our own process is never among them and every process
+    # would read as another's: the list only tells others apart once it has shown our own.
+    own_process_seen: bool = False
 
-    def add(self, reasons: int, sm_clock: int | None, pids: set[int]) -> None:
+    def add(self, reasons: int, sm_clock: int | None, pids: set[int], own_seen: bool = True) -> None:
         self.samples += 1
+        self.own_process_seen |= own_seen
         for reason in {name for bit, name in THROTTLE_REASONS.items() if reasons & bit}:
             self.throttled[reason] = self.throttled.get(reason, 0) + 1
         if sm_clock is not None:
@@ -144,7 +148,7 @@ class GpuSamples:
     def columns(self) -> dict[str, Any]:
         shares = self.throttled_share()
         return {
-            "gpu_foreign_processes": len(self.foreign_pids) if self.samples else None,
+            "gpu_foreign_processes": len(self.foreign_pids) if self.samples and self.own_process_seen else None,
             "gpu_throttle_reasons": ", ".join(f"{r} {s:.0%}" for r, s in sorted(shares.items())) or None,
             "sm_clock_min_mhz": self.sm_clock_min_mhz,
             "sm_clock_max_mhz": self.sm_clock_max_mhz,
@@ -168,8 +172,8 @@ class GpuSampler:
         )
         sm_clock = _first_available(nvml, self.handle, ("nvmlDeviceGetClockInfo",), nvml.NVML_CLOCK_SM)
         processes = _first_available(nvml, self.handle, ("nvmlDeviceGetComputeRunningProcesses",)) or []
-        pids = {p.pid for p in processes} - self.own_pids
-        self.result.add(int(reasons or 0), sm_clock, pids)
+        listed = {p.pid for p in processes}
+        self.result.add(int(reasons or 0), sm_clock, listed - self.own_pids, own_seen=bool(listed & self.own_pids))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -250,7 +254,8 @@ def verdict(
     series: list[float],
     unsettled_warmup: int | None = None,
 ) -> str:
-    """`clean`, or `disturbed: ` and every reason that crossed its threshold. `series` is what the
+    """`clean`, or `disturbed: ` and every reason that crossed its threshold, or `unknown: ` and why
+    another GPU process could not be ruled out when nothing else crossed one. `series` is what the
     timings' spread is judged on (see noise_series); `unsettled_warmup`, the warm-up batches spent
     without the timings ever settling: whatever kept them from it may not have stopped."""
     reasons = []
@@ -258,8 +263,11 @@ def verdict(
         reasons.append(f"warm-up never settled in {unsettled_warmup} batches")
     if host is not None and host.other_cpu_share is not None and host.other_cpu_share > thresholds.max_other_cpu_share:
         reasons.append(f"other processes used {host.other_cpu_share:.0%} of the worker's cores")
+    unknown = None
     if gpu is not None and gpu.samples:
-        if len(gpu.foreign_pids) > thresholds.foreign_gpu_processes:
+        if not gpu.own_process_seen:
+            unknown = "NVML's process list never showed this process, so other GPU processes cannot be told apart"
+        elif len(gpu.foreign_pids) > thresholds.foreign_gpu_processes:
             reasons.append(f"{len(gpu.foreign_pids)} other compute process(es) on the GPU")
         for reason, share in sorted(gpu.throttled_share().items()):
             if share > thresholds.max_throttled_share:
@@ -267,4 +275,6 @@ def verdict(
     cv = coefficient_of_variation(series)
     if cv is not None and len(series) >= thresholds.min_batches_for_cv and cv > thresholds.max_cv:
         reasons.append(f"CV {cv:.2f} over {len(series)} batches")
-    return f"disturbed: {'; '.join(reasons)}" if reasons else CLEAN
+    if reasons:
+        return f"disturbed: {'; '.join(reasons)}"
+    return f"unknown: {unknown}" if unknown else CLEAN

@@ -72,6 +72,9 @@ CELL_SCHEMA = pa.schema(
         ("prefill_p90_s", _float),
         ("ttft_s", _float),
         ("ttft_p90_s", _float),
+        ("preprocess_s", _float),  # the processor's time per batch, median: outside latency and TTFT
+        ("ttft_with_preprocess_s", _float),  # what a user waits for the first token
+        ("deadline_passed_at", _str),  # where a cell went past its own deadline and went on within a hard one
         ("prefill_compute_s", _float),
         ("prefill_compute_p90_s", _float),
         ("decode_s_per_token", _float),

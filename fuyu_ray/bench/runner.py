@@ -12,6 +12,7 @@ import gc
 import math
 import os
 import socket
+import statistics
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -35,7 +36,15 @@ from fuyu_ray.bench.interference import (
     settled,
     verdict,
 )
-from fuyu_ray.bench.measure import BatchTiming, PeakMemory, count_flops, fuyu_prefill_flops, spread, time_batch
+from fuyu_ray.bench.measure import (
+    BatchTiming,
+    PeakMemory,
+    count_flops,
+    fuyu_prefill_flops,
+    spread,
+    synchronize,
+    time_batch,
+)
 from fuyu_ray.bench.models import LoadedModel, PresetUnsupported, load_model
 from fuyu_ray.bench.prompts import Prompt, TaskSettings, build_prompt
 from fuyu_ray.bench.records import CUDA_FATAL, cell_batch, now_iso, outcome_row, sample_table
@@ -141,10 +150,19 @@ class CellRunner:
             )
         return energy.meter_for(self.variant.device, self.device)
 
-    def run(self, cell: Cell, deadline: float | None = None) -> CellResult:
+    def run(
+        self,
+        cell: Cell,
+        deadline: float | None = None,
+        hard_deadline: float | None = None,
+        min_energy_window_s: float | None = None,
+    ) -> CellResult:
         """One cell's record. With a `deadline` (a `time.perf_counter()` value), a cell still running
         past it stops at the next point where that is safe (after the warm-up, after any timed
-        batch, before counting FLOPs) with a timeout record saying where."""
+        batch, before counting FLOPs) with a timeout record saying where. With a later `hard_deadline`
+        too, a cell past its own deadline still times one pass while the hard one covers it, so that a
+        long warm-up is not thrown away: `deadline_passed_at` says where it went past.
+        `min_energy_window_s` overrides the runner's for this cell."""
         started_at, started = now_iso(), time.perf_counter()
         base = {**cell.settings(), **self.context, "variant_hash": self.variant.variant_hash, "load_s": self.load_s}
         if self.load_outcome is not None:
@@ -152,7 +170,8 @@ class CellRunner:
                 cell_batch(outcome_row(base, *self.load_outcome, started_at=started_at)), sample_table([])
             )
         try:
-            row, samples = self._measure_cleanest(cell, deadline)
+            limits = CellLimits(deadline, hard_deadline, min_energy_window_s or self.min_energy_window_s)
+            row, samples = self._measure_cleanest(cell, limits)
             row.update(base, status="ok", error=None, started_at=started_at, finished_at=now_iso())
         except Exception as exc:  # a cell's failure is its record, and the actor goes on to the next cell
             row, samples = outcome_row(base, *classify(exc), started_at=started_at), []
@@ -162,12 +181,12 @@ class CellRunner:
         row["cell_s"] = time.perf_counter() - started
         return CellResult(cell_batch(row), sample_table(samples))
 
-    def _measure_cleanest(self, cell: Cell, deadline: float | None):
+    def _measure_cleanest(self, cell: Cell, limits: "CellLimits"):
         """Measure; while disturbed and retries are left, measure again. The cleanest attempt is kept:
         clean first, then the least taken by other processes, then the steadiest."""
         attempts = []
         for _ in range(1 + self.remeasure_disturbed):
-            attempts.append(self._measure(cell, deadline))
+            attempts.append(self._measure(cell, limits))
             if attempts[-1][0].get("measurement_quality", CLEAN) == CLEAN:
                 break
         row, samples = min(
@@ -206,10 +225,10 @@ class CellRunner:
 
     # --- one cell, in three phases: prepare the workload, time it, answer and score -------------
 
-    def _measure(self, cell: Cell, deadline: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        guard = DeadlineGuard(deadline)
+    def _measure(self, cell: Cell, limits: "CellLimits") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        guard = DeadlineGuard(limits.deadline, limits.hard_deadline)
         workload = self._prepare(cell)
-        timed = self._time(workload, cell.point, guard)
+        timed = self._time(workload, cell.point, guard, limits.min_energy_window_s)
         answers = self._answer(workload, timed, cell.point.dataset)
         guard.check("before counting FLOPs")
         loaded = self.loaded
@@ -221,6 +240,8 @@ class CellRunner:
             "tokenizer_note": loaded.tokenizer_note,
             "torch_threads": torch.get_num_threads(),
             **workload.columns(answers.generated_mean, cell.point.image_size),
+            "ttft_with_preprocess_s": with_preprocess(timed.latency["ttft_s"], workload.preprocess_s),
+            "deadline_passed_at": guard.passed_at,
             **answers.columns(loaded),
             **timed.columns(self.meter, self.idle_power_w, self.quality),
             **flops,
@@ -246,16 +267,20 @@ class CellRunner:
         if not data.samples:
             raise ValueError(f"no readable samples in {data.description}")
         prompts = [build_prompt(settings, s, point.seq_len, loaded.count_text_tokens) for s in data.samples]
-        batches = prepare_batches(loaded, data.samples, prompts, point.image_size, point.batch_size)
+        batches, preprocess_batches_s = prepare_batches(
+            loaded, data.samples, prompts, point.image_size, point.batch_size
+        )
         if loaded.attention == "sdpa-flash" and any(bool((b.inputs["attention_mask"] == 0).any()) for b in batches):
             raise PresetUnsupported(
                 "SDPA's flash backend takes no attention mask, and this cell's prompts are padded; install flash-attn"
             )
         decoder = self._decoder(batches, point, settings.max_new_tokens) if loaded.preset.compiled else None
         # Random weights answer nothing: every cell runs to max_new_tokens.
-        return Workload(settings, data, prompts, batches, loaded.accuracy_note is not None, decoder)
+        return Workload(
+            settings, data, prompts, batches, loaded.accuracy_note is not None, decoder, preprocess_batches_s
+        )
 
-    def _time(self, workload: Workload, point, guard: DeadlineGuard) -> TimedRun:
+    def _time(self, workload: Workload, point, guard: DeadlineGuard, min_window_s: float) -> TimedRun:
         """Warm up, then time every batch in passes until the energy window is long enough."""
         loaded, decoder, first, device = self.loaded, workload.decoder, workload.batches[0], point.device
         run_batch = batch_runner(loaded, workload)
@@ -273,7 +298,7 @@ class CellRunner:
                 timed.first_call_s, timed.warmup_s, timed.warmup_batches, timed.warmup_settled = settle(
                     lambda: warm_up(run_batch, first, device), self.quality
                 )
-            guard.check("after the warm-up")
+            guard.check("after the warm-up", pass_s=timed.pass_estimate_s())
             timed.compilations_warm = decoder.compilations if decoder else 0
 
             def one_pass() -> None:
@@ -291,7 +316,10 @@ class CellRunner:
             host, sampler = HostWindow().start(), self.device.sampler()
             if sampler:
                 sampler.start()
-            timed.window = energy.run_until_min_window(one_pass, self.meter, self.min_energy_window_s)
+            # Past its own deadline, one pass is all a cell times: the budget it borrows from is the whole check's.
+            timed.window = energy.run_until_min_window(
+                one_pass, self.meter, min_window_s, stop=lambda: guard.passed_at is not None
+            )
             timed.gpu = sampler.stop() if sampler else None
             host.stop()
         timed.host, timed.memory, timed.clocks_end = host, memory, self.device.clocks()
@@ -311,19 +339,35 @@ class CellRunner:
         return Answers(predictions, generations, generated, stopped, score)
 
 
+@dataclass(frozen=True)
+class CellLimits:
+    deadline: float | None  # the cell's own, a time.perf_counter() value
+    hard_deadline: float | None  # past the cell's own, what a finished warm-up may still use to time a pass
+    min_energy_window_s: float
+
+
 class DeadlineGuard:
-    """Stops a cell at the next safe point once a `time.perf_counter()` deadline has passed."""
+    """Stops a cell at the next safe point once a `time.perf_counter()` deadline has passed. With a later
+    hard deadline, a cell past its own goes on while the hard one covers what it is about to do, and
+    `passed_at` says where it went past its own."""
 
-    def __init__(self, deadline: float | None):
-        self.deadline, self.started = deadline, time.perf_counter()
+    def __init__(self, deadline: float | None, hard_deadline: float | None = None, clock=time.perf_counter):
+        self.deadline, self.hard_deadline, self.clock = deadline, hard_deadline, clock
+        self.started = clock()
+        self.passed_at: str | None = None
 
-    def check(self, where: str) -> None:
-        now = time.perf_counter()
-        if self.deadline is not None and now > self.deadline:
-            raise CellDeadline(
-                f"stopped {where}: past its deadline by {now - self.deadline:.1f} s "
-                f"({now - self.started:.1f} s into the cell)"
-            )
+    def check(self, where: str, pass_s: float = 0.0) -> None:
+        now = self.clock()
+        if self.deadline is None or now <= self.deadline:
+            return
+        if self.hard_deadline is not None and now + pass_s <= self.hard_deadline:
+            if self.passed_at is None:
+                self.passed_at = f"{where}, {now - self.deadline:.1f} s past its deadline"
+            return
+        raise CellDeadline(
+            f"stopped {where}: past its deadline by {now - self.deadline:.1f} s "
+            f"({now - self.started:.1f} s into the cell)"
+        )
 
 
 @dataclass
@@ -336,6 +380,11 @@ class Workload:
     batches: list[Batch]
     ignore_eos: bool
     decoder: Any  # a compiled StaticGreedyDecoder, or None for transformers' generate
+    preprocess_batches_s: list[float] = field(default_factory=list)  # the processor's time per batch
+
+    @property
+    def preprocess_s(self) -> float | None:
+        return statistics.median(self.preprocess_batches_s) if self.preprocess_batches_s else None
 
     def columns(self, generated_tokens_mean: float | None, image_size: int | str) -> dict[str, Any]:
         data = self.data
@@ -353,6 +402,7 @@ class Workload:
             "generated_tokens_mean": generated_tokens_mean,
             "ignore_eos": self.ignore_eos,
             "prompt_template": self.settings.template,
+            "preprocess_s": self.preprocess_s,
         }
 
 
@@ -374,6 +424,12 @@ class TimedRun:
     first_pass: list[torch.Tensor] = field(default_factory=list)  # the outputs answers are read from
     repeat_joules: list[float] = field(default_factory=list)  # each pass's own energy, for compare's intervals
     window: energy.WindowResult | None = None
+
+    def pass_estimate_s(self) -> float:
+        """One timed pass, guessed from the warm-up's last batches (the first may be a compile)."""
+        later = (self.warmup_s - self.first_call_s) / (self.warmup_batches - 1) if self.warmup_batches > 1 else None
+        return (later if later is not None else self.first_call_s) * self.batches_per_pass
+
     host: HostWindow | None = None
     gpu: Any = None  # the GPU sampler's findings, where the device has a sampler
     memory: PeakMemory | None = None
@@ -479,8 +535,10 @@ def first_token_columns(loaded: LoadedModel, decoder, batch: Batch) -> dict[str,
 
 def prepare_batches(
     loaded: LoadedModel, samples: list[Sample], prompts: list[Prompt], image_size: int | str, batch_size: int
-) -> list[Batch]:
-    """Processor work happens here, outside any timed window: latency is generate's time alone.
+) -> tuple[list[Batch], list[float]]:
+    """Processor work happens here, outside any timed window: latency is generate's time alone. Its own
+    time per batch (resize, patches, tokens, the copy to the device) comes back beside the batches: a user
+    waits for it too.
 
     Each image is resized to the cell's image_size (S x S, or W x H); the processor pads it to
     whole patches and cuts rows * (cols + 1) image tokens."""
@@ -489,9 +547,10 @@ def prepare_batches(
     count = math.ceil(len(samples) / batch_size) * batch_size
     order = [i % len(samples) for i in range(count)]
     dtype = next(loaded.model.parameters()).dtype
-    batches = []
+    batches, seconds = [], []
     for start in range(0, count, batch_size):
         indices = order[start : start + batch_size]
+        began = time.perf_counter()
         inputs = loaded.processor(
             images=[samples[i].image.resize((width, height)) for i in indices],
             text=[prompts[i].text for i in indices],
@@ -502,8 +561,15 @@ def prepare_batches(
         )
         inputs = {k: v.to(loaded.variant.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         inputs["image_patches"] = inputs["image_patches"].to(dtype)
+        synchronize(loaded.variant.device)
+        seconds.append(time.perf_counter() - began)
         batches.append(Batch(inputs, indices, inputs["input_ids"].shape[1]))
-    return batches
+    return batches, seconds
+
+
+def with_preprocess(ttft_s: float | None, preprocess_s: float | None) -> float | None:
+    """Time to first token as a user waits for it: the processor's batch, then the model's first token."""
+    return None if ttft_s is None or preprocess_s is None else ttft_s + preprocess_s
 
 
 def attention_context(loaded: LoadedModel):

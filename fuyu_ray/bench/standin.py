@@ -8,6 +8,9 @@ actor, the driver, the records and the report, is the real code.
 `batches=N` (default 1) makes a cell N timed sleeps of `sleep` seconds each: each one is timed
 with the host clock and recorded in `latency_batches_s`, so the latencies carry the real jitter
 of sleeping on a busy machine (what `python -m fuyu_ray.compare` has to tell from a change).
+`compile_s=S` gives a compiled preset a warm-up of S seconds, as a slow compile would (the GPU
+check's rehearsal uses it). The warm-up and every timed sleep honour the cell's deadlines as the
+real runner does.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import torch
 from fuyu_ray.bench import energy
 from fuyu_ray.bench.device import Device
 from fuyu_ray.bench.measure import spread
-from fuyu_ray.bench.runner import CellRunner
+from fuyu_ray.bench.runner import CellLimits, CellRunner, DeadlineGuard
 from fuyu_ray.job.cells import Cell
+from fuyu_ray.job.presets import PRESETS
 
 PREFIX = "standin"
 
@@ -35,6 +39,7 @@ class Behaviour:
     hang_at_batch: int | None = None
     fail_at_batch: int | None = None
     cuda_error_at_batch: int | None = None
+    compile_s: float = 0.0  # extra warm-up of a compiled preset: a compile that takes this long
 
 
 def is_standin(model: str) -> bool:
@@ -48,6 +53,8 @@ def parse_behaviour(model: str) -> Behaviour:
         key, _, value = option.partition("=")
         if key == "sleep":
             settings["sleep_s"] = float(value)
+        elif key == "compile_s":
+            settings["compile_s"] = float(value)
         elif key == "batches":
             settings["batches"] = int(value)
             if settings["batches"] < 1:
@@ -70,7 +77,8 @@ class StandInRunner(CellRunner):
     def _meter(self) -> energy.EnergyMeter:
         return energy.NoEnergyMeter("stand-in model: nothing is computed, so nothing is measured")
 
-    def _measure(self, cell: Cell, deadline: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _measure(self, cell: Cell, limits: CellLimits) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        guard = DeadlineGuard(limits.deadline, limits.hard_deadline)
         batch = cell.point.batch_size
         if batch == self.behaviour.oom_at_batch:
             raise torch.cuda.OutOfMemoryError("stand-in: CUDA out of memory (simulated)")
@@ -80,11 +88,16 @@ class StandInRunner(CellRunner):
             raise RuntimeError("CUDA error: an illegal memory access was encountered (stand-in)")
         if batch == self.behaviour.hang_at_batch:
             time.sleep(3600)
+        compiled = PRESETS[cell.point.optimization].compiled
+        if compiled and self.behaviour.compile_s:
+            time.sleep(self.behaviour.compile_s)  # the warm-up's compile
+        guard.check("after the warm-up", pass_s=self.behaviour.sleep_s * self.behaviour.batches)
         latencies = []
-        for _ in range(self.behaviour.batches):
+        for index in range(self.behaviour.batches):
             started = time.perf_counter()
             time.sleep(self.behaviour.sleep_s)
             latencies.append(time.perf_counter() - started)
+            guard.check(f"after timed batch {index + 1}")
         timed = spread(latencies)
         return {
             "model_label": f"stand-in (sleeps {self.behaviour.sleep_s:g} s per batch)",
@@ -94,6 +107,7 @@ class StandInRunner(CellRunner):
             "latency_std_s": timed.std,
             "latency_n": timed.n,
             "latency_batches_s": latencies,
+            "deadline_passed_at": guard.passed_at,
             "n_batches": self.behaviour.batches,
             "n_samples": 0,
             "energy_note": self.meter.unavailable_reason,
