@@ -41,11 +41,18 @@ GPU_PEAKS: tuple[tuple[str, ChipPeak], ...] = (
 )
 
 
+def datasheet_peak(gpu_name: str | None) -> ChipPeak | None:
+    """The datasheet's peaks for this chip, whatever the environment overrides."""
+    if not gpu_name:
+        return None
+    return next((peak for key, peak in sorted(GPU_PEAKS, key=lambda entry: -len(entry[0])) if key in gpu_name), None)
+
+
 def chip_peak(gpu_name: str | None) -> tuple[ChipPeak | None, str]:
     """The peaks to judge `gpu_name` against, and where they came from (or why there are none)."""
     if not gpu_name:
         return None, "no GPU name"
-    known = next((peak for key, peak in sorted(GPU_PEAKS, key=lambda entry: -len(entry[0])) if key in gpu_name), None)
+    known = datasheet_peak(gpu_name)
     bandwidth = os.environ.get(BANDWIDTH_ENV)
     tflops = os.environ.get(TFLOPS_ENV)
     if known is None and not (bandwidth and tflops):

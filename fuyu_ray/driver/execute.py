@@ -32,13 +32,11 @@ class CellWorker:
 
         if threads:
             torch.set_num_threads(threads)
-        from fuyu_ray.bench.runner import CellRunner  # torch, in the actor's process only
-        from fuyu_ray.bench.standin import StandInRunner, is_standin  # torch, in the actor's process only
+        from fuyu_ray.bench.standin import runner_class  # torch, in the actor's process only
 
         context = ray.get_runtime_context()
         node = next((n for n in ray.nodes() if n["NodeID"] == context.get_node_id()), {})
-        runner_class = StandInRunner if is_standin(variant.model) else CellRunner
-        self.runner = runner_class(
+        self.runner = runner_class(variant.model)(
             variant,
             **runner_options,
             context={"node_id": context.get_node_id(), "actor": context.get_actor_name() or variant.label},

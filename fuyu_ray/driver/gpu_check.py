@@ -18,25 +18,36 @@ The README's "On one GPU, without Ray" section gives the budget's arithmetic.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import gc
 import json
 import os
 import sys
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fuyu_ray.bench.data import load_samples
 from fuyu_ray.bench.prompts import TaskSettings, build_prompt
 from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
-from fuyu_ray.driver.store import ResultStore
+from fuyu_ray.driver.gpu_check_output import (
+    ENERGY_TARGET_WINDOW_S,
+    HD_IMAGE,
+    OUTPUT_FILES,
+    CheckOutput,
+    at_point,
+    image_of,
+    is_target_cell,
+    target_lines,
+)
 from fuyu_ray.job.cells import Cell, expand
 from fuyu_ray.job.presets import PRESETS
 from fuyu_ray.job.spec import JobError, image_dims, parse_job
 
 DEFAULT_JOB = Path(__file__).resolve().parents[2] / "jobs" / "gpu-check.json"
-TARGET_DATASET = "textvqa"  # the task the targets below are measured on, as jobs/gpu-check.json runs it
+TARGET_SWEEP = "target_"  # the prefix of the sweeps that hold the targets' points in jobs/gpu-check.json
 COLUMNS = (
     ("optimization", "preset"),
     ("batch_size", "batch"),
@@ -67,12 +78,9 @@ LOAD_S = 20.0  # a full-size model with random weights, plus three 1-s idle-powe
 STOCK_CELL = (12.0, 60.0)  # (expected, deadline) seconds of a cell on a stock path
 COMPILED_CELL = (100.0, 150.0)  # a cell that compiles its shape: 40-90 s of compiles, then the timed batches
 
-# The GPU check's targets, at 10 generated tokens on textvqa.
-TARGET_B1_LATENCY_S = 0.066  # batch 1, image 224: latency of one batch
-TARGET_B16_J_PER_SAMPLE = 3.0  # batch 16, image 224: energy per sample
-TARGET_B16_PREFILL_RATIO = 0.70  # batch 16, image 224: prefill compute against the measured matrix rate
-TARGET_HD_TTFT_S = 0.100  # batch 1, image 1920x1080 (2,340 image tokens): time to first token
-HD_IMAGE = (1920, 1080)
+REHEARSAL_BUDGET_S = 60.0
+REHEARSAL_MODEL = "standin:sleep=0.05,batches=3,compile_s={compile_s:g}"
+WATCHDOG_MARGIN_S = 60.0  # past the budget, the watchdog ends a check that overran with every thread's traceback
 
 
 def hub_environment(environ=os.environ) -> None:
@@ -95,8 +103,10 @@ def load_plain_job(path: Path, model: str | None, device: str | None):
 
 
 def ordered_cells(job) -> list[Cell]:
-    """Sweeps in the job's order; within a sweep, one variant's cells together (so that few
-    models are loaded at once); a cell two sweeps share runs once, where it first appears."""
+    """The targets' stock cells first (they are the baseline, and a compile may take minutes), then the
+    targets' compiled cells, then the other sweeps in the job's order; within a sweep, one variant's
+    cells together (so that few models are loaded at once); a cell two sweeps share runs once, where it
+    first appears."""
     grid = expand(job)
     by_id = {cell.cell_id: cell for cell in grid.cells}
     order: list[Cell] = []
@@ -109,16 +119,43 @@ def ordered_cells(job) -> list[Cell]:
                 groups.setdefault(by_id[cell_id].variant, []).append(by_id[cell_id])
         for cells in groups.values():
             order.extend(cells)
-    return order
+    targets = [c for c in order if c.cell_id in target_ids(grid)]
+    stock = [c for c in targets if not PRESETS[c.point.optimization].compiled]
+    compiled = [c for c in targets if PRESETS[c.point.optimization].compiled]
+    return stock + compiled + [c for c in order if c.cell_id not in target_ids(grid)]
+
+
+def target_ids(grid) -> set[str]:
+    return {cell_id for name, ids in grid.sections.items() if name.startswith(TARGET_SWEEP) for cell_id in ids}
 
 
 @dataclass
 class Budget:
-    """Seconds left of the check's budget, and each cell's deadline within it."""
+    """Seconds left of the check's budget, and each cell's deadline within it. Its times for a cell are
+    the README's for fuyu-8b, scaled with the budget (a rehearsal's 60 s is a whole check in small), and
+    raised to the longest a cell of that kind has taken so far: a compile that took 150 s once will again."""
 
     started: float
     seconds: float | None  # None: no limit
     clock: object = time.perf_counter
+    scale: float = 1.0
+    longest: dict = field(default_factory=dict)  # compiled or not -> the longest such cell so far, in seconds
+
+    def scaled(self, seconds: float) -> float:
+        return seconds * self.scale
+
+    def cell_times(self, cell: Cell) -> tuple[float, float]:
+        """(expected, allowance) seconds for a cell."""
+        compiled = PRESETS[cell.point.optimization].compiled
+        expected, allowance = (self.scaled(t) for t in (COMPILED_CELL if compiled else STOCK_CELL))
+        return max(expected, self.longest.get(compiled, 0.0)), allowance
+
+    def learn(self, cell: Cell, seconds: float) -> None:
+        compiled = PRESETS[cell.point.optimization].compiled
+        self.longest[compiled] = max(self.longest.get(compiled, 0.0), seconds)
+
+    def end(self) -> float | None:
+        return None if self.seconds is None else self.started + self.seconds
 
     def left(self) -> float:
         return float("inf") if self.seconds is None else self.started + self.seconds - self.clock()
@@ -137,11 +174,6 @@ class Budget:
         if self.seconds is None:
             return None
         return min(self.clock() + allowance_s, self.started + self.seconds)
-
-
-def cell_times(cell: Cell) -> tuple[float, float]:
-    """(expected, allowance) seconds for a cell."""
-    return COMPILED_CELL if PRESETS[cell.point.optimization].compiled else STOCK_CELL
 
 
 def image_label(value) -> str:
@@ -187,67 +219,86 @@ def measured_peaks_line(job, log=print) -> str:
 
 
 def run(
-    job, out: str, log=print, budget_s: float | None = DEFAULT_BUDGET_S, started: float | None = None
+    job,
+    out: str,
+    log=None,
+    budget_s: float | None = DEFAULT_BUDGET_S,
+    budget: Budget | None = None,
+    mode: str = "judge",
+    output: CheckOutput | None = None,
 ) -> list[dict]:
-    """Every cell of the job, in the order of value, within the budget; returns the records' rows.
-
-    `started` is when the budget began (default: now); `main` passes its own start.
-    """
-    budget = Budget(time.perf_counter() if started is None else started, budget_s)
-    store = ResultStore.at(out)
-    store.ensure_dirs()
+    """Every cell of the job, in the order of value, within the budget (`budget`, or `budget_s` from now);
+    returns the records' rows. `mode` is what the target lines say instead of a verdict off a GPU
+    ("not judged (no GPU)", "rehearsal")."""
+    budget = budget or Budget(time.perf_counter(), budget_s)
+    budget_s = budget.seconds
+    output = output or CheckOutput(out)
+    log = log or output.log
     notes = [measured_peaks_line(job, log)]
     cells = ordered_cells(job)
     uses_left = Counter(cell.variant for cell in cells)
     runners: dict = {}  # variant -> (runner or None, why not)
     measured: dict[tuple, dict] = {}  # workload -> the ok row that measured it
-    rows: list[dict] = []
+    rows: list[dict] = output.rows
     for cell in cells:
-        variant = cell.variant
-        expected_s, allowance_s = cell_times(cell)
-        if variant not in runners:
-            refusal = budget.refusal(f"loading {variant.label} and its first cell", LOAD_S + expected_s)
-            runners[variant] = (None, refusal) if refusal else _load(variant, job, log)
-        runner, why_not = runners[variant]
-        record = samples = None
-        if runner is None:
-            status = "skipped" if why_not.startswith("not started") else "failed"
-            record = cell_batch(outcome_row(cell.settings(), status, why_not))
-        else:
-            key = workload_key(cell, runner.loaded) if runner.loaded is not None else None
-            same = measured.get(key) if key is not None else None
-            refusal = budget.refusal("this cell", expected_s)
-            if same is not None:
-                reason = (
-                    f"same workload as cell {same['cell_id']} (seq_len {same['seq_len']}): no prompt is longer than "
-                    f"seq_len {cell.point.seq_len}, so nothing is cut; that cell's figures apply"
-                )
-                record = cell_batch(outcome_row(cell.settings(), "skipped", reason))
-            elif refusal:
-                record = cell_batch(outcome_row(cell.settings(), "skipped", refusal))
-            else:
-                result = runner.run(cell, deadline=budget.deadline(allowance_s))
-                record, samples = result.record, result.samples
+        record, samples = run_one(cell, job, budget, runners, measured, log)
         row = record.to_pylist()[0]
-        if row["status"] == "ok" and runner is not None and runner.loaded is not None:
-            measured.setdefault(key, row)
-        store.write_cell(record, samples if samples is not None else sample_table([]))
+        output.add(record, samples if samples is not None else sample_table([]))
         rows.append(row)
         log(
             f"  {cell.point.optimization} {cell.point.dataset} batch={cell.point.batch_size} "
             f"image={image_label(cell.point.image_size)} "
             f"seq_len={cell.point.seq_len}: {row['status']} latency={_fmt(row['latency_s'])}s "
             f"ttft={_fmt(row['ttft_s'])}s "
-            f"{row['error'] or ''}"
+            f"{row['error'] or row.get('deadline_passed_at') or ''}"
         )
-        uses_left[variant] -= 1
-        if uses_left[variant] == 0:
-            runner = None  # the last reference but the table's
-            _release(runners, variant)
-        # After every cell, so that a run stopped from outside still leaves a summary of what it measured.
+        uses_left[cell.variant] -= 1
+        if uses_left[cell.variant] == 0:
+            _release(runners, cell.variant)
+        if is_target_cell(cell.point):
+            for line in target_lines(rows, mode):
+                log(line)
+        # After every cell, so that a run stopped from outside still leaves what it measured.
         wall = f"Wall time so far: {time.perf_counter() - budget.started:.0f} s (budget {_fmt(budget_s)} s)."
-        store.write_bytes("summary.md", summary(job, rows, notes + [wall]).encode())
+        output.write(summary(job, rows, notes + [wall], mode))
     return rows
+
+
+def run_one(cell: Cell, job, budget: Budget, runners: dict, measured: dict, log):
+    """One cell's (record, samples): its model loaded if need be, refused where the budget cannot cover it,
+    skipped where an earlier cell measured the same workload."""
+    variant = cell.variant
+    expected_s, allowance_s = budget.cell_times(cell)
+    if variant not in runners:
+        refusal = budget.refusal(f"loading {variant.label} and its first cell", budget.scaled(LOAD_S) + expected_s)
+        runners[variant] = (None, refusal) if refusal else _load(variant, job, log)
+    runner, why_not = runners[variant]
+    if runner is None:
+        status = "skipped" if why_not.startswith("not started") else "failed"
+        return cell_batch(outcome_row(cell.settings(), status, why_not)), None
+    key = workload_key(cell, runner.loaded) if runner.loaded is not None else None
+    same = measured.get(key) if key is not None else None
+    if same is not None:
+        reason = (
+            f"same workload as cell {same['cell_id']} (seq_len {same['seq_len']}): no prompt is longer than "
+            f"seq_len {cell.point.seq_len}, so nothing is cut; that cell's figures apply"
+        )
+        return cell_batch(outcome_row(cell.settings(), "skipped", reason)), None
+    refusal = budget.refusal("this cell", expected_s)
+    if refusal:
+        return cell_batch(outcome_row(cell.settings(), "skipped", refusal)), None
+    began = time.perf_counter()
+    result = runner.run(
+        cell,
+        deadline=budget.deadline(allowance_s),
+        hard_deadline=budget.end(),
+        min_energy_window_s=ENERGY_TARGET_WINDOW_S if is_target_cell(cell.point) else None,
+    )
+    budget.learn(cell, time.perf_counter() - began)
+    row = result.record.to_pylist()[0]
+    if row["status"] == "ok" and runner.loaded is not None:
+        measured.setdefault(key, row)
+    return result.record, result.samples
 
 
 def _release(runners: dict, variant) -> None:
@@ -265,11 +316,13 @@ def _release(runners: dict, variant) -> None:
 
 def _load(variant, job, log):
     """(runner, None), or (None, why) for a variant whose model cannot load: the others still run."""
-    from fuyu_ray.bench.runner import CellRunner  # torch, once the job is known good
+    from fuyu_ray.bench.standin import runner_class  # torch, once the job is known good
 
     started = time.perf_counter()
     try:
-        runner = CellRunner(variant, min_energy_window_s=job.min_energy_window_s, context={"actor": "gpu_check"})
+        runner = runner_class(variant.model)(
+            variant, min_energy_window_s=job.min_energy_window_s, context={"actor": "gpu_check"}
+        )
     except Exception as exc:
         load_error = f"model load failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log(f"{variant.label}: {load_error}")
@@ -288,11 +341,7 @@ def _fmt(value) -> str:
     return text if len(text) <= 90 else text[:87] + "..."
 
 
-def _image(row: dict) -> tuple[int, int]:
-    return row.get("image_width") or row["image_size"], row.get("image_height") or row["image_size"]
-
-
-def summary(job, rows: list[dict], notes: list[str]) -> str:
+def summary(job, rows: list[dict], notes: list[str], mode: str = "judge") -> str:
     first = next((r for r in rows if r["status"] == "ok"), {})
     lines = [
         f"# {job.name}: {first.get('model_label', job.model)}",
@@ -300,7 +349,8 @@ def summary(job, rows: list[dict], notes: list[str]) -> str:
         f"GPU: {first.get('gpu_name')} (driver {first.get('driver_version')}), torch threads "
         f"{first.get('torch_threads')}; "
         "fp16 = stock transformers generate (dynamic cache, SDPA), the baseline of this run. "
-        "TTFT is the time to the first token, host set-up included; prefill compute is the first forward alone.",
+        "TTFT is the time to the first token, host set-up included; prefill compute is the first forward alone; "
+        "preprocess is the processor's time per batch, outside both.",
         "",
         *notes,
         "",
@@ -308,10 +358,12 @@ def summary(job, rows: list[dict], notes: list[str]) -> str:
         "|" + "|".join("---" for _ in COLUMNS) + "|",
     ]
     for row in rows:  # in the order they ran: the order of value
-        width, height = _image(row)
+        width, height = image_of(row)
         shown = {**row, "image": str(width) if width == height else f"{width}x{height}"}
         lines.append("| " + " | ".join(_fmt(shown.get(key)) for key, _ in COLUMNS) + " |")
-    lines += ["", *speedups(rows), "", *targets(rows, on_gpu=bool(first.get("gpu_name")))]
+    lines += ["", *speedups(rows), "", "Targets (textvqa, 10 generated tokens):", ""]
+    lines += [f"- {line.removeprefix('target: ')}" for line in target_lines(rows, mode)]
+    lines += ["", *agreement_lines(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -319,7 +371,7 @@ def speedups(rows: list[dict]) -> list[str]:
     """Each preset against the stock baseline at the targets' points."""
     lines = []
     for batch, image in ((1, (224, 224)), (16, (224, 224)), (1, HD_IMAGE)):
-        at = {r["optimization"]: r for r in rows if _at_point(r, batch, image)}
+        at = {r["optimization"]: r for r in rows if r["status"] == "ok" and at_point(r, batch, image)}
         stock = at.get("fp16")
         if not stock:
             continue
@@ -339,101 +391,141 @@ def _ms(seconds) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
 
 
-def _at_point(row: dict, batch: int, image: tuple[int, int]) -> bool:
-    return (
-        row["status"] == "ok"
-        and row["dataset"] == TARGET_DATASET
-        and _image(row) == image
-        and row["seq_len"] == 200
-        and row["batch_size"] == batch
-    )
-
-
-def targets(rows: list[dict], on_gpu: bool = True) -> list[str]:
-    """The GPU check's targets, read off this run: the best preset at each point, against its target.
-
-    On a CPU try-out the figures are shown but not judged: a tiny model would only "meet" them by being tiny.
-    """
-
-    def best(batch: int, image, key: str, pick):
-        candidates = [r for r in rows if _at_point(r, batch, image) and r.get(key) is not None]
-        return pick(candidates, key=lambda r: r[key]) if candidates else None
-
-    def verdict(met: bool) -> str:
-        return ("met" if met else "missed") if on_gpu else "not judged (no GPU)"
-
-    square = (224, 224)
-    lines = [f"Targets ({TARGET_DATASET}, 10 generated tokens):"]
-    fastest = best(1, square, "latency_s", min)
-    if fastest:
-        ms = fastest["latency_s"] * 1000
-        lines.append(
-            f"- batch 1, image 224, latency: {ms:.1f} ms ({fastest['optimization']}); "
-            f"target <= {TARGET_B1_LATENCY_S * 1000:.0f} ms: {verdict(ms <= TARGET_B1_LATENCY_S * 1000)}"
-        )
-    frugal = best(16, square, "energy_j_per_sample", min)
-    if frugal:
-        joules = frugal["energy_j_per_sample"]
-        lines.append(
-            f"- batch 16, image 224, energy: {joules:.2f} J/sample ({frugal['optimization']}); "
-            f"target <= {TARGET_B16_J_PER_SAMPLE:.1f}: {verdict(joules <= TARGET_B16_J_PER_SAMPLE)}"
-        )
-    prefill = best(16, square, "prefill_roofline_ratio", max)
-    if prefill:
-        ratio = prefill["prefill_roofline_ratio"]
-        lines.append(
-            f"- batch 16, image 224, prefill compute: {ratio:.0%} of the matrix rate ({prefill['optimization']}); "
-            f"target >= {TARGET_B16_PREFILL_RATIO:.0%}: {verdict(ratio >= TARGET_B16_PREFILL_RATIO)}"
-        )
-    hd = {r["optimization"]: r for r in rows if _at_point(r, 1, HD_IMAGE) and r.get("ttft_s") is not None}
-    quickest = min(hd.values(), key=lambda r: r["ttft_s"]) if hd else None
-    if quickest:
-        ms = quickest["ttft_s"] * 1000
-        each = ", ".join(f"{name} {row['ttft_s'] * 1000:.1f} ms" for name, row in sorted(hd.items()))
-        lines.append(
-            f"- batch 1, image 1920x1080 (2,340 image tokens), time to first token: {ms:.1f} ms "
-            f"({quickest['optimization']}; {each}); target <= {TARGET_HD_TTFT_S * 1000:.0f} ms: "
-            f"{verdict(ms <= TARGET_HD_TTFT_S * 1000)}"
-        )
-    agreement = [r for r in rows if r["status"] == "ok" and r.get("first_token_top1_match") is not None]
-    for row in agreement:
-        width, height = _image(row)
+def agreement_lines(rows: list[dict]) -> list[str]:
+    """Each compiled path's first token against stock generate's, on the same weights and inputs."""
+    lines = []
+    for row in rows:
+        if row["status"] != "ok" or row.get("first_token_top1_match") is None:
+            continue
+        width, height = image_of(row)
         image = str(width) if width == height else f"{width}x{height}"
         lines.append(
             f"- first-token agreement, {row['optimization']} vs stock generate, batch {row['batch_size']}, image "
-            f"{image}: "
-            f"top-1 match {row['first_token_top1_match']:.0%}, largest logit difference "
+            f"{image}: top-1 match {row['first_token_top1_match']:.0%}, largest logit difference "
             f"{row['first_token_max_logit_diff']:.3g}"
         )
-    return lines if len(lines) > 1 else []
+    return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    started = time.perf_counter()
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fuyu_ray.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--job", type=Path, default=DEFAULT_JOB)
-    parser.add_argument("--out", default="results/gpu-check")
+    parser.add_argument("--out", default="results/gpu-check", help="at most five files, none in a subfolder")
     parser.add_argument("--model", help="override the job's model (e.g. tiny, to try the script on a CPU)")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="override the job's device")
     parser.add_argument(
         "--budget-s",
         type=float,
-        default=DEFAULT_BUDGET_S,
-        help="seconds for all cells and model loads, from the start (default %(default)s; 0: no limit); "
-        "a cell starts only if what is left covers it, and stops at its own deadline",
+        help=f"seconds for all cells and model loads, from the start (default {DEFAULT_BUDGET_S:g}, "
+        f"{REHEARSAL_BUDGET_S:g} in a rehearsal; 0: no limit); a cell starts only if what is left covers it, "
+        "and stops at its own deadline",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--watchdog-s",
+        type=float,
+        help=f"end the process with every thread's traceback after this many seconds, having written what was "
+        f"measured (default: the budget + {WATCHDOG_MARGIN_S:g} s)",
+    )
+    parser.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="the same plan on CPU with the stand-in model in a compressed budget: proves the order, the "
+        "deadlines, the files and the target lines without a GPU",
+    )
+    parser.add_argument(
+        "--simulated-compile-s",
+        type=float,
+        default=1.0,
+        help="in a rehearsal, how long each compiled preset's warm-up takes (default %(default)g)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+    args = parse_args(argv)
     hub_environment()
+    budget_s = args.budget_s if args.budget_s is not None else REHEARSAL_BUDGET_S if args.rehearse else DEFAULT_BUDGET_S
+    model = REHEARSAL_MODEL.format(compile_s=args.simulated_compile_s) if args.rehearse else args.model
     try:
-        job = load_plain_job(args.job, args.model, args.device)
+        job = load_plain_job(args.job, model, "cpu" if args.rehearse else args.device)
     except JobError as exc:
         for line in exc.lines:
             print(f"fuyu_ray: {line}", file=sys.stderr)
         return 2
-    rows = run(job, args.out, budget_s=args.budget_s or None, started=started)
-    print(f"{len(rows)} cells in {time.perf_counter() - started:.0f}s; summary: {args.out}/summary.md")
+    mode = "rehearsal" if args.rehearse else "judge" if job.base.device == "cuda" else "not judged (no GPU)"
+    output = CheckOutput(args.out)
+    budget = Budget(started, budget_s or None, scale=(budget_s or DEFAULT_BUDGET_S) / DEFAULT_BUDGET_S)
+    watchdog = Watchdog(args.watchdog_s or (budget_s or DEFAULT_BUDGET_S) + WATCHDOG_MARGIN_S, output, job, mode)
+    watchdog.start()
+    try:
+        rows = run(job, args.out, budget=budget, mode=mode, output=output)
+    finally:
+        watchdog.cancel()
+    for line in target_lines(rows, mode):
+        output.log(line)
+    wall_s = time.perf_counter() - started
+    output.log(f"{len(rows)} cells in {wall_s:.0f}s; summary: {args.out}/summary.md")
+    problems = rehearsal_problems(rows, args.out, wall_s, budget_s) if args.rehearse else []
+    for problem in problems:
+        output.log(f"rehearsal: {problem}")
+    output.close()
     # A cell stopped at its deadline is the budget at work, not a fault: its record says where it stopped.
-    return 0 if all(r["status"] in ("ok", "skipped", "timeout") for r in rows) else 1
+    return 0 if not problems and all(r["status"] in ("ok", "skipped", "timeout") for r in rows) else 1
+
+
+def rehearsal_problems(rows: list[dict], out: str, wall_s: float, budget_s: float) -> list[str]:
+    """What the rehearsal proves of the mechanics: the order, the budget, and files that would come back."""
+    problems = []
+    ran = [r for r in rows if r["status"] != "skipped"]
+    if not ran or not all(at_point(r, r["batch_size"], image_of(r)) for r in rows[:3]):
+        problems.append("the stock target cells did not run first")
+    if budget_s and wall_s > budget_s + REHEARSAL_OVERRUN_S:
+        problems.append(f"ran {wall_s:.0f} s, past the budget of {budget_s:g} s by more than {REHEARSAL_OVERRUN_S:g}")
+    left = sorted(os.listdir(out))
+    if len(left) > 8 or any(os.path.isdir(os.path.join(out, name)) for name in left):
+        problems.append(f"{out} holds {left}: more than 8 files, or a folder")
+    missing = [name for name in OUTPUT_FILES if name not in left]
+    if missing:
+        problems.append(f"{out} lacks {', '.join(missing)}")
+    return problems
+
+
+class Watchdog:
+    """Ends a check that overran its budget: writes what was measured, prints every thread's traceback,
+    exits with status 3. A thread does it, so Python code still runs; faulthandler's own timer, a little
+    later, ends the process even if no Python code can run any more (a hang inside a kernel call)."""
+
+    def __init__(self, seconds: float, output: CheckOutput, job, mode: str):
+        self.seconds, self.output, self.job, self.mode = seconds, output, job, mode
+        self.timer = threading.Timer(seconds, self.fire)
+        self.timer.daemon = True
+
+    def start(self) -> None:
+        faulthandler.dump_traceback_later(self.seconds + WATCHDOG_BACKSTOP_S, exit=True)
+        self.timer.start()
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+        faulthandler.cancel_dump_traceback_later()
+
+    def fire(self) -> None:
+        output = self.output
+        output.log(f"watchdog: the check ran {self.seconds:g} s; writing what was measured, then exiting")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        faulthandler.dump_traceback(file=output.log_file, all_threads=True)
+        try:
+            note = f"Stopped by the watchdog after {self.seconds:g} s; the cell that was running is not here."
+            output.write(summary(self.job, output.rows, [note], self.mode))
+            for line in target_lines(output.rows, self.mode):
+                output.log(line)
+        finally:
+            output.close()
+            os._exit(3)
+
+
+REHEARSAL_OVERRUN_S = 10.0
+WATCHDOG_BACKSTOP_S = 30.0
 
 
 if __name__ == "__main__":
