@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -31,12 +32,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def ensure_auth_token() -> None:
-    """A head started with RAY_AUTH_MODE=token needs the token to exist first; `ray.init` makes one on
-    its own, `ray start` does not. Made once here, as a user would with `ray get-auth-token --generate`."""
-    subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "get-auth-token", "--generate"], capture_output=True, check=True
-    )
+@pytest.fixture(scope="session", autouse=True)
+def ray_auth_token():
+    """A token of the tests' own, for every Ray the tests start and every client of it. Ray 2.60 turns token
+    authentication on for a new local cluster, and with no token in RAY_AUTH_TOKEN it makes one in the
+    user's home (~/.ray/auth_token); the variable, passed on to every process the tests start, keeps
+    the home untouched and the tests' clusters apart from the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        token = secrets.token_hex(32)
+        patch.setenv("RAY_AUTH_TOKEN", token)
+        patch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)  # one source of the token, whichever Ray reads first
+        yield token
+
+
+@pytest.fixture(scope="session", autouse=True)
+def matplotlib_config(tmp_path_factory):
+    """matplotlib keeps its config and font cache in the home (~/.config/matplotlib) unless MPLCONFIGDIR
+    names a folder: the tests' own, for them and every process they start."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("matplotlib")))
+        yield
 
 
 def run_grid(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -11,22 +11,27 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ensure_auth_token, free_port, run_grid, write_job
+from conftest import free_port, run_grid, write_job
 
 pytestmark = pytest.mark.slow
 
-DASHBOARD_PORT = 8297
+
+@dataclass(frozen=True)
+class Head:
+    address: str  # host:port of its GCS, for --address
+    dashboard: str  # the dashboard's URL
+    token: str  # the token it wants
 
 
 @pytest.fixture(scope="module")
-def head():
+def head(ray_auth_token):
     """A head started as a user starts one, with token authentication on (Ray 2.60's default
     for `ray start` when RAY_AUTH_MODE=token), in its own process group so that it goes away whole."""
-    ensure_auth_token()
-    port = free_port()
+    port, dashboard_port = free_port(), free_port()
     process = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "ray"),
@@ -37,7 +42,7 @@ def head():
             "--num-cpus=2",
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={DASHBOARD_PORT}",
+            f"--dashboard-port={dashboard_port}",
             "--disable-usage-stats",
         ],
         env={**os.environ, **TOKEN_AUTH},
@@ -45,9 +50,10 @@ def head():
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
     try:
-        assert eventually(lambda: dashboard_up(), timeout=90), "the head's dashboard never came up"
-        yield f"127.0.0.1:{port}"
+        assert eventually(lambda: dashboard_up(dashboard), timeout=90), "the head's dashboard never came up"
+        yield Head(f"127.0.0.1:{port}", dashboard, ray_auth_token)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
@@ -56,9 +62,9 @@ def head():
 TOKEN_AUTH = {"RAY_AUTH_MODE": "token"}
 
 
-def dashboard_up() -> bool:
+def dashboard_up(dashboard: str) -> bool:
     try:
-        urllib.request.urlopen(f"http://127.0.0.1:{DASHBOARD_PORT}/", timeout=2).close()
+        urllib.request.urlopen(f"{dashboard}/", timeout=2).close()
         return True
     except urllib.error.HTTPError:
         return True  # it answers, if only to ask for the token
@@ -66,15 +72,9 @@ def dashboard_up() -> bool:
         return False
 
 
-def auth_token() -> str | None:
-    path = Path.home() / ".ray" / "auth_token"
-    return path.read_text().strip() if path.exists() else None
-
-
-def get(path: str, token: str | None):
-    request = urllib.request.Request(f"http://127.0.0.1:{DASHBOARD_PORT}{path}")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+def get(head: Head, path: str):
+    """A dashboard REST answer, asked with the cluster's token as the browser page asks once it is pasted."""
+    request = urllib.request.Request(f"{head.dashboard}{path}", headers={"Authorization": f"Bearer {head.token}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -97,18 +97,12 @@ def test_the_dashboard_shows_the_job_by_name_and_tasks_by_cell(head, tmp_path):
         "weights: random\nlimit: 1\n",
     )
     out = tmp_path / "out"
-    result = run_grid("--job", str(job), "--out", str(out), "--address", head, env=TOKEN_AUTH)
+    result = run_grid("--job", str(job), "--out", str(out), "--address", head.address, env=TOKEN_AUTH)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-
-    token = auth_token()
-    assert token, "a token-auth head keeps its token in ~/.ray/auth_token"
-    with pytest.raises(urllib.error.HTTPError) as refused:  # and turns a request without it away
-        get("/api/jobs/", None)
-    assert refused.value.code in (401, 403)
 
     def our_job():
         return next(
-            (j for j in get("/api/jobs/", token) if (j.get("metadata") or {}).get("job_name") == "dashboard-check"),
+            (j for j in get(head, "/api/jobs/") if (j.get("metadata") or {}).get("job_name") == "dashboard-check"),
             None,
         )
 
@@ -120,7 +114,7 @@ def test_the_dashboard_shows_the_job_by_name_and_tasks_by_cell(head, tmp_path):
 
     def cell_tasks():
         tasks = get(
-            f"/api/v0/tasks?limit=1000&filter_keys=job_id&filter_predicates=%3D&filter_values={listed['job_id']}", token
+            head, f"/api/v0/tasks?limit=1000&filter_keys=job_id&filter_predicates=%3D&filter_values={listed['job_id']}"
         )
         names = [t["name"] for t in tasks["data"]["result"]["result"]]
         return [n for n in names if n.startswith("CellWorker.run cpu fp32 textvqa batch=")]
@@ -142,7 +136,7 @@ def test_a_head_that_wants_a_token_the_driver_lacks_is_one_line_and_exit_2(head,
         "--out",
         str(tmp_path / "out"),
         "--address",
-        head,
+        head.address,
         env={"RAY_AUTH_MODE": "disabled"},
         timeout=120,
     )

@@ -40,6 +40,10 @@ def test_gpu_check_runs_in_process_without_the_cluster_stack(tmp_path):
             "tiny",
             "--device",
             "cpu",
+            # No budget: what runs and what is skipped then depends on the job alone, not on how busy the
+            # machine is; the budget's refusals and deadlines are checked on a clock of the test's own below.
+            "--budget-s",
+            "0",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -152,6 +156,115 @@ def test_cells_the_budget_cannot_cover_are_skipped_with_the_reason_and_a_summary
     )
     assert len(list((tmp_path / "out" / "cells").glob("*.parquet"))) == len(rows)
     assert "budget" in (tmp_path / "out" / "summary.md").read_text()
+
+
+class StepClock:
+    """The budget's clock, moved only by what the test says took time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TimedRunner:
+    """A loaded model whose every cell takes `cell_s` on the clock, stopping at its deadline as the real
+    runner does; it keeps the deadline each cell was given."""
+
+    loaded = None  # no tokenizer: the check cannot compare workloads, so every cell is a cell of its own
+
+    def __init__(self, clock: StepClock, cell_s: float) -> None:
+        self.clock, self.cell_s, self.deadlines = clock, cell_s, []
+
+    def run(self, cell, deadline=None):
+        from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
+        from fuyu_ray.bench.runner import CellResult
+
+        self.deadlines.append(deadline)
+        finish = self.clock.now + self.cell_s
+        if deadline is not None and finish > deadline:
+            self.clock.now = deadline
+            row = outcome_row(cell.settings(), "timeout", "stopped after timed batch 1: past its deadline")
+        else:
+            self.clock.now = finish
+            row = outcome_row(cell.settings(), "ok", None)
+        return CellResult(cell_batch(row), sample_table([]))
+
+    def close(self) -> None:
+        pass
+
+
+def run_on_the_clock(monkeypatch, tmp_path, budget_s: float, load_s: float, cell_s: float, batches: list[int]):
+    """gpu_check.run over one variant's stock cells, with the budget read off a StepClock."""
+    import functools
+
+    from fuyu_ray.driver import gpu_check
+    from fuyu_ray.job.spec import parse_job
+
+    clock = StepClock()
+    runner = TimedRunner(clock, cell_s)
+
+    def load(variant, job, log):
+        clock.now += load_s
+        return runner, None
+
+    monkeypatch.setattr(gpu_check, "Budget", functools.partial(gpu_check.Budget, clock=clock))
+    monkeypatch.setattr(gpu_check, "_load", load)
+    job = parse_job(
+        {
+            "name": "budget",
+            "model": "tiny",
+            "weights": "random",
+            "limit": 1,
+            "base": {
+                "device": "cpu",
+                "dataset": "textvqa",
+                "batch_size": 1,
+                "image_size": 224,
+                "seq_len": 200,
+                "optimization": "fp32",
+            },
+            "sweeps": {"batch": {"batch_size": batches}},
+        },
+        "budget.json",
+    )
+    rows = gpu_check.run(job, str(tmp_path / "out"), log=lambda line: None, budget_s=budget_s, started=0.0)
+    return rows, runner
+
+
+def test_each_cell_runs_under_a_deadline_of_its_own_capped_by_the_budget(monkeypatch, tmp_path):
+    from fuyu_ray.driver.gpu_check import STOCK_CELL
+
+    _, allowance_s = STOCK_CELL
+    # Loaded at 10 s, each cell 30 s on the clock: the first may run to 10 + its allowance, the later
+    # ones only to the budget's end.
+    rows, runner = run_on_the_clock(monkeypatch, tmp_path, budget_s=100.0, load_s=10.0, cell_s=30.0, batches=[1, 2])
+    assert runner.deadlines == [10.0 + allowance_s, 100.0]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    # A cell that outlasts its deadline is stopped there, and the check goes on.
+    rows, runner = run_on_the_clock(
+        monkeypatch, tmp_path, budget_s=1000.0, load_s=0.0, cell_s=allowance_s + 1, batches=[1, 2]
+    )
+    assert runner.deadlines == [allowance_s, 2 * allowance_s]
+    assert [r["status"] for r in rows] == ["timeout", "timeout"]
+
+
+def test_a_cell_the_rest_of_the_budget_cannot_cover_is_skipped_though_its_model_is_loaded(monkeypatch, tmp_path):
+    from fuyu_ray.driver.gpu_check import STOCK_CELL
+
+    expected_s, _ = STOCK_CELL
+    # Loaded at 10 s, cells of 30 s: at 70 s the third still has 30 s (>= 12 s expected), the fourth none.
+    rows, runner = run_on_the_clock(
+        monkeypatch, tmp_path, budget_s=100.0, load_s=10.0, cell_s=30.0, batches=[1, 2, 3, 4]
+    )
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "skipped"]
+    assert len(runner.deadlines) == 3  # the fourth never started
+    assert rows[3]["error"] == (
+        f"not started: this cell needs about {expected_s:.0f} s and 0 s were left of the GPU check's 100 s budget"
+    )
+    cells = [pq.read_table(p).to_pylist()[0] for p in (tmp_path / "out" / "cells").glob("*.parquet")]
+    assert sorted(c["status"] for c in cells) == ["ok", "ok", "ok", "skipped"]
 
 
 def row(optimization, batch, image=(224, 224), **figures):

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import ROOT, ensure_auth_token, free_port, write_job
+from conftest import ROOT, free_port, write_job
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def head():
-    """A head we start and, at the end, stop: only the processes it started."""
-    ensure_auth_token()
+def head(ray_auth_token):
+    """A head we start and, at the end, stop: only the processes it started. Its token is the tests' own,
+    in RAY_AUTH_TOKEN, which the head, the `ray job` client and the jobs' processes all read."""
     port, dashboard = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="fr-", dir="/tmp")  # Ray's socket paths must stay under 107 characters
     # Jobs run `python` from this venv; Ray 2.60 heads want a token, and the CLI only sends it in token mode.

@@ -21,7 +21,7 @@ RUN_INFO = {
 }
 
 
-def job_and_grid(sweeps: dict):
+def job_and_grid(sweeps: dict, **extra):
     job = parse_job(
         {
             "name": "report",
@@ -36,6 +36,7 @@ def job_and_grid(sweeps: dict):
                 "optimization": "fp32",
             },
             "sweeps": sweeps,
+            **extra,
         },
         "jobs/report.yaml",
     )
@@ -347,3 +348,77 @@ def test_large_sweep_plots_are_heatmaps_without_layout_warnings(tmp_path):
         plots = write_plots(store, job, grid, cells_frame(list(rows.values())))
     assert plots["grid"] == "plots/grid.png" and plots["long"] == "plots/long.png"
     assert (tmp_path / "plots" / "grid.png").stat().st_size > 10_000
+
+
+def test_a_failed_first_optimization_is_not_the_baseline_of_the_percentages():
+    """The first optimization failed: the first one that finished is the 100% the others are held against."""
+    job, grid = job_and_grid({"optimization": {"optimization": ["fp32", "fp16", "bf16"]}})
+    cells = by_optimization(grid, "optimization")
+    frame = cells_frame(
+        [
+            outcome_row(cells["fp32"].settings(), "failed", "RuntimeError: simulated"),
+            ok_row(cells["fp16"], latency_s=2.0, flops=4e9, energy=8.0),
+            ok_row(cells["bf16"], latency_s=1.0, flops=2e9, energy=2.0),
+        ]
+    )
+    header, *rows = section_table(summarize(job, grid, frame, RUN_INFO, {}), "Optimization Tests")
+    assert header[-3:] == ["% latency", "% FLOPs", "% energy"]
+    assert [[row[0], row[1]] + row[-3:] for row in rows] == [
+        ["fp32", "failed", "n/a", "n/a", "n/a"],
+        ["fp16", "2.000 (p90 3.000, n=4)", "100.0", "100.0", "100.0"],
+        ["bf16", "1.000 (p90 1.500, n=4)", "50.0", "50.0", "25.0"],
+    ]
+
+
+def test_prompts_cut_to_seq_len_are_counted_under_the_sweep():
+    job, grid = job_and_grid({"seq_len": {"seq_len": [200, 32, 16]}})
+    by_seq_len = {cell.point.seq_len: cell for cell in grid.cells}
+    cut = {200: 0, 32: 1, 16: 3}
+    frame = cells_frame([{**ok_row(by_seq_len[n], 1.0, 1e9, None), "truncated_prompts": cut[n]} for n in (200, 32, 16)])
+    section = summarize(job, grid, frame, RUN_INFO, {}).split("## Sequence Length Tests\n", 1)[1].split("\n## ", 1)[0]
+    [line] = [line for line in section.splitlines() if line.startswith("Prompts cut to seq_len")]
+    assert "ScienceQA at seq_len 32: 1/4" in line and "ScienceQA at seq_len 16: 3/4" in line
+    assert "seq_len 200" not in line
+    # No prompt cut: no such line.
+    uncut = cells_frame([{**ok_row(by_seq_len[n], 1.0, 1e9, None), "truncated_prompts": 0} for n in (200, 32, 16)])
+    assert "Prompts cut" not in summarize(job, grid, uncut, RUN_INFO, {})
+
+
+def test_prompts_cut_to_seq_len_are_counted_in_a_large_sweep():
+    job, grid = job_and_grid({"grid": {"batch_size": list(range(1, 21)), "seq_len": [16, 32, 64]}})
+    rows = [
+        {**row, "truncated_prompts": 2 if row["seq_len"] == 16 and row["status"] == "ok" else 0}
+        for row in grid_rows(grid, "grid")
+    ]
+    section = summarize(job, grid, cells_frame(rows), RUN_INFO, {}).split("## Grid Tests\n", 1)[1]
+    assert "Prompts cut to seq_len in 20 cells (`truncated_prompts` in cells.parquet)." in section
+
+
+def test_the_published_figures_are_set_beside_the_cell_at_the_base_point():
+    """Two ScienceQA cells finished; the one at the job's base point (batch 1) is the one compared, though
+    another comes first; a failed cell at the base point of TextVQA leaves TextVQA's row unmeasured."""
+    job, grid = job_and_grid(
+        {"batch": {"batch_size": [8, 1], "dataset": ["scienceqa", "textvqa"]}},
+        published={"source": "a model card", "figures": {"scienceqa": 60.0, "textvqa": 50.0}},
+    )
+    cell = {(c.point.dataset, c.point.batch_size): c for c in grid.cells}
+    frame = cells_frame(
+        [
+            ok_row(cell["scienceqa", 8], latency_s=1.0, flops=1e9, energy=None, accuracy=0.25),
+            ok_row(cell["scienceqa", 1], latency_s=1.0, flops=1e9, energy=None, accuracy=0.75),
+            outcome_row(cell["textvqa", 1].settings(), "failed", "RuntimeError: simulated"),
+        ]
+    )
+    table = section_table(summarize(job, grid, frame, RUN_INFO, {}), "Beside the published figures")
+    assert table[0] == ["Task", "published", "ours [95% interval]", "ours - published", "n", "prompt", "cell"]
+    rows = {row[0]: row for row in table[1:]}
+    assert rows["ScienceQA"] == [
+        "ScienceQA",
+        "60",
+        "75.0 [65.0, 85.0]",
+        "+15.0",
+        "4",
+        "lmms-eval's",
+        cell["scienceqa", 1].cell_id,
+    ]
+    assert rows["TextVQA"][2] == "not measured in this run"
