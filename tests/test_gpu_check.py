@@ -51,7 +51,7 @@ def test_gpu_check_runs_in_process_without_the_cluster_stack(tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    cells = [pq.read_table(p).to_pylist()[0] for p in (tmp_path / "out" / "cells").glob("*.parquet")]
+    cells = pq.read_table(tmp_path / "out" / "cells.parquet").to_pylist()
     by_status = Counter(c["status"] for c in cells)
     assert by_status == {"ok": 4, "skipped": 2}, [
         (c["optimization"], c["seq_len"], c["status"], c["error"]) for c in cells
@@ -86,12 +86,12 @@ def test_the_targets_cells_run_first_then_the_presets_then_the_seeds_sweeps():
         (c.point.optimization, c.point.batch_size, image_label(c.point.image_size), c.point.dataset, c.point.seq_len)
         for c in cells
     ]
-    assert points[:6] == [
+    assert points[:6] == [  # the stock baseline first: a compile may take minutes
         ("fp16", 1, "224", "textvqa", 200),
-        ("compile", 1, "224", "textvqa", 200),
         ("fp16", 16, "224", "textvqa", 200),
-        ("compile", 16, "224", "textvqa", 200),
         ("fp16", 1, "1920x1080", "textvqa", 200),
+        ("compile", 1, "224", "textvqa", 200),
+        ("compile", 16, "224", "textvqa", 200),
         ("compile", 1, "1920x1080", "textvqa", 200),
     ]
     # The other presets at the targets' points, one model at a time, then the seed's sweeps on the baseline.
@@ -154,7 +154,7 @@ def test_cells_the_budget_cannot_cover_are_skipped_with_the_reason_and_a_summary
     assert rows and all(
         r["status"] == "skipped" and "budget" in r["error"] and r["error"].startswith("not started") for r in rows
     )
-    assert len(list((tmp_path / "out" / "cells").glob("*.parquet"))) == len(rows)
+    assert pq.read_table(tmp_path / "out" / "cells.parquet").num_rows == len(rows)
     assert "budget" in (tmp_path / "out" / "summary.md").read_text()
 
 
@@ -177,7 +177,7 @@ class TimedRunner:
     def __init__(self, clock: StepClock, cell_s: float) -> None:
         self.clock, self.cell_s, self.deadlines = clock, cell_s, []
 
-    def run(self, cell, deadline=None):
+    def run(self, cell, deadline=None, hard_deadline=None, min_energy_window_s=None):
         from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
         from fuyu_ray.bench.runner import CellResult
 
@@ -229,7 +229,8 @@ def run_on_the_clock(monkeypatch, tmp_path, budget_s: float, load_s: float, cell
         },
         "budget.json",
     )
-    rows = gpu_check.run(job, str(tmp_path / "out"), log=lambda line: None, budget_s=budget_s, started=0.0)
+    budget = gpu_check.Budget(started=0.0, seconds=budget_s)
+    rows = gpu_check.run(job, str(tmp_path / "out"), log=lambda line: None, budget=budget)
     return rows, runner
 
 
@@ -253,8 +254,10 @@ def test_each_cell_runs_under_a_deadline_of_its_own_capped_by_the_budget(monkeyp
 def test_a_cell_the_rest_of_the_budget_cannot_cover_is_skipped_though_its_model_is_loaded(monkeypatch, tmp_path):
     from fuyu_ray.driver.gpu_check import STOCK_CELL
 
-    expected_s, _ = STOCK_CELL
-    # Loaded at 10 s, cells of 30 s: at 70 s the third still has 30 s (>= 12 s expected), the fourth none.
+    # Loaded at 10 s, cells of 30 s: at 70 s the third still has 30 s (>= 30 s, the longest cell so far), the
+    # fourth none.
+    expected_s = 30.0
+    assert STOCK_CELL[0] < expected_s
     rows, runner = run_on_the_clock(
         monkeypatch, tmp_path, budget_s=100.0, load_s=10.0, cell_s=30.0, batches=[1, 2, 3, 4]
     )
@@ -263,7 +266,7 @@ def test_a_cell_the_rest_of_the_budget_cannot_cover_is_skipped_though_its_model_
     assert rows[3]["error"] == (
         f"not started: this cell needs about {expected_s:.0f} s and 0 s were left of the GPU check's 100 s budget"
     )
-    cells = [pq.read_table(p).to_pylist()[0] for p in (tmp_path / "out" / "cells").glob("*.parquet")]
+    cells = pq.read_table(tmp_path / "out" / "cells.parquet").to_pylist()
     assert sorted(c["status"] for c in cells) == ["ok", "ok", "ok", "skipped"]
 
 
@@ -281,34 +284,30 @@ def row(optimization, batch, image=(224, 224), **figures):
     }
 
 
-def test_targets_are_read_off_the_best_preset_at_each_point():
-    from fuyu_ray.driver.gpu_check import targets
+def test_targets_are_read_off_the_best_preset_at_each_point(monkeypatch):
+    from fuyu_ray.driver.gpu_check_output import target_lines
 
+    monkeypatch.delenv("FUYU_RAY_PEAK_TFLOPS", raising=False)
     rows = [
         row("fp16", 1, latency_s=0.236),
         row("compile", 1, latency_s=0.050, first_token_top1_match=1.0, first_token_max_logit_diff=0.0312),
         row("fp16", 16, energy_j_per_sample=6.5, prefill_roofline_ratio=0.57),
         row("compile", 16, energy_j_per_sample=3.2, prefill_roofline_ratio=0.72),
         {**row("compile", 16, energy_j_per_sample=0.1), "dataset": "coco"},  # another point: not a target
-        row("fp16", 1, (1920, 1080), ttft_s=0.131),
-        row("compile", 1, (1920, 1080), ttft_s=0.0874),
+        row("fp16", 1, (1920, 1080), ttft_s=0.101, preprocess_s=0.030, ttft_with_preprocess_s=0.131),
+        row("compile", 1, (1920, 1080), ttft_s=0.0574, preprocess_s=0.030, ttft_with_preprocess_s=0.0874),
     ]
-    assert targets(rows) == [
-        "Targets (textvqa, 10 generated tokens):",
-        "- batch 1, image 224, latency: 50.0 ms (compile); target <= 66 ms: met",
-        "- batch 16, image 224, energy: 3.20 J/sample (compile); target <= 3.0: missed",
-        "- batch 16, image 224, prefill compute: 72% of the matrix rate (compile); target >= 70%: met",
-        "- batch 1, image 1920x1080 (2,340 image tokens), time to first token: 87.4 ms (compile; compile 87.4 "
-        "ms, fp16 131.0 ms); "
-        "target <= 100 ms: met",
-        "- first-token agreement, compile vs stock generate, batch 1, image 224: top-1 match 100%, largest logit "
-        "difference 0.0312",
+    assert target_lines(rows, "judge") == [
+        "target: b1 224 px latency: 50.0 ms (compile); target <= 66.0 ms: met",
+        "target: b16 224 px energy: 3.20 J/sample (compile); target <= 3.00 J/sample: missed by 0.20 J/sample",
+        "target: b16 224 px prefill: 72% (compile) of the datasheet's matrix rate (none measured in this run); "
+        "target >= 70%: met",
+        "target: b1 1920x1080 time to first token: 87.4 ms (compile), of which the processor 30.0 ms and the model "
+        "57.4 ms; target <= 100.0 ms: met",
     ]
-    assert targets([]) == []
-    assert targets(rows[:1], on_gpu=False) == [
-        "Targets (textvqa, 10 generated tokens):",
-        "- batch 1, image 224, latency: 236.0 ms (fp16); target <= 66 ms: not judged (no GPU)",
-    ]
+    assert target_lines(rows[:1], "not judged (no GPU)")[0] == (
+        "target: b1 224 px latency: 236.0 ms (fp16); target <= 66.0 ms: not judged (no GPU)"
+    )
 
 
 def test_product_files_speak_of_the_projects_own_goals():
