@@ -16,7 +16,9 @@ import time
 import polars as pl
 import psutil
 import pytest
+import ray
 from conftest import ROOT, run_grid, write_job
+from ray._private.state import actors
 from ray.cluster_utils import Cluster
 
 pytestmark = pytest.mark.slow
@@ -25,8 +27,16 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def crowded_node():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    ray.init(address=cluster.address)  # to read the cluster's actor table; a driver holds no CPUs
     yield cluster
+    ray.shutdown()
     cluster.shutdown()
+
+
+def cell_workers() -> dict[str, dict]:
+    """Ray's own record of every CellWorker actor the cluster has had, dead ones included, by name.
+    Read from the GCS, as the scheduler reads an actor's state: the state API needs a dashboard."""
+    return {info["Name"]: info for info in actors().values() if info["ActorClassName"] == "CellWorker"}
 
 
 def running_cell(marker: str) -> psutil.Process | None:
@@ -88,6 +98,19 @@ def test_a_worker_killed_mid_cell_costs_one_cell_while_its_restart_waits_for_res
     assert "died" in failed.get_column("error")[0]
     assert table.filter(pl.col("status") == "ok").height == 7
     assert "waiting for resources" in output or "restarting" in output  # said while it waited, not counted as deaths
+
+    # The restarted actor itself took its variant's remaining cells; a fresh actor in its place
+    # would give the same counts, but another name in the records and a third actor in Ray's table.
+    killed = failed.get_column("optimization")[0]
+    names = {
+        variant: set(table.filter(pl.col("optimization") == variant).get_column("actor").to_list())
+        for variant in ("fp32", "fp16")
+    }
+    assert all(len(each) == 1 for each in names.values()), names  # one actor per variant ran all its cells
+    workers = cell_workers()
+    assert set(workers) == names["fp32"] | names["fp16"], sorted(workers)
+    restarts = {variant: workers[next(iter(each))]["NumRestarts"] for variant, each in names.items()}
+    assert restarts == {killed: 1, ({"fp32", "fp16"} - {killed}).pop(): 0}
 
     rerun = run_grid("--job", str(job), "--out", str(out), "--address", crowded_node.address)
     assert rerun.returncode == 0 and "8 cells, 1 to run" in rerun.stdout, rerun.stdout[-2000:] + rerun.stderr[-2000:]

@@ -6,7 +6,17 @@ from __future__ import annotations
 import polars as pl
 import pytest
 from conftest import run_grid
-from hub_layout import SCIENCEQA_FEATURES, make_coco, make_scienceqa, make_textvqa, scienceqa_rows, write_shards
+from hub_layout import (
+    SCIENCEQA_FEATURES,
+    TEXTVQA_FEATURES,
+    make_coco,
+    make_scienceqa,
+    make_textvqa,
+    readme,
+    scienceqa_rows,
+    textvqa_rows,
+    write_shards,
+)
 
 from fuyu_ray.bench.data import DatasetNotFound, load_samples
 from fuyu_ray.job.spec import DatasetSource
@@ -100,6 +110,27 @@ def test_a_split_or_config_that_does_not_exist_names_the_ones_that_do(hub, task,
     with pytest.raises(DatasetNotFound) as error:
         load_samples(task, DatasetSource(str(hub[task]), **source), limit=1)
     assert expected in str(error.value)
+
+
+@pytest.mark.parametrize("with_readme", [True, False], ids=["with-readme", "without-readme"])
+def test_a_folder_holding_one_split_is_read_only_when_that_split_is_asked(tmp_path, monkeypatch, with_readme):
+    """A copy of the test split alone: a job that names the validation split must not be
+    scored on the test rows in its place; one that names no split reads the one there is."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")  # its lock files, not the home's
+    folder = tmp_path / "textvqa"
+    write_shards(textvqa_rows("test", 4), TEXTVQA_FEATURES, folder / "data", "test")
+    if with_readme:
+        (folder / "README.md").write_text(readme({"default": {"test": "data/test-*"}}))
+    with pytest.raises(DatasetNotFound) as error:
+        load_samples("textvqa", DatasetSource(str(folder), split="validation"), limit=2)
+    assert "no split 'validation'" in str(error.value) and "it has splits ['test']" in str(error.value)
+
+    named = load_samples("textvqa", DatasetSource(str(folder), split="test"), limit=2)
+    unnamed = load_samples("textvqa", DatasetSource(str(folder)), limit=2)
+    assert [s.sample_id for s in named.samples] == [s.sample_id for s in unnamed.samples] == ["300000", "300001"]
+    assert "split test" in named.description
 
 
 # --- through the driver, as a user runs it ------------------------------------------------------

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from fuyu_ray.bench.data import LoadedSamples
 from fuyu_ray.bench.energy import NoEnergyMeter, RaplEnergyMeter, WindowResult, run_until_min_window
 from fuyu_ray.bench.measure import BatchTiming
-from fuyu_ray.bench.runner import energy_columns, latency_columns
+from fuyu_ray.bench.prompts import TaskSettings, build_prompt
+from fuyu_ray.bench.runner import Batch, Workload, energy_columns, latency_columns
+from fuyu_ray.job.spec import TaskOverride
+from fuyu_ray.tasks.base import Sample
 
 BATCH = 4
 
@@ -110,3 +115,27 @@ def test_a_window_extended_by_repeats_is_shared_out_over_every_batch_it_timed(tm
     assert columns["energy_above_idle_j_per_batch"] == pytest.approx(10.0 - 8.0 * 0.25)
     latency = latency_columns(timings, 2, None, None, 1)
     assert latency["latency_n"] == 4 and latency["samples_per_s"] == pytest.approx(8.0)
+
+
+def test_the_record_counts_the_prompts_that_seq_len_cut():
+    """Four ScienceQA prompts whose contexts differ in length, capped at the length of the one with a
+    two-word context: the two with longer contexts are cut, and the record says two."""
+    settings = TaskSettings.for_task("scienceqa", TaskOverride())
+    image = Image.new("RGB", (8, 8))
+    samples = [
+        Sample(f"s{n}", image, question="Which colour is the shape?", hint="word " * n, choices=("red", "blue"))
+        for n in (0, 30, 2, 40)
+    ]
+
+    def words(text: str) -> int:  # a token counter whose counts are easy to follow: one token per word
+        return len(text.split())
+
+    seq_len = build_prompt(settings, samples[2], 10_000, words).text_tokens
+    prompts = [build_prompt(settings, sample, seq_len, words) for sample in samples]
+    assert [prompt.truncated for prompt in prompts] == [False, True, False, True]
+    batches = [Batch({}, [0, 1], seq_len), Batch({}, [2, 3], seq_len)]
+    data = LoadedSamples(samples, [], "four samples")
+    columns = Workload(settings, data, prompts, batches, False, None).columns(None, 224)
+    assert columns["truncated_prompts"] == 2
+    assert columns["prompt_tokens_mean"] == pytest.approx(sum(p.text_tokens for p in prompts) / 4)
+    assert (columns["n_samples"], columns["n_batches"], columns["padded_rows"]) == (4, 2, 0)

@@ -263,6 +263,24 @@ def test_a_cell_past_its_timeout_is_recorded_and_its_actor_replaced():
     assert [a.ran for a in pool.actors] == [[1], [3]]
 
 
+def test_a_hung_cell_times_out_after_cell_timeout_s_not_before_and_not_much_later():
+    """On the fake clock: each wait with nothing finished moves it by the one-second wait, so the
+    timeout is seen within one wait after cell_timeout_s has passed since the cell started."""
+    pool = FakePool(script={("fp32", 2): "hang"})
+    started_at, recorded_at, records = {}, {}, []
+    scheduler = Scheduler(
+        pool,
+        lambda finished: (records.append(finished.row), recorded_at.setdefault(finished.row["batch_size"], pool.now)),
+        lambda cell: started_at.setdefault(cell.point.batch_size, pool.now),
+        cell_timeout_s=300.0,
+        clock=pool.clock,
+    )
+    scheduler.run(make_cells("fp32", [1, 2]), lambda variant: 1)
+    assert statuses(records) == {("fp32", 1): "ok", ("fp32", 2): "timeout"}
+    waited = recorded_at[2] - started_at[2]
+    assert 300.0 < waited <= 300.0 + 1.0 + 0.1, waited
+
+
 def test_a_cuda_fatal_cell_restarts_its_actor_and_ignores_the_old_process_answering():
     pool = FakePool(script={("fp32", 2): "cuda"}, stale_answers=3)
     records, _ = run(pool, make_cells("fp32", [1, 2, 3]))

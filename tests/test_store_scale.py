@@ -141,6 +141,28 @@ def test_a_file_written_just_before_the_index_is_read_again(store, monkeypatch):
     assert [p.rsplit("/", 1)[-1] for p in scanned] == ["fresh.parquet"]
 
 
+def test_a_cell_rewritten_with_the_same_size_is_read_again_not_taken_from_the_index(store):
+    """A --force rerun rewrites a cell file with the same columns and other figures, often to the
+    byte the same size: only its modification time tells the index that the file changed."""
+    for cell_id in ("a", "b"):
+        store.write_cell(record(cell_id, latency_s=1.0), sample_table([]))
+    age(store)
+    assert store.read_cells({"a", "b"}).column("latency_s").to_pylist() == [1.0, 1.0]  # and the index written
+    size = os.stat(local(store, "cells/a.parquet")).st_size
+
+    store.write_cell(record("a", latency_s=2.0), sample_table([]))
+    rewritten = local(store, "cells/a.parquet")
+    assert os.stat(rewritten).st_size == size  # what the test is about: same size, other figures
+    # Half an hour ago: still older than the index by far more than INDEX_MARGIN_NS, so only the
+    # modification time differs from the indexed entry.
+    os.utime(rewritten, ns=(time.time_ns(), time.time_ns() - 1800 * 10**9))
+    rows = {row["cell_id"]: row["latency_s"] for row in store.read_cells({"a", "b"}).to_pylist()}
+    assert rows == {"a": 2.0, "b": 1.0}
+    with store.filesystem.open_input_file(store.path(INDEX)) as handle:  # the index now holds the new figure
+        indexed = pq.read_table(handle).to_pylist()
+    assert {row["cell_id"]: row["latency_s"] for row in indexed} == {"a": 2.0, "b": 1.0}
+
+
 def test_an_index_of_another_schema_or_broken_is_rebuilt(store):
     for i in range(3):
         store.write_cell(record(f"c{i}"), sample_table([]))

@@ -102,6 +102,28 @@ def test_hub_schemas_become_samples():
     assert score_answers(get_task("vqav2"), [vqav2], ["Down."]).accuracy == 1.0
 
 
+def test_vqav2_keeps_each_of_the_ten_human_answers_and_scores_against_all_of_them():
+    """Real rows disagree: 4 annotators said "down", 3 "floor", 3 "ground". The consensus answer
+    alone would score "floor" 0; VQA accuracy over the ten gives it min(1, 3/3) averaged over the
+    ten leave-one-out subsets: (3 x 2/3 + 7 x 1) / 10 = 0.9."""
+    answers = ["down"] * 4 + ["floor"] * 3 + ["ground"] * 3
+    vqav2 = get_task("vqav2").to_sample(
+        {
+            "question_id": 262148001,
+            "question": "Where is he looking?",
+            "image": _png(),
+            "answers": [
+                {"answer": answer, "answer_confidence": "yes", "answer_id": i} for i, answer in enumerate(answers, 1)
+            ],
+            "multiple_choice_answer": "down",
+        },
+        0,
+    )
+    assert vqav2.references == tuple(answers)
+    scores = score_answers(get_task("vqav2"), [vqav2] * 3, ["down", "floor", "up"]).per_sample
+    assert scores == pytest.approx([1.0, 0.9, 0.0])
+
+
 def test_tiny_learns_the_seed_tasks_only():
     """Its weights are fixed by what it learns: a new task joins only by asking to (tiny_examples)."""
     assert [task.name for task in tiny_training_tasks()] == ["textvqa", "scienceqa", "coco"]
