@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,16 @@ BASE_POINT = {
     "seq_len": 200,
     "optimization": "fp32",
 }
+
+
+# Nothing the tests do may write in the user's home but the tiny model's cache the README names
+# (~/.cache/fuyu_ray). matplotlib's config and font cache and the Hugging Face caches (datasets writes lock
+# files even for a local folder) go to a folder of the tests' own, set before any test module imports
+# them, and passed on to every process the tests start.
+HOME_CACHES = Path(tempfile.mkdtemp(prefix="fuyu-ray-test-caches-"))
+os.environ["MPLCONFIGDIR"] = str(HOME_CACHES / "matplotlib")
+os.environ["HF_HOME"] = str(HOME_CACHES / "huggingface")
+atexit.register(shutil.rmtree, HOME_CACHES, True)
 
 
 def free_port() -> int:
@@ -43,15 +56,6 @@ def ray_auth_token():
         patch.setenv("RAY_AUTH_TOKEN", token)
         patch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)  # one source of the token, whichever Ray reads first
         yield token
-
-
-@pytest.fixture(scope="session", autouse=True)
-def matplotlib_config(tmp_path_factory):
-    """matplotlib keeps its config and font cache in the home (~/.config/matplotlib) unless MPLCONFIGDIR
-    names a folder: the tests' own, for them and every process they start."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("matplotlib")))
-        yield
 
 
 def run_grid(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import matplotlib
 import pytest
 import yaml
 from conftest import ROOT
@@ -20,8 +19,6 @@ from fuyu_ray.driver.progress import outcome_line
 from fuyu_ray.driver.store import ResultStore
 from fuyu_ray.job.cells import expand
 from fuyu_ray.job.spec import JobError, load_job, parse_job
-
-matplotlib.use("Agg")
 
 BASE = {"device": "cpu", "dataset": "scienceqa", "batch_size": 1, "image_size": 224, "seq_len": 200}
 
