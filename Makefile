@@ -9,11 +9,11 @@ JOB ?= jobs/smoke.yaml
 # The CPU build of torch goes in first: a bare `torch` requirement would pull a multi-GB CUDA
 # build. Elsewhere, PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu picks the CPU wheel;
 # on a GPU machine, install your CUDA torch into .venv before `make`, and it is kept.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test]" -c constraints.txt
 	touch $@
 
 run: $(VENV)/.installed

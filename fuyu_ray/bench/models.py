@@ -24,6 +24,7 @@ from huggingface_hub import constants, hf_hub_url
 from huggingface_hub.utils import get_session
 
 from fuyu_ray.bench import tiny, train_tiny
+from fuyu_ray.bench.processor_compat import adapt
 from fuyu_ray.job.cells import Variant
 from fuyu_ray.job.presets import PRESETS, Preset, resolve_attention
 
@@ -143,7 +144,8 @@ def resolve_processor(source: str, stand_in_allowed: bool):
         try:
             from transformers import AutoProcessor  # slow to import: not in stand-in workers
 
-            _processors[source] = (AutoProcessor.from_pretrained(source, local_files_only=local_only), None)
+            processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
+            _processors[source] = (adapt(processor), None)
         except OSError as exc:
             _processors[source] = (None, exc)
     processor, error = _processors[source]

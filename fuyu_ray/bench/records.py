@@ -13,6 +13,8 @@ from typing import Any
 import pyarrow as pa
 
 STATUSES = ("ok", "skipped", "failed", "oom", "timeout")
+PROBLEM_STATUSES = ("failed", "oom", "timeout")  # a cell that should have given figures and did not
+RETRYABLE = PROBLEM_STATUSES  # what a rerun computes again, unless told not to; skipped cells are looked at anyway
 CUDA_FATAL = "cuda-fatal: "  # marks an error that leaves the worker's CUDA context broken: the driver restarts it
 
 # A one-row cell file is mostly footer: no copy of the Arrow schema (the reader has it, here),
@@ -243,3 +245,14 @@ def _ipc_bytes(table: pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
+
+
+def error_line(exc: BaseException, *, typed: bool = True, last: bool = False, limit: int = 500) -> str:
+    """An exception as the one line a record or a message shows: `Type: first line of its message`, or
+    with `last` its last line (Ray puts the cause under its own traceback). Without `typed`, the line
+    alone, or the type's name where the message is empty."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    line = (lines[-1] if last else lines[0]).strip() if lines else ""
+    if not typed:
+        return (line or type(exc).__name__)[:limit]
+    return f"{type(exc).__name__}: {line}"[:limit]

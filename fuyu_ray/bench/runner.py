@@ -47,7 +47,7 @@ from fuyu_ray.bench.measure import (
 )
 from fuyu_ray.bench.models import LoadedModel, PresetUnsupported, load_model
 from fuyu_ray.bench.prompts import Prompt, TaskSettings, build_prompt
-from fuyu_ray.bench.records import CUDA_FATAL, cell_batch, now_iso, outcome_row, sample_table
+from fuyu_ray.bench.records import CUDA_FATAL, cell_batch, error_line, now_iso, outcome_row, sample_table
 from fuyu_ray.job.cells import Cell, Variant
 from fuyu_ray.job.spec import image_dims
 from fuyu_ray.tasks import get_task
@@ -832,4 +832,4 @@ def _causes(exc: BaseException, limit: int = 10) -> list[BaseException]:
 def _one_line(exc: BaseException) -> str:
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     location = f" ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{location}"[:500]
+    return f"{error_line(exc)}{location}"[:500]

@@ -107,4 +107,6 @@ def build_processor(tokenizer):
     from transformers import FuyuProcessor  # slow to import: not in stand-in workers
     from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil
 
-    return FuyuProcessor(image_processor=FuyuImageProcessorPil(), tokenizer=tokenizer)
+    from fuyu_ray.bench.processor_compat import adapt  # torch, with the processor
+
+    return adapt(FuyuProcessor(image_processor=FuyuImageProcessorPil(), tokenizer=tokenizer))

@@ -39,10 +39,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from fuyu_ray.bench.records import PROBLEM_STATUSES, error_line
 from fuyu_ray.driver.store import TEMP_MARK, ResultStore
 from fuyu_ray.tasks import TASKS
 from fuyu_ray.tasks.metrics import bootstrap_interval
-from fuyu_ray.tasks.scorers import OPTION_LETTER
 
 # What cells.Cell.settings() records, less cell_id and the image's width and height, which
 # `image_size` stands for here (it is null for a "WxH" image).
@@ -64,7 +64,6 @@ ALPHA = 1 - LEVEL
 RESAMPLES = 2000
 SEED = 0
 DEFAULT_THRESHOLD_PCT = 5.0
-PROBLEMS = ("failed", "oom", "timeout")  # a cell ok in BASE and one of these in NEW is a regression
 SPEED = ("faster", "slower")
 GOODNESS = ("better", "worse")
 NO_CHANGE = "no clear change"
@@ -73,14 +72,14 @@ LOAD_BOUND = ("latency", "prefill", "decode", "energy")  # what outside load shi
 NOT_AVAILABLE = "n/a"
 
 
-def is_option_task(dataset: str) -> bool:
+def is_paired_task(dataset: str) -> bool:
     """Scored right or wrong per sample: paired differences are counted, not averaged."""
-    return dataset in TASKS and TASKS[dataset].scoring is OPTION_LETTER
+    return dataset in TASKS and TASKS[dataset].scoring.paired
 
 
 def is_proportion_task(dataset: str) -> bool:
     """Scores in [0, 1]: differences are shown in points."""
-    return dataset in TASKS and TASKS[dataset].scoring.scale == 100
+    return dataset in TASKS and TASKS[dataset].scoring.proportion
 
 
 class BadInput(Exception):
@@ -88,11 +87,6 @@ class BadInput(Exception):
 
 
 # --- reading a run --------------------------------------------------------------------------
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _read_table(store: ResultStore, relative: str, columns: list[str] | None = None) -> pa.Table | None:
@@ -104,7 +98,7 @@ def _read_table(store: ResultStore, relative: str, columns: list[str] | None = N
         with store.filesystem.open_input_file(path) as handle:
             return pq.read_table(handle, columns=columns)
     except (OSError, pa.ArrowException) as exc:
-        raise BadInput(f"{path}: cannot read it: {_first_line(exc)}") from None
+        raise BadInput(f"{path}: cannot read it: {error_line(exc, typed=False)}") from None
 
 
 @dataclass
@@ -147,7 +141,7 @@ def open_run(location: str, role: str) -> Run:
         store = ResultStore.at(location)
         info = store.filesystem.get_file_info(store.root)
     except (OSError, pa.ArrowException, ValueError) as exc:
-        raise BadInput(f"{role} {location}: cannot open it: {_first_line(exc)}") from None
+        raise BadInput(f"{role} {location}: cannot open it: {error_line(exc, typed=False)}") from None
     if info.type == pafs.FileType.NotFound:
         raise BadInput(f"{role} {location}: no such folder")
     if info.type != pafs.FileType.Directory:
@@ -157,7 +151,7 @@ def open_run(location: str, role: str) -> Run:
         try:
             listing = store.filesystem.get_file_info(pafs.FileSelector(store.path("cells"), allow_not_found=True))
         except OSError as exc:
-            raise BadInput(f"{role} {location}: cannot list its cells/: {_first_line(exc)}") from None
+            raise BadInput(f"{role} {location}: cannot list its cells/: {error_line(exc, typed=False)}") from None
         names = sorted(
             i.base_name
             for i in listing
@@ -365,7 +359,7 @@ def accuracy_change(
     change.base, change.new, change.estimate = float(base.mean()), float(new.mean()), float(differences.mean())
     change.low, change.high = bootstrap_interval(list(differences), n_resamples=RESAMPLES, seed=SEED, level=LEVEL)
     excludes_zero = change.low > 0 or change.high < 0
-    letters = is_option_task(dataset) and set(np.unique(np.concatenate([base, new]))) <= {0.0, 1.0}
+    letters = is_paired_task(dataset) and set(np.unique(np.concatenate([base, new]))) <= {0.0, 1.0}
     if letters:
         from scipy.stats import binomtest  # heavy: loaded only for paired right/wrong scores
 
@@ -525,7 +519,10 @@ def compare(
                 for role, cell in (("BASE", base_cell), ("NEW", new_cell))
                 if cell.get("status") != "ok"
             )
-            row.regression_by_status = statuses[0] == "ok" and statuses[1] in PROBLEMS
+            # ok in BASE, broken in NEW: a regression
+            row.regression_by_status = (
+                statuses[0] == "ok" and statuses[1] in PROBLEM_STATUSES
+            )  # ok in BASE, broken in NEW: a regression
         rows.append(row)
     rows += [Row("new only", dict(zip(keys, k)), None, c) for k, c in new_cells.items() if k not in base_cells]
     rows.sort(key=lambda r: (("both", "base only", "new only").index(r.side), settings_order(r.base or r.new)))
@@ -992,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         text = write(comparison, out)
     except (OSError, pa.ArrowException) as exc:
-        print(f"fuyu_ray: cannot write the comparison to {out}: {_first_line(exc)}", file=sys.stderr)
+        print(f"fuyu_ray: cannot write the comparison to {out}: {error_line(exc, typed=False)}", file=sys.stderr)
         return 2
     print(text)
     print(f"compare: {ResultStore.at(out).path('compare.md')}")

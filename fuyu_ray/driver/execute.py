@@ -14,7 +14,7 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from fuyu_ray.bench import hardware
-from fuyu_ray.bench.records import FinishedCell, finished_cell
+from fuyu_ray.bench.records import FinishedCell, error_line, finished_cell
 from fuyu_ray.driver.scheduler import ActorState, CallFailed, ExecutionStats, Scheduler, outcome_record
 from fuyu_ray.job.cells import Cell, Variant
 from fuyu_ray.job.presets import PRESETS, resolve_attention
@@ -186,17 +186,12 @@ class RayPool:
         try:
             return ray.get(call)
         except RayTaskError as exc:  # raised inside the method: the actor itself goes on
-            raise CallFailed(_first_line(exc), actor_lost=False) from None
+            raise CallFailed(error_line(exc, last=True), actor_lost=False) from None
         except RayError as exc:  # actor death, lost objects, Ray's own memory monitor
-            raise CallFailed(_first_line(exc), actor_lost=True) from None
+            raise CallFailed(error_line(exc, last=True), actor_lost=True) from None
 
     def unplaceable(self, variant: Variant) -> str | None:
         return missing_resources(variant, actor_demand(variant, self.cpus_per_actor))
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[-1][:400] if lines else ''}"
 
 
 def skip_reason(variant: Variant, cpus_per_actor: int | None) -> str | None:

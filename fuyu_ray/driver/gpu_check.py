@@ -31,7 +31,7 @@ from pathlib import Path
 
 from fuyu_ray.bench.data import load_samples
 from fuyu_ray.bench.prompts import TaskSettings, build_prompt
-from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
+from fuyu_ray.bench.records import cell_batch, error_line, outcome_row, sample_table
 from fuyu_ray.driver.gpu_check_output import (
     ENERGY_TARGET_WINDOW_S,
     HD_IMAGE,
@@ -324,7 +324,7 @@ def _load(variant, job, log):
             variant, min_energy_window_s=job.min_energy_window_s, context={"actor": "gpu_check"}
         )
     except Exception as exc:
-        load_error = f"model load failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        load_error = f"model load failed: {error_line(exc)}"
         log(f"{variant.label}: {load_error}")
         return None, load_error
     skipped = f" ({runner.load_outcome[0]}: {runner.load_outcome[1]})" if runner.load_outcome else ""

@@ -20,10 +20,10 @@ import pyarrow.fs as pafs
 
 from fuyu_ray import __version__
 from fuyu_ray.bench.data import DatasetNotFound, is_local_folder, resolve_local_folder
-from fuyu_ray.bench.records import FinishedCell, now_iso
+from fuyu_ray.bench.records import RETRYABLE, FinishedCell, error_line, now_iso
 from fuyu_ray.driver.connect import check_reachable, check_token, connect, dashboard_line, job_facts
 from fuyu_ray.driver.progress import make_progress
-from fuyu_ray.driver.store import RETRYABLE, ResultStore, cells_to_run
+from fuyu_ray.driver.store import ResultStore, cells_to_run
 from fuyu_ray.job.cells import Grid, expand
 from fuyu_ray.job.spec import JobError, JobSpec, load_job
 
@@ -125,7 +125,7 @@ def open_store(out: str):
             raise JobError(f"--out {out!r}: is a file, not a folder")
         return store
     except (OSError, pa.ArrowException) as exc:
-        raise JobError(f"--out {out!r}: {str(exc).splitlines()[0]}") from None
+        raise JobError(f"--out {out!r}: {error_line(exc, typed=False)}") from None
 
 
 def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None, store) -> int:
@@ -150,7 +150,7 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
     try:
         context, ray_init_s = connect(address, origin, job_facts(job, len(grid.cells), len(todo), store.root))
     except (ConnectionError, TimeoutError, RuntimeError) as exc:  # something listens there, but not Ray
-        print(f"fuyu_ray: {origin} {address!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"fuyu_ray: {origin} {address!r}: {error_line(exc, typed=False)}", file=sys.stderr)
         return 2
     if args.dry_run:
         todo_ids = {cell.cell_id for cell in todo}
@@ -186,7 +186,7 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
             try:
                 store.write_cell(finished.record(), finished.samples())
             except (OSError, pa.ArrowException) as exc:
-                raise StoreFailed(first_line(exc)) from None
+                raise StoreFailed(error_line(exc)) from None
             statuses[finished.cell_id] = finished.row["status"]
             finished_now.append(finished.cell_id)
             progress.finished(by_id[finished.cell_id].description, finished.row)
@@ -208,7 +208,7 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
             interrupted = True
             progress.message("interrupted: finished cells are on disk; rerun the same command to resume")
         except Exception as exc:  # the report of what finished is still worth writing
-            aborted = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            aborted = error_line(exc)
             progress.message(f"run aborted ({aborted}); finished cells are on disk; rerun the same command to resume")
     wall_s = time.perf_counter() - wall_started
 
@@ -239,7 +239,7 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
     try:
         write_report(store, job, grid, run_info)
     except (OSError, pa.ArrowException) as exc:
-        store_failure = store_failure or first_line(exc)
+        store_failure = store_failure or error_line(exc)
     except KeyboardInterrupt:  # the cells are on disk; the report alone can be rebuilt from them
         print(f"interrupted while writing the report; python -m fuyu_ray.report --out {store.root} rebuilds it")
         return 130
@@ -291,11 +291,6 @@ def earlier_runs(store) -> dict:
 
 class StoreFailed(Exception):
     """Writing to --out failed: the run stops, and the cells already written stay."""
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def harness_figures(stats, wall_s: float) -> dict:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from fuyu_ray.bench.records import PROBLEM_STATUSES
 from fuyu_ray.driver.store import ResultStore
 from fuyu_ray.driver.units import accuracy_axis, accuracy_scale, accuracy_text, counted
 from fuyu_ray.job.cells import Grid, expand
@@ -29,7 +30,6 @@ AXIS_TITLES = {
     "seq_len": "Seq len",
     "optimization": "Optimization",
 }
-PROBLEM_STATUSES = ("failed", "oom", "timeout")
 # A report stays readable, and summary.md under ~200 KB, however large the grid: every list and
 # table below is capped, and the cells it leaves out are rows of cells.parquet.
 FULL_TABLE_ROWS = 48  # a sweep with at most this many settings gets a row each, as the seed's sections do
@@ -625,7 +625,7 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
     parts += ["## How this was measured", "", *measurement_notes(cells), ""]
     parts += ["## Prompts", "", *prompt_lines(cells), ""]
     parts += ["## Harness", "", *harness_lines(run_info), ""]
-    parts += ["## What the seed report lacked, and where it is here", "", *SEED_GAPS, ""]
+    parts += ["## How to read this report", "", *READING_NOTES, ""]
     return "\n".join(parts)
 
 
@@ -851,14 +851,15 @@ def harness_line(run_info: dict[str, Any]) -> str:
     )
 
 
-SEED_GAPS = [
-    "- COCO captions are scored (CIDEr-D and BLEU-4 with pycocoevalcap), per sample in samples.parquet.",
-    "- Every figure states its spread and n; the how-it-was-measured notes above come from the recorded settings.",
-    "- FLOPs are defined (2 x MACs, counted by torch) and energy says which counter it used, or why none.",
-    "- Prompts, answer extraction (text after the beginning-of-answer token) and metrics follow lmms-eval; each "
-    "prompt is in samples.parquet.",
-    "- `seq_len` is defined: a cap on the text-prompt tokens (context first, then the start of the question); "
-    "truncations are counted per cell.",
+READING_NOTES = [
+    "- Each section varies one setting (named in its title) and holds the others at `Fixed:`; a cell shared by "
+    "two sections is measured once.",
+    "- Latency is per batch: the median over the timed batches, p90 and n beside it; Samples/s is the throughput "
+    "those batches gave. A † marks a figure taken while something disturbed the machine (see Disturbed "
+    "measurements); such figures say little about the code.",
+    "- Accuracy carries its 95% interval and n: two figures whose intervals overlap may not differ. "
+    "`python -m fuyu_ray.compare` tells a real change between two runs from noise.",
+    "- Every cell is a row of cells.parquet, and every scored answer a row of samples.parquet, with its prompt.",
 ]
 
 

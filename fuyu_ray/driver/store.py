@@ -22,11 +22,10 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fuyu_ray.bench.records import CELL_FILE_OPTIONS, CELL_SCHEMA, SAMPLE_SCHEMA
+from fuyu_ray.bench.records import CELL_FILE_OPTIONS, CELL_SCHEMA, RETRYABLE, SAMPLE_SCHEMA, error_line
 from fuyu_ray.job.cells import Cell
 
 TEMP_MARK = ".tmp-"
-RETRYABLE = ("failed", "oom", "timeout")  # statuses a rerun computes again, unless told not to
 INDEX = ".index/cells.parquet"  # every cell file read at report time, compacted into one file; see _indexed
 INDEX_MARGIN_NS = 2_000_000_000  # a cell file written this close before the index is read again next time
 
@@ -172,8 +171,7 @@ class ResultStore:
             if len(readable) == len(paths):
                 if isinstance(exc, (OSError, pa.ArrowException)):
                     raise
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise OSError(f"{self.path(relative)}: {first}") from exc
+                raise OSError(f"{self.path(relative)}: {error_line(exc, typed=False)}") from exc
             self._write_atomically(self.path(relative), lambda target: self._stream(readable, target, signature))
 
     # --- the index of cell files ------------------------------------------------------------

@@ -15,8 +15,10 @@ def accuracy_text(dataset: str | None, value: float) -> str:
 
 
 def accuracy_axis(dataset: str | None) -> str:
-    label = TASKS[dataset].scoring.axis_label if dataset in TASKS else "accuracy"
-    return f"{label} (%)" if accuracy_scale(dataset) == 100 else label
+    if dataset not in TASKS:
+        return "accuracy (%)"
+    scoring = TASKS[dataset].scoring
+    return f"{scoring.axis_label} (%)" if scoring.proportion else scoring.axis_label
 
 
 def counted(n: int, noun: str) -> str:

@@ -54,6 +54,12 @@ class Scoring:
     axis_label: str  # a plot's accuracy axis
     score: Callable[[Sequence[Sample], Sequence[str]], TaskScore]  # samples with references only
     training_answer: Callable[[Sample], str]  # what the built-in tiny model learns to answer
+    paired: bool = False  # each sample right (1) or wrong (0): two runs compare by counting what changed (McNemar)
+
+    @property
+    def proportion(self) -> bool:
+        """Scores in [0, 1], shown in percent and their differences in points; else shown as they are (CIDEr)."""
+        return self.scale == 100
 
 
 @dataclass(frozen=True)

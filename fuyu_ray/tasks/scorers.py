@@ -68,5 +68,5 @@ def first_reference(sample: Sample) -> str:
 
 
 VQA = Scoring(VQA_METRIC, VQA_LEGEND, 100, "accuracy", vqa_accuracy, first_reference)
-OPTION_LETTER = Scoring(OPTION_METRIC, OPTION_LEGEND, 100, "accuracy", option_letter, option_answer)
+OPTION_LETTER = Scoring(OPTION_METRIC, OPTION_LEGEND, 100, "accuracy", option_letter, option_answer, paired=True)
 CAPTION = Scoring(CAPTION_METRIC, CAPTION_LEGEND, 1, "CIDEr-D", caption_cider, first_reference)
