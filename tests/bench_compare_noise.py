@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_compare import standin_cell, standin_run  # noqa: E402
 
-from fuyu_ray.driver import compare  # noqa: E402
+from fuyu_ray.driver import compare  # noqa: E402  (the command line: compare.main)
 
 QUIET = ("no clear change", "n/a")
 

@@ -65,7 +65,7 @@ def driver(figures_path: str, source: str | None, argv: list[str], profile: str 
 
     if source:
         sys.path.insert(0, source)
-    import fuyu_ray.driver.report as report
+    import fuyu_ray.presentation.report as report
 
     timings: list[float] = []
     write_report = report.write_report

@@ -6,7 +6,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from fuyu_ray.tasks.metrics import caption_scores, cider
+from fuyu_ray.tasks.caption_metrics import caption_scores, cider
 
 pytestmark = pytest.mark.slow
 

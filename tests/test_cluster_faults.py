@@ -18,7 +18,7 @@ import ray
 from conftest import ROOT, run_grid, write_job
 from ray.cluster_utils import Cluster
 
-from fuyu_ray.driver.store import TEMP_MARK
+from fuyu_ray.storage.store import TEMP_MARK
 
 pytestmark = pytest.mark.slow
 

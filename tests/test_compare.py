@@ -25,13 +25,14 @@ from conftest import ROOT, run_grid, write_job
 from fuyu_ray.bench import energy
 from fuyu_ray.bench import runner as runner_module
 from fuyu_ray.bench.energy import EnergyMeter
-from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
 from fuyu_ray.bench.runner import CellResult, CellRunner
 from fuyu_ray.bench.standin import StandInRunner, parse_behaviour
-from fuyu_ray.driver import compare as cmp
-from fuyu_ray.driver.store import ResultStore
+from fuyu_ray.driver import compare as compare_command
 from fuyu_ray.job.cells import Cell
 from fuyu_ray.job.spec import DatasetSource, Point, TaskOverride
+from fuyu_ray.presentation import compare as cmp
+from fuyu_ray.storage.records import cell_batch, outcome_row, sample_table
+from fuyu_ray.storage.store import ResultStore
 
 # The stand-in's model name carries its sleep, so runs at two speeds match on everything else.
 WITHOUT_MODEL = "device,dataset,batch_size,image_size,seq_len,optimization"
@@ -112,7 +113,7 @@ def standin_run(out: Path, *cells: Cell) -> Path:
 
 
 def run_compare(capsys, *args: str) -> tuple[int, str, str]:
-    code = cmp.main([str(a) for a in args])
+    code = compare_command.main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -89,7 +89,7 @@ def test_eager_decoder_matches_generate_token_for_token(parts, batches, name):
     got = decoder.generate(
         batches[name],
         NEW_TOKENS,
-        eos_token_id=model.config.eos_token_id,
+        eos_token_id=model.generation_config.eos_token_id,
         ignore_eos=True,
         on_token=lambda: calls.append(1),
     )
@@ -116,7 +116,7 @@ def test_compiled_decoder_matches_generate_without_recompiling(parts, batches, c
         got = decoder.generate(
             batches[name],
             NEW_TOKENS,
-            eos_token_id=model.config.eos_token_id,
+            eos_token_id=model.generation_config.eos_token_id,
             ignore_eos=True,
             on_token=lambda: calls.append(1),
         )

@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 from hub_layout import make_textvqa
 
-from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
 from fuyu_ray.driver import dryrun, execute
 from fuyu_ray.driver.sources import check_dataset, check_model, check_sources
-from fuyu_ray.driver.store import ResultStore, cells_to_run
 from fuyu_ray.job.cells import expand
 from fuyu_ray.job.spec import DatasetSource, parse_job
+from fuyu_ray.storage.records import cell_batch, outcome_row, sample_table
+from fuyu_ray.storage.store import ResultStore, cells_to_run
 
 
 def job_of(model: str, sweeps: dict, datasets: dict | None = None):

@@ -79,11 +79,11 @@ def test_bad_gpu_check_job_is_one_line(tmp_path):
 
 
 def test_the_targets_cells_run_first_then_the_presets_then_the_seeds_sweeps():
-    from fuyu_ray.driver.gpu_check import DEFAULT_JOB, image_label, load_plain_job, ordered_cells
+    from fuyu_ray.driver.gpu_check import DEFAULT_JOB, load_plain_job, ordered_cells
 
     cells = ordered_cells(load_plain_job(DEFAULT_JOB, None, None))
     points = [
-        (c.point.optimization, c.point.batch_size, image_label(c.point.image_size), c.point.dataset, c.point.seq_len)
+        (c.point.optimization, c.point.batch_size, c.point.image_size.label, c.point.dataset, c.point.seq_len)
         for c in cells
     ]
     assert points[:6] == [  # the stock baseline first: a compile may take minutes
@@ -178,8 +178,8 @@ class TimedRunner:
         self.clock, self.cell_s, self.deadlines = clock, cell_s, []
 
     def run(self, cell, deadline=None, hard_deadline=None, min_energy_window_s=None):
-        from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
         from fuyu_ray.bench.runner import CellResult
+        from fuyu_ray.storage.records import cell_batch, outcome_row, sample_table
 
         self.deadlines.append(deadline)
         finish = self.clock.now + self.cell_s
@@ -285,7 +285,7 @@ def row(optimization, batch, image=(224, 224), **figures):
 
 
 def test_targets_are_read_off_the_best_preset_at_each_point(monkeypatch):
-    from fuyu_ray.driver.gpu_check_output import target_lines
+    from fuyu_ray.presentation.gpu_check_summary import target_lines
 
     monkeypatch.delenv("FUYU_RAY_PEAK_TFLOPS", raising=False)
     rows = [

@@ -14,11 +14,13 @@ import pytest
 from conftest import ROOT
 
 from fuyu_ray.bench.interference import GpuSampler, verdict
-from fuyu_ray.bench.runner import CellDeadline, DeadlineGuard, with_preprocess
+from fuyu_ray.bench.runner import CellDeadline, DeadlineGuard
+from fuyu_ray.bench.workload import with_preprocess
 from fuyu_ray.driver.gpu_check import DEFAULT_JOB, Budget, load_plain_job, ordered_cells, run_one
-from fuyu_ray.driver.gpu_check_output import ENERGY_TARGET_WINDOW_S, OUTPUT_FILES, target_lines
+from fuyu_ray.driver.gpu_check_output import OUTPUT_FILES
 from fuyu_ray.job.presets import PRESETS
 from fuyu_ray.job.quality import QualityThresholds
+from fuyu_ray.presentation.gpu_check_summary import ENERGY_TARGET_WINDOW_S, target_lines
 
 
 def rehearse(tmp_path, *options: str, timeout: float = 180) -> tuple[subprocess.CompletedProcess, float]:
@@ -45,7 +47,7 @@ def came_back(out) -> list[str]:
 
 def test_the_stock_target_cells_run_before_any_compile():
     cells = ordered_cells(load_plain_job(DEFAULT_JOB, None, None))
-    head = [(c.point.optimization, c.point.batch_size, c.point.image_size) for c in cells[:6]]
+    head = [(c.point.optimization, c.point.batch_size, c.point.image_size.job_value) for c in cells[:6]]
     assert head == [
         ("fp16", 1, 224),
         ("fp16", 16, 224),
@@ -131,8 +133,8 @@ def test_the_energy_target_cell_gets_a_three_second_window_and_the_others_their_
         loaded = None
 
         def run(self, cell, **limits):
-            asked.append((cell.point.batch_size, cell.point.image_size, cell.point.dataset, limits))
-            from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
+            asked.append((cell.point.batch_size, cell.point.image_size.job_value, cell.point.dataset, limits))
+            from fuyu_ray.storage.records import cell_batch, outcome_row, sample_table
 
             return SimpleNamespace(
                 record=cell_batch(outcome_row(cell.settings(), "ok", None)), samples=sample_table([])

@@ -11,14 +11,14 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from fuyu_ray.bench.records import cell_batch, sample_table
 from fuyu_ray.driver import compare as cmp
 from fuyu_ray.driver import grid as grid_cli
-from fuyu_ray.driver import report
 from fuyu_ray.driver.progress import outcome_line
-from fuyu_ray.driver.store import ResultStore
 from fuyu_ray.job.cells import expand
 from fuyu_ray.job.spec import JobError, load_job, parse_job
+from fuyu_ray.presentation import formats, plots, report
+from fuyu_ray.storage.records import cell_batch, sample_table
+from fuyu_ray.storage.store import ResultStore
 
 BASE = {"device": "cpu", "dataset": "scienceqa", "batch_size": 1, "image_size": 224, "seq_len": 200}
 
@@ -148,7 +148,7 @@ def test_a_stand_in_says_it_measures_no_model_and_random_weights_say_no_accuracy
     assert "a stand-in: no model" in summary and "pretrained weights" not in summary
     assert "measure the harness" in summary
     random = make_job(tmp_path, model="adept/fuyu-8b", weights="random", name="r")
-    lines = report.model_limits(random)
+    lines = formats.model_limits(random)
     assert any("Random weights" in line and "no accuracy" in line for line in lines)
 
 
@@ -212,17 +212,17 @@ def test_plots_ring_disturbed_cells_start_latency_at_zero_and_do_not_join_catego
     cells = expand(job).cells
     rows = [ok_row(cells[0], latency_s=2.0), ok_row(cells[1], latency_s=2.01, quality="disturbed: load")]
     captured = {}
-    original = report._save
+    original = plots._save
 
     def keep(store, figure, name, tight=True):
         captured[name] = [line for axes in figure.axes for line in axes.lines], figure.axes[0].get_ylim()
         return original(store, figure, name, tight)
 
-    report._save = keep
+    plots._save = keep
     try:
         summary_of(tmp_path, job, rows, run_info(job))
     finally:
-        report._save = original
+        plots._save = original
         plt.close("all")
     lines, ylim = captured["optimization.png"]
     rings = [line for line in lines if line.get_markeredgecolor() == "red" and line.get_markerfacecolor() == "none"]
@@ -238,7 +238,7 @@ def test_the_pareto_plot_is_per_sample_in_table_units_with_labelled_points(tmp_p
     job = make_job(tmp_path)
     rows = [ok_row(c, latency_s=1.0, accuracy=0.5) for c in expand(job).cells]
     captured = {}
-    original = report._save
+    original = plots._save
 
     def keep(store, figure, name, tight=True):
         panel = figure.axes[0]
@@ -246,11 +246,11 @@ def test_the_pareto_plot_is_per_sample_in_table_units_with_labelled_points(tmp_p
         captured[name] = offsets, [t.get_text() for t in panel.texts], panel.get_xlabel(), panel.get_ylabel()
         return original(store, figure, name, tight)
 
-    report._save = keep
+    plots._save = keep
     try:
         summary_of(tmp_path, job, rows, run_info(job))
     finally:
-        report._save = original
+        plots._save = original
         plt.close("all")
     offsets, texts, xlabel, ylabel = captured["pareto_latency_accuracy.png"]
     assert sorted(x for x, _ in offsets) == [1 / 8, 1 / 4, 1 / 2, 1.0]  # 1 s per batch of 1, 2, 4, 8

@@ -11,10 +11,12 @@ from conftest import BASE_POINT
 from PIL import Image
 
 from fuyu_ray.bench import tiny
-from fuyu_ray.bench.runner import image_token_count, padded_dims
+from fuyu_ray.bench.processor_compat import adapt
+from fuyu_ray.bench.workload import image_token_count, padded_dims
 from fuyu_ray.job.cells import Cell, expand
-from fuyu_ray.job.spec import DatasetSource, JobError, Point, TaskOverride, image_dims, image_size_value, parse_job
+from fuyu_ray.job.spec import DatasetSource, ImageSize, JobError, Point, TaskOverride, parse_job
 
+HD = ImageSize(1920, 1080)
 GOOD = {
     "name": "sizes",
     "model": "tiny",
@@ -25,21 +27,25 @@ GOOD = {
 
 
 def test_image_size_is_a_side_or_width_by_height():
-    assert image_size_value(224) == 224
-    assert image_size_value("224x224") == 224  # a square written WxH is the same cell as S
-    assert image_size_value("1920x1080") == "1920x1080"
-    assert image_size_value("1920X1080") == "1920x1080"
-    assert image_dims("1920x1080") == (1920, 1080) and image_dims(336) == (336, 336)
+    assert ImageSize.parse(224) == ImageSize(224, 224) and ImageSize.parse(224).label == "224"
+    assert ImageSize.parse("224x224") == ImageSize.parse(224)  # a square written WxH is the same cell as S
+    assert ImageSize.parse("1920x1080").label == "1920x1080" and ImageSize.parse("1920X1080").job_value == "1920x1080"
+    assert (ImageSize.parse("1920x1080").width, ImageSize.parse("1920x1080").height) == (1920, 1080)
+    assert ImageSize.parse(336).side == 336 and ImageSize.parse("1920x1080").side is None
     for bad in (0, -3, True, 22.5, "224", "x1080", "1920x0", "1920x1080x3", "big", None):
         with pytest.raises(ValueError):
-            image_size_value(bad)
+            ImageSize.parse(bad)
 
 
 def test_the_job_accepts_both_forms_and_names_the_key_of_a_bad_one():
     job = parse_job(copy.deepcopy(GOOD), "jobs/sizes.yaml")
-    assert job.sweeps["image"]["image_size"] == [224, 224, "1920x1080", "1000x500"]
+    assert [size.job_value for size in job.sweeps["image"]["image_size"]] == [224, 224, "1920x1080", "1000x500"]
     grid = expand(job)
-    assert [c.point.image_size for c in grid.cells] == [224, "1920x1080", "1000x500"]  # 224 and "224x224" are one cell
+    assert [c.point.image_size.label for c in grid.cells] == [
+        "224",
+        "1920x1080",
+        "1000x500",
+    ]  # 224 and "224x224" are one cell
     bad = copy.deepcopy(GOOD)
     bad["base"]["image_size"] = "wide"
     with pytest.raises(JobError, match=r"^jobs/bad.yaml: base.image_size: .*'WxH'"):
@@ -58,14 +64,14 @@ def test_records_carry_width_and_height_and_square_cells_keep_their_ids():
     assert (wide["image_size"], wide["image_width"], wide["image_height"]) == (None, 1920, 1080)
     square = cell(224).settings()
     assert (square["image_size"], square["image_width"], square["image_height"]) == (224, 224, 224)
-    assert cell(image_size_value("224x224")).cell_id == cell(224).cell_id != cell("1920x1080").cell_id
+    assert cell("224x224").cell_id == cell(224).cell_id != cell("1920x1080").cell_id
 
 
 def test_image_tokens_are_rows_times_cols_plus_one():
-    assert image_token_count(224) == 8 * 9 == 72
-    assert image_token_count("1920x1080") == 36 * 65 == 2340
-    assert image_token_count("1000x500") == 17 * 35  # rows = ceil(500 / 30), cols = ceil(1000 / 30)
-    assert padded_dims("1000x500") == (1020, 510)
+    assert image_token_count(ImageSize.parse(224)) == 8 * 9 == 72
+    assert image_token_count(ImageSize.parse("1920x1080")) == 36 * 65 == 2340
+    assert image_token_count(ImageSize.parse("1000x500")) == 17 * 35  # rows = ceil(500 / 30), cols = ceil(1000 / 30)
+    assert padded_dims(ImageSize.parse("1000x500")) == (1020, 510)
 
 
 def _processors():
@@ -91,10 +97,10 @@ def test_fuyus_processor_keeps_a_1920x1080_image_whole_and_shrinks_a_larger_one_
     canvas the runner names; a larger 16:9 image is scaled down to the same tokens."""
     from transformers import FuyuProcessor
 
-    processor = FuyuProcessor(image_processor=image_processor(), tokenizer=tokenizer)
+    processor = adapt(FuyuProcessor(image_processor=image_processor(), tokenizer=tokenizer))  # as models.py loads it
     assert processor.image_processor.size["height"] == 1080 and processor.image_processor.size["width"] == 1920
     vocab = tokenizer.get_vocab()
-    width, height = padded_dims("1920x1080")
+    width, height = padded_dims(ImageSize.parse("1920x1080"))
     for image, size in (
         (Image.effect_noise((1920, 1080), 60).convert("RGB"), None),
         (
@@ -107,7 +113,11 @@ def test_fuyus_processor_keeps_a_1920x1080_image_whole_and_shrinks_a_larger_one_
         ids = inputs["input_ids"][0].tolist()
         assert ids.count(vocab["|NEWLINE|"]) == 36
         assert ids.count(vocab["|SPEAKER|"]) == 36 * 64
-        assert ids.count(vocab["|SPEAKER|"]) + ids.count(vocab["|NEWLINE|"]) == image_token_count("1920x1080") == 2340
+        assert (
+            ids.count(vocab["|SPEAKER|"]) + ids.count(vocab["|NEWLINE|"])
+            == image_token_count(ImageSize.parse("1920x1080"))
+            == 2340
+        )
         patches = inputs["image_patches"][0] if isinstance(inputs["image_patches"], list) else inputs["image_patches"]
         assert tuple(patches.shape)[-2:] == (2304, 30 * 30 * 3)
 

@@ -273,8 +273,8 @@ def test_a_clean_attempt_is_kept_over_disturbed_ones_that_look_better_by_the_num
 
 
 def test_the_store_finds_the_disturbed_cells_on_disk(tmp_path):
-    from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
-    from fuyu_ray.driver.store import ResultStore
+    from fuyu_ray.storage.records import cell_batch, outcome_row, sample_table
+    from fuyu_ray.storage.store import ResultStore
 
     store = ResultStore.at(str(tmp_path))
     store.ensure_dirs()
@@ -291,11 +291,11 @@ def test_remeasure_disturbed_adds_the_disturbed_cells_of_the_job_to_what_runs(tm
     runs again only with --remeasure-disturbed, beside the failed cell that runs again anyway."""
     from conftest import write_job
 
-    from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
     from fuyu_ray.driver import dryrun, grid
-    from fuyu_ray.driver.store import ResultStore
     from fuyu_ray.job.cells import expand
     from fuyu_ray.job.spec import load_job
+    from fuyu_ray.storage.records import cell_batch, outcome_row, sample_table
+    from fuyu_ray.storage.store import ResultStore
 
     job_path = write_job(tmp_path, "remeasure", "standin:sleep=0", "  batch: {batch_size: [1, 2, 3]}\n", "limit: 1\n")
     cells = {cell.point.batch_size: cell for cell in expand(load_job(job_path)).cells}

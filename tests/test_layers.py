@@ -1,10 +1,12 @@
 """The layers the folder listing shows, kept: each imports only the layers below it, and only the
 libraries its machines have.
 
-    job     the job file, presets, cells          no torch, Ray or Polars
-    tasks   one module per task, its metrics       no torch, Ray or Polars
-    bench   the per-cell measurement core          torch; no Ray or Polars (a bare GPU box has neither)
-    driver  command lines, scheduling, storage, report: anything
+    tasks         one module per task, its metrics                  no torch, Ray or Polars
+    job           the job file, presets, cells                      no torch, Ray or Polars
+    storage       the record schema and the result store            no torch or Ray (Polars only inside a read)
+    bench         the per-cell measurement core                     torch; no Ray or Polars (a bare GPU box has neither)
+    presentation  tables, figures, plots, comparisons, target lines no Ray
+    driver        the command lines and the Ray runner: anything
 
 Every import counts, at the top of a module or inside a function.
 """
@@ -23,13 +25,17 @@ PACKAGE = ROOT / "fuyu_ray"
 MAY_IMPORT = {  # the fuyu_ray layers each layer may import
     "job": {"job", "tasks"},
     "tasks": {"tasks"},
-    "bench": {"bench", "job", "tasks"},
-    "driver": {"driver", "bench", "job", "tasks"},
+    "storage": {"storage", "job", "tasks"},
+    "bench": {"bench", "storage", "job", "tasks"},
+    "presentation": {"presentation", "bench", "storage", "job", "tasks"},
+    "driver": {"driver", "presentation", "bench", "storage", "job", "tasks"},
 }
 FORBIDDEN_LIBRARIES = {
     "job": {"torch", "transformers", "ray", "polars", "datasets"},
     "tasks": {"torch", "transformers", "ray", "polars", "datasets"},
+    "storage": {"torch", "transformers", "ray", "datasets"},
     "bench": {"ray", "polars"},
+    "presentation": {"ray"},
     "driver": set(),
 }
 
@@ -91,7 +97,12 @@ def test_a_module_imports_only_what_its_layer_may(layer, path):
         ("bench", "from fuyu_ray.driver import store\n", "fuyu_ray.driver"),
         ("bench", "from fuyu_ray import driver\n", "fuyu_ray.driver"),
         ("bench", "import polars as pl\n", "polars"),
-        ("bench", "from ..driver.store import ResultStore\n", "fuyu_ray.driver.store"),
+        ("bench", "from ..driver.grid import main\n", "fuyu_ray.driver.grid"),
+        ("bench", "from fuyu_ray.presentation import report\n", "fuyu_ray.presentation"),
+        ("storage", "import torch\n", "torch"),
+        ("storage", "from fuyu_ray.bench.runner import CellRunner\n", "fuyu_ray.bench.runner"),
+        ("presentation", "import ray\n", "ray"),
+        ("presentation", "def f():\n    from ..driver.grid import main\n", "fuyu_ray.driver.grid"),
         ("bench", "from .. import driver\n", "fuyu_ray.driver"),
         ("job", "def f():\n    from ..bench.runner import CellRunner\n", "fuyu_ray.bench.runner"),
         ("tasks", "from ..job import spec\n", "fuyu_ray.job"),
@@ -109,7 +120,9 @@ def test_a_crossing_added_to_a_module_of_the_layer_is_caught(layer, crossing, re
 @pytest.mark.parametrize(
     "layer, source",
     [
-        ("bench", "from .records import cell_batch\n"),
+        ("bench", "from .measure import spread\n"),
+        ("bench", "from ..storage.records import cell_batch\n"),
+        ("presentation", "from ..storage.store import ResultStore\n"),
         ("driver", "from ..bench import runner\n"),
         ("job", "from . import spec\n"),
     ],
@@ -123,7 +136,7 @@ def test_importing_a_layer_loads_no_forbidden_library():
     script = (
         "import sys, importlib, pathlib\n"
         "for layer, banned in (('tasks', {'torch', 'ray', 'polars'}), ('job', {'torch', 'ray', 'polars'}),"
-        " ('bench', {'ray', 'polars'})):\n"
+        " ('storage', {'torch', 'ray', 'polars'}), ('bench', {'ray', 'polars'}), ('presentation', {'ray'})):\n"
         "    for path in sorted(pathlib.Path('fuyu_ray', layer).glob('*.py')):\n"
         "        importlib.import_module(f'fuyu_ray.{layer}.{path.stem}')\n"
         "    loaded = banned & set(sys.modules)\n"
@@ -139,7 +152,7 @@ def test_a_stand_in_worker_loads_no_model_code():
     a worker imports them when it loads a model, and a stand-in worker, which never does, starts fast."""
     script = (
         "import sys\n"
-        "import fuyu_ray.bench.runner, fuyu_ray.bench.standin, fuyu_ray.driver.grid, fuyu_ray.driver.store\n"
+        "import fuyu_ray.bench.runner, fuyu_ray.bench.standin, fuyu_ray.driver.grid, fuyu_ray.storage.store\n"
         "heavy = sorted(m for m in sys.modules if m.startswith(('transformers.models', 'transformers.generation',"
         " 'pandas')))\n"
         "print(heavy[:5])\n"

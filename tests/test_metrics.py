@@ -5,16 +5,13 @@ import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
-from fuyu_ray.tasks import metrics
+from fuyu_ray.tasks import caption_metrics
+from fuyu_ray.tasks.caption_metrics import CaptionScores, caption_scores, cider, python_ptb_tokenize
 from fuyu_ray.tasks.metrics import (
-    CaptionScores,
     bootstrap_interval,
-    caption_scores,
-    cider,
     normalize_vqa_answer,
     option_match,
     option_match_lenient,
-    python_ptb_tokenize,
     vqa_accuracy,
     wilson_interval,
 )
@@ -243,7 +240,7 @@ def test_caption_input_validation():
 
 
 def test_tokenizer_fallback_without_java(monkeypatch):
-    monkeypatch.setattr(metrics.shutil, "which", lambda _: None)
+    monkeypatch.setattr(caption_metrics.shutil, "which", lambda _: None)
     assert caption_scores(RAW_PREDS, RAW_REFS).tokenizer == "python"
     with pytest.raises(RuntimeError):
         caption_scores(RAW_PREDS, RAW_REFS, tokenizer="ptb-java")

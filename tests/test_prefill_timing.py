@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from fuyu_ray.bench import tiny
+from fuyu_ray.bench.cell_columns import latency_columns
 from fuyu_ray.bench.measure import BatchTiming, time_batch
-from fuyu_ray.bench.runner import Batch, generate, latency_columns
+from fuyu_ray.bench.workload import Batch, generate
 
 
 class FakeClock:

@@ -10,7 +10,8 @@ from PIL import Image
 
 from fuyu_ray.bench import tiny
 from fuyu_ray.bench.processor_compat import adapt, patchifies_tensors
-from fuyu_ray.bench.runner import image_token_count
+from fuyu_ray.bench.workload import image_token_count
+from fuyu_ray.job.spec import ImageSize
 
 
 def processor():
@@ -26,7 +27,9 @@ def test_the_built_in_processor_cuts_a_tensor_image_into_its_patches_on_the_inst
     )
     ids = inputs["input_ids"][0].tolist()
     vocab = processor().tokenizer.get_vocab()
-    assert ids.count(vocab["|SPEAKER|"]) + ids.count(vocab["|NEWLINE|"]) == image_token_count(224) == 8 * 9
+    assert (
+        ids.count(vocab["|SPEAKER|"]) + ids.count(vocab["|NEWLINE|"]) == image_token_count(ImageSize(224, 224)) == 8 * 9
+    )
     patches = inputs["image_patches"][0]
     assert isinstance(patches, torch.Tensor) and patches.shape[-1] == 30 * 30 * 3
 
@@ -50,6 +53,7 @@ def test_an_image_processor_that_fails_on_tensors_is_adapted_and_gives_the_same_
     broken.image_processor.__class__ = numpy_only(type(broken.image_processor))
     assert not patchifies_tensors(type(broken.image_processor))
     adapt(broken)
+    assert patchifies_tensors(type(broken.image_processor))
     image = torch.rand(1, 3, 60, 90)
     adapted = broken.image_processor.patchify_image(image)
     assert isinstance(adapted, torch.Tensor) and adapted.shape == (6, 2700)
@@ -57,9 +61,18 @@ def test_an_image_processor_that_fails_on_tensors_is_adapted_and_gives_the_same_
     assert np.allclose(np.asarray(adapted), np.asarray(expected).reshape(6, 2700))
 
 
-def test_an_image_processor_that_handles_tensors_is_left_alone():
+def test_an_image_processor_that_handles_tensors_is_left_alone_and_an_adapted_one_still_saves(tmp_path):
+    from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil
+
     working = processor()
-    if patchifies_tensors(type(working.image_processor)):
-        assert "patchify_image" not in vars(working.image_processor)  # no instance patch: the class's own method
-    else:
-        assert "patchify_image" in vars(working.image_processor)  # the installed release needs the adapter
+    adapted = type(working.image_processor) is not FuyuImageProcessorPil
+    assert adapted == (not patchifies_tensors(FuyuImageProcessorPil))  # changed only where the release needs it
+    assert type(working.image_processor).__name__ == "FuyuImageProcessorPil"
+    working.save_pretrained(tmp_path)  # its settings are written as JSON: nothing of the adapter's in them
+    from transformers import AutoProcessor
+
+    reloaded = adapt(AutoProcessor.from_pretrained(tmp_path))  # as models.py loads a checkpoint folder
+    inputs = reloaded(
+        images=[Image.new("RGB", (224, 224))], text=["What?\n"], return_tensors="pt", size={"height": 240, "width": 240}
+    )
+    assert inputs["input_ids"].shape[1] > image_token_count(ImageSize(224, 224))

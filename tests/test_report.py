@@ -6,10 +6,10 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 
-from fuyu_ray.bench.records import CELL_SCHEMA, cell_batch, outcome_row
-from fuyu_ray.driver.report import summarize
 from fuyu_ray.job.cells import expand
 from fuyu_ray.job.spec import parse_job
+from fuyu_ray.presentation.report import summarize
+from fuyu_ray.storage.records import CELL_SCHEMA, cell_batch, outcome_row
 
 RUN_INFO = {
     "job_file": "jobs/report.yaml",
@@ -172,7 +172,7 @@ def test_a_dataset_sweep_puts_datasets_side_by_side():
         rows.append(
             ok_row(
                 cell,
-                latency_s=cell.point.image_size / 1000,
+                latency_s=cell.point.image_size.width / 1000,
                 flops=1e9,
                 energy=None,
                 accuracy=0.5 if cell.point.dataset == "scienceqa" else 0.25,
@@ -234,11 +234,7 @@ def grid_rows(grid, sweep: str, failed_every: int = 0) -> list[dict]:
                 outcome_row(cell.settings(), "failed", f"RuntimeError: simulated at batch {cell.point.batch_size}")
             )
             continue
-        width, height = (
-            (int(v) for v in str(cell.point.image_size).split("x"))
-            if "x" in str(cell.point.image_size)
-            else (cell.point.image_size,) * 2
-        )
+        width, height = cell.point.image_size.width, cell.point.image_size.height
         latency = 0.001 * cell.point.batch_size * width * height / 224**2 * (1 + cell.point.seq_len / 100)
         rows.append(ok_row(cell, latency_s=latency, flops=1e9, energy=latency * 3, accuracy=1 / (1 + latency)))
     return rows
@@ -327,8 +323,8 @@ def test_summary_stays_small_for_any_grid_and_says_where_the_rest_is():
 def test_large_sweep_plots_are_heatmaps_without_layout_warnings(tmp_path):
     import warnings
 
-    from fuyu_ray.driver.report import write_plots
-    from fuyu_ray.driver.store import ResultStore
+    from fuyu_ray.presentation.plots import write_plots
+    from fuyu_ray.storage.store import ResultStore
 
     job, grid = job_and_grid(
         {

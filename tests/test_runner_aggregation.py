@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from fuyu_ray.bench.cell_columns import energy_columns, latency_columns
 from fuyu_ray.bench.data import LoadedSamples
 from fuyu_ray.bench.energy import NoEnergyMeter, RaplEnergyMeter, WindowResult, run_until_min_window
 from fuyu_ray.bench.measure import BatchTiming
 from fuyu_ray.bench.prompts import TaskSettings, build_prompt
-from fuyu_ray.bench.runner import Batch, Workload, energy_columns, latency_columns
-from fuyu_ray.job.spec import TaskOverride
+from fuyu_ray.bench.workload import Batch, Workload
+from fuyu_ray.job.spec import ImageSize, TaskOverride
 from fuyu_ray.tasks.base import Sample
 
 BATCH = 4
@@ -135,7 +136,7 @@ def test_the_record_counts_the_prompts_that_seq_len_cut():
     assert [prompt.truncated for prompt in prompts] == [False, True, False, True]
     batches = [Batch({}, [0, 1], seq_len), Batch({}, [2, 3], seq_len)]
     data = LoadedSamples(samples, [], "four samples")
-    columns = Workload(settings, data, prompts, batches, False, None).columns(None, 224)
+    columns = Workload(settings, data, prompts, batches, False, None).columns(None, ImageSize(224, 224))
     assert columns["truncated_prompts"] == 2
     assert columns["prompt_tokens_mean"] == pytest.approx(sum(p.text_tokens for p in prompts) / 4)
     assert (columns["n_samples"], columns["n_batches"], columns["padded_rows"]) == (4, 2, 0)

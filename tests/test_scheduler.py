@@ -6,10 +6,10 @@ same paths on real actors.
 
 from __future__ import annotations
 
-from fuyu_ray.bench.records import CUDA_FATAL, cell_batch, finished_cell, outcome_row, sample_table
 from fuyu_ray.driver.scheduler import RETRY_PING_S, ActorState, CallFailed, Scheduler
 from fuyu_ray.job.cells import Cell
 from fuyu_ray.job.spec import DatasetSource, Point, TaskOverride
+from fuyu_ray.storage.records import CUDA_FATAL, cell_batch, finished_cell, outcome_row, sample_table
 
 
 def make_cells(optimization: str, batches: list[int]) -> list[Cell]:

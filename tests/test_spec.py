@@ -148,7 +148,7 @@ def test_a_falsy_non_mapping_for_datasets_or_tasks_is_named(key, value):
 def test_every_cell_column_is_in_the_readmes_column_list():
     from conftest import ROOT
 
-    from fuyu_ray.bench.records import CELL_SCHEMA
+    from fuyu_ray.storage.records import CELL_SCHEMA
 
     columns = (ROOT / "README.md").read_text().split("## Columns of `cells.parquet`", 1)[1].split("\n## ", 1)[0]
     assert [name for name in CELL_SCHEMA.names if f"`{name}`" not in columns] == []

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
-from fuyu_ray.driver.store import TEMP_MARK, ResultStore
+from fuyu_ray.storage.records import cell_batch, outcome_row, sample_table
+from fuyu_ray.storage.store import TEMP_MARK, ResultStore
 
 
 def record(cell_id: str, status: str = "ok") -> pa.RecordBatch:
@@ -78,7 +78,7 @@ def test_a_finished_cell_travels_whole(tmp_path):
     the pickling a Ray call does, and writes the same files as the objects themselves would."""
     import pickle
 
-    from fuyu_ray.bench.records import finished_cell
+    from fuyu_ray.storage.records import finished_cell
 
     row = outcome_row({"cell_id": "t", "device": "cpu"}, "ok", None, latency_batches_s=[0.5, 0.25], latency_s=0.375)
     samples = sample_table(

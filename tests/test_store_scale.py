@@ -12,8 +12,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from fuyu_ray.bench.records import CELL_SCHEMA, cell_batch, outcome_row, sample_table
-from fuyu_ray.driver.store import INDEX, TEMP_MARK, ResultStore
+from fuyu_ray.storage.records import CELL_SCHEMA, cell_batch, outcome_row, sample_table
+from fuyu_ray.storage.store import INDEX, TEMP_MARK, ResultStore
 
 
 def record(cell_id: str, status: str = "ok", **extra) -> pa.RecordBatch:
@@ -234,8 +234,8 @@ def test_without_polars_cells_are_written_and_read_on_other_filesystems(tmp_path
 import sys
 sys.modules["polars"] = None  # import polars fails, as where it is not installed
 import pyarrow.fs as pafs
-from fuyu_ray.bench.records import cell_batch, outcome_row, sample_table
-from fuyu_ray.driver.store import ResultStore
+from fuyu_ray.storage.records import cell_batch, outcome_row, sample_table
+from fuyu_ray.storage.store import ResultStore
 store = ResultStore(pafs.SubTreeFileSystem({str(tmp_path)!r}, pafs.LocalFileSystem()), "out")
 store.ensure_dirs()
 store.write_cell(cell_batch(outcome_row({{"cell_id": "a"}}, "ok", None)), sample_table([]))

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from fuyu_ray.bench import tiny
-from fuyu_ray.bench.runner import image_token_count, padded_side
+from fuyu_ray.bench.workload import image_token_count, padded_side
+from fuyu_ray.job.spec import ImageSize
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_image_token_count_is_rows_times_cols_plus_one(processor, size):
     ids = inputs["input_ids"][0].tolist()
     vocab = processor.tokenizer.get_vocab()
     image_tokens = ids.count(vocab["|SPEAKER|"]) + ids.count(vocab["|NEWLINE|"])
-    assert image_tokens == image_token_count(size) == {224: 72, 336: 156, 448: 240}[size]
+    assert image_tokens == image_token_count(ImageSize(size, size)) == {224: 72, 336: 156, 448: 240}[size]
     # Layout: image tokens, then <s>, the text, and the beginning-of-answer token last.
     assert ids[image_tokens] == vocab["<s>"] and ids[-1] == vocab["<0x04>"]
 

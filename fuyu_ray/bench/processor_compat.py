@@ -18,19 +18,29 @@ import torch
 
 
 def adapt(processor: Any) -> Any:
-    """The processor, its image processor patched in place where the installed version needs it."""
+    """The processor, its image processor given the adapted class where the installed version needs it."""
     image_processor = getattr(processor, "image_processor", None)
-    if image_processor is None or patchifies_tensors(type(image_processor)):
-        return processor
-    original = image_processor.patchify_image
-
-    def patchify_image(image, patch_size=None):
-        if isinstance(image, torch.Tensor):
-            return torch.from_numpy(np.ascontiguousarray(original(image=image.numpy(), patch_size=patch_size)))
-        return original(image=image, patch_size=patch_size)
-
-    image_processor.patchify_image = patchify_image
+    if image_processor is not None and not patchifies_tensors(type(image_processor)):
+        image_processor.__class__ = tensor_safe(type(image_processor))
     return processor
+
+
+@functools.cache
+def tensor_safe(image_processor_class: type) -> type:
+    """A subclass whose patchify_image hands the original an array and gives back a tensor. A class, not an
+    instance attribute, so that the processor still saves (its attributes are written as JSON); it keeps the
+    original's name, which a saved processor records as its type."""
+
+    class TensorSafe(image_processor_class):
+        def patchify_image(self, image, patch_size=None):
+            if isinstance(image, torch.Tensor):
+                patches = super().patchify_image(image=image.numpy(), patch_size=patch_size)
+                return torch.from_numpy(np.ascontiguousarray(patches))
+            return super().patchify_image(image=image, patch_size=patch_size)
+
+    TensorSafe.__name__ = image_processor_class.__name__
+    TensorSafe.__qualname__ = image_processor_class.__qualname__
+    return TensorSafe
 
 
 @functools.cache

@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -123,6 +124,8 @@ def code_fingerprint() -> str:
     files = [Path(module.__file__) for module in (tiny, data, prompts, sys.modules[__name__])]
     files += sorted(Path(base.__file__).parent.glob("*.py"))
     digest = hashlib.sha256()
+    # A checkpoint saved by a newer transformers may not load in an older one: each version trains its own.
+    digest.update(metadata.version("transformers").encode())
     for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

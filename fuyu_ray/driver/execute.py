@@ -14,10 +14,10 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from fuyu_ray.bench import hardware
-from fuyu_ray.bench.records import FinishedCell, error_line, finished_cell
 from fuyu_ray.driver.scheduler import ActorState, CallFailed, ExecutionStats, Scheduler, outcome_record
 from fuyu_ray.job.cells import Cell, Variant
 from fuyu_ray.job.presets import PRESETS, resolve_attention
+from fuyu_ray.storage.records import FinishedCell, error_line, finished_cell
 
 ACTOR_RESTARTS = 2
 

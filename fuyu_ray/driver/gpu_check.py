@@ -31,55 +31,47 @@ from pathlib import Path
 
 from fuyu_ray.bench.data import load_samples
 from fuyu_ray.bench.prompts import TaskSettings, build_prompt
-from fuyu_ray.bench.records import cell_batch, error_line, outcome_row, sample_table
-from fuyu_ray.driver.gpu_check_output import (
-    ENERGY_TARGET_WINDOW_S,
-    HD_IMAGE,
-    OUTPUT_FILES,
-    CheckOutput,
-    at_point,
-    image_of,
-    is_target_cell,
-    target_lines,
-)
+from fuyu_ray.driver.gpu_check_output import OUTPUT_FILES, CheckOutput
 from fuyu_ray.job.cells import Cell, expand
 from fuyu_ray.job.presets import PRESETS
-from fuyu_ray.job.spec import JobError, image_dims, parse_job
+from fuyu_ray.job.spec import ImageSize, JobError, parse_job
+from fuyu_ray.presentation.formats import fmt_cell
+from fuyu_ray.presentation.gpu_check_summary import (
+    ENERGY_TARGET_WINDOW_S,
+    at_point,
+    is_target_cell,
+    summary,
+    target_lines,
+)
+from fuyu_ray.storage.records import cell_batch, error_line, outcome_row, sample_table
 
 DEFAULT_JOB = Path(__file__).resolve().parents[2] / "jobs" / "gpu-check.json"
+
+
 TARGET_SWEEP = "target_"  # the prefix of the sweeps that hold the targets' points in jobs/gpu-check.json
-COLUMNS = (
-    ("optimization", "preset"),
-    ("batch_size", "batch"),
-    ("image", "image"),
-    ("dataset", "dataset"),
-    ("seq_len", "seq_len"),
-    ("status", "status"),
-    ("latency_s", "latency s"),
-    ("ttft_s", "TTFT s"),
-    ("prefill_compute_s", "prefill compute s"),
-    ("decode_s_per_token", "decode s/tok"),
-    ("energy_j_per_sample", "J/sample"),
-    ("decode_roofline_ratio", "decode/limit"),
-    ("prefill_roofline_ratio", "prefill/limit"),
-    ("compile_s", "compile s"),
-    ("recompiles", "recompiles"),
-    ("first_token_top1_match", "top-1 vs stock"),
-    ("first_token_max_logit_diff", "max logit diff"),
-    ("attention", "attention"),
-    ("error", "why not run"),
-)
+
 
 # The time budget (README, "On one GPU, without Ray", has the arithmetic for fuyu-8b on an H200).
 # The whole check must end within 8 minutes: 450 s for the cells and model loads, counted from the
 # start of `main`, leaves 30 s for the interpreter, the imports before it and the process's exit.
 DEFAULT_BUDGET_S = 450.0
+
+
 LOAD_S = 20.0  # a full-size model with random weights, plus three 1-s idle-power windows
+
+
 STOCK_CELL = (12.0, 60.0)  # (expected, deadline) seconds of a cell on a stock path
+
+
 COMPILED_CELL = (100.0, 150.0)  # a cell that compiles its shape: 40-90 s of compiles, then the timed batches
 
+
 REHEARSAL_BUDGET_S = 60.0
+
+
 REHEARSAL_MODEL = "standin:sleep=0.05,batches=3,compile_s={compile_s:g}"
+
+
 WATCHDOG_MARGIN_S = 60.0  # past the budget, the watchdog ends a check that overran with every thread's traceback
 
 
@@ -176,11 +168,6 @@ class Budget:
         return min(self.clock() + allowance_s, self.started + self.seconds)
 
 
-def image_label(value) -> str:
-    width, height = image_dims(value)
-    return str(width) if width == height else f"{width}x{height}"
-
-
 def workload_key(cell: Cell, loaded) -> tuple:
     """What a cell measures beyond its settings' names: the exact prompts its seq_len leaves."""
     point = cell.point
@@ -247,9 +234,9 @@ def run(
         rows.append(row)
         log(
             f"  {cell.point.optimization} {cell.point.dataset} batch={cell.point.batch_size} "
-            f"image={image_label(cell.point.image_size)} "
-            f"seq_len={cell.point.seq_len}: {row['status']} latency={_fmt(row['latency_s'])}s "
-            f"ttft={_fmt(row['ttft_s'])}s "
+            f"image={cell.point.image_size.label} "
+            f"seq_len={cell.point.seq_len}: {row['status']} latency {fmt_cell(row['latency_s'])} s "
+            f"ttft {fmt_cell(row['ttft_s'])} s "
             f"{row['error'] or row.get('deadline_passed_at') or ''}"
         )
         uses_left[cell.variant] -= 1
@@ -259,7 +246,7 @@ def run(
             for line in target_lines(rows, mode):
                 log(line)
         # After every cell, so that a run stopped from outside still leaves what it measured.
-        wall = f"Wall time so far: {time.perf_counter() - budget.started:.0f} s (budget {_fmt(budget_s)} s)."
+        wall = f"Wall time so far: {time.perf_counter() - budget.started:.0f} s (budget {fmt_cell(budget_s)} s)."
         output.write(summary(job, rows, notes + [wall], mode))
     return rows
 
@@ -330,81 +317,6 @@ def _load(variant, job, log):
     skipped = f" ({runner.load_outcome[0]}: {runner.load_outcome[1]})" if runner.load_outcome else ""
     log(f"{variant.label}: loaded in {time.perf_counter() - started:.1f}s{skipped}")
     return runner, None
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
-    text = str(value).replace("|", "/")
-    return text if len(text) <= 90 else text[:87] + "..."
-
-
-def summary(job, rows: list[dict], notes: list[str], mode: str = "judge") -> str:
-    first = next((r for r in rows if r["status"] == "ok"), {})
-    lines = [
-        f"# {job.name}: {first.get('model_label', job.model)}",
-        "",
-        f"GPU: {first.get('gpu_name')} (driver {first.get('driver_version')}), torch threads "
-        f"{first.get('torch_threads')}; "
-        "fp16 = stock transformers generate (dynamic cache, SDPA), the baseline of this run. "
-        "TTFT is the time to the first token, host set-up included; prefill compute is the first forward alone; "
-        "preprocess is the processor's time per batch, outside both.",
-        "",
-        *notes,
-        "",
-        "| " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
-    ]
-    for row in rows:  # in the order they ran: the order of value
-        width, height = image_of(row)
-        shown = {**row, "image": str(width) if width == height else f"{width}x{height}"}
-        lines.append("| " + " | ".join(_fmt(shown.get(key)) for key, _ in COLUMNS) + " |")
-    lines += ["", *speedups(rows), "", "Targets (textvqa, 10 generated tokens):", ""]
-    lines += [f"- {line.removeprefix('target: ')}" for line in target_lines(rows, mode)]
-    lines += ["", *agreement_lines(rows)]
-    return "\n".join(lines) + "\n"
-
-
-def speedups(rows: list[dict]) -> list[str]:
-    """Each preset against the stock baseline at the targets' points."""
-    lines = []
-    for batch, image in ((1, (224, 224)), (16, (224, 224)), (1, HD_IMAGE)):
-        at = {r["optimization"]: r for r in rows if r["status"] == "ok" and at_point(r, batch, image)}
-        stock = at.get("fp16")
-        if not stock:
-            continue
-        label = "x".join(map(str, image)) if image[0] != image[1] else str(image[0])
-        for name, row in sorted(at.items()):
-            lines.append(
-                f"- batch {batch}, image {label}, {name}: {row['latency_s'] * 1000:.1f} ms "
-                f"({stock['latency_s'] / row['latency_s']:.2f}x stock), "
-                f"TTFT {_ms(row['ttft_s'])}, prefill compute {_ms(row['prefill_compute_s'])}, "
-                f"J/sample {_fmt(row['energy_j_per_sample'])}, prefill/limit {_fmt(row['prefill_roofline_ratio'])}, "
-                f"decode/limit {_fmt(row['decode_roofline_ratio'])}"
-            )
-    return lines
-
-
-def _ms(seconds) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
-
-
-def agreement_lines(rows: list[dict]) -> list[str]:
-    """Each compiled path's first token against stock generate's, on the same weights and inputs."""
-    lines = []
-    for row in rows:
-        if row["status"] != "ok" or row.get("first_token_top1_match") is None:
-            continue
-        width, height = image_of(row)
-        image = str(width) if width == height else f"{width}x{height}"
-        lines.append(
-            f"- first-token agreement, {row['optimization']} vs stock generate, batch {row['batch_size']}, image "
-            f"{image}: top-1 match {row['first_token_top1_match']:.0%}, largest logit difference "
-            f"{row['first_token_max_logit_diff']:.3g}"
-        )
-    return lines
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -478,7 +390,7 @@ def rehearsal_problems(rows: list[dict], out: str, wall_s: float, budget_s: floa
     """What the rehearsal proves of the mechanics: the order, the budget, and files that would come back."""
     problems = []
     ran = [r for r in rows if r["status"] != "skipped"]
-    if not ran or not all(at_point(r, r["batch_size"], image_of(r)) for r in rows[:3]):
+    if not ran or not all(at_point(r, r["batch_size"], ImageSize.of_record(r)) for r in rows[:3]):
         problems.append("the stock target cells did not run first")
     if budget_s and wall_s > budget_s + REHEARSAL_OVERRUN_S:
         problems.append(f"ran {wall_s:.0f} s, past the budget of {budget_s:g} s by more than {REHEARSAL_OVERRUN_S:g}")
@@ -525,6 +437,8 @@ class Watchdog:
 
 
 REHEARSAL_OVERRUN_S = 10.0
+
+
 WATCHDOG_BACKSTOP_S = 30.0
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -20,12 +21,12 @@ import pyarrow.fs as pafs
 
 from fuyu_ray import __version__
 from fuyu_ray.bench.data import DatasetNotFound, is_local_folder, resolve_local_folder
-from fuyu_ray.bench.records import RETRYABLE, FinishedCell, error_line, now_iso
 from fuyu_ray.driver.connect import check_reachable, check_token, connect, dashboard_line, job_facts
 from fuyu_ray.driver.progress import make_progress
-from fuyu_ray.driver.store import ResultStore, cells_to_run
 from fuyu_ray.job.cells import Grid, expand
 from fuyu_ray.job.spec import JobError, JobSpec, load_job
+from fuyu_ray.storage.records import RETRYABLE, FinishedCell, error_line, now_iso
+from fuyu_ray.storage.store import ResultStore, cells_to_run
 
 DEFAULT_JOB = "jobs/smoke.yaml"
 
@@ -129,12 +130,11 @@ def open_store(out: str):
 
 
 def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None, store) -> int:
+    """Choose the cells, connect, execute them with progress, collect the run's facts, report, exit status."""
     # Ray, Polars and matplotlib load only once the job and --out are known good: bad input answers at once.
     import ray
 
     from fuyu_ray.driver.dryrun import dry_run  # Ray, as above
-    from fuyu_ray.driver.execute import execute  # Ray, as above
-    from fuyu_ray.driver.report import write_report  # Polars and matplotlib, as above
 
     started_at = now_iso()
     try:
@@ -142,10 +142,7 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
     except OSError as exc:
         print(f"fuyu_ray: --out {store.root!r}: {exc}", file=sys.stderr)
         return 2
-    todo = cells_to_run(grid.cells, done, args.force, not args.no_retry_failed)
-    if args.remeasure_disturbed:
-        disturbed = store.disturbed_cells() - {cell.cell_id for cell in todo}
-        todo += [cell for cell in grid.cells if cell.cell_id in disturbed]
+    todo = choose_cells(grid, store, done, args)
     origin = "--address" if args.address else "RAY_ADDRESS"
     try:
         context, ray_init_s = connect(address, origin, job_facts(job, len(grid.cells), len(todo), store.root))
@@ -153,9 +150,8 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
         print(f"fuyu_ray: {origin} {address!r}: {error_line(exc, typed=False)}", file=sys.stderr)
         return 2
     if args.dry_run:
-        todo_ids = {cell.cell_id for cell in todo}
         try:
-            return dry_run(job, grid, done, todo_ids, store.root)
+            return dry_run(job, grid, done, {cell.cell_id for cell in todo}, store.root)
         finally:
             ray.shutdown()
     try:
@@ -163,6 +159,23 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
     except OSError as exc:
         print(f"fuyu_ray: --out {store.root!r}: {exc}", file=sys.stderr)
         return 2
+    dashboard = announce(job, grid, todo, store, context)
+    outcome = execute_with_progress(job, grid, todo, store, done)
+    run_info = run_facts(job, grid, todo, store, address, dashboard, started_at, ray_init_s, outcome)
+    return report_and_exit(job, grid, store, run_info, outcome, ray)
+
+
+def choose_cells(grid: Grid, store, done: dict[str, str], args: argparse.Namespace) -> list:
+    """What this run computes: new, forced, retried and (if asked) disturbed cells, in the grid's order."""
+    todo = cells_to_run(grid.cells, done, args.force, not args.no_retry_failed)
+    if args.remeasure_disturbed:
+        disturbed = store.disturbed_cells() - {cell.cell_id for cell in todo}
+        todo += [cell for cell in grid.cells if cell.cell_id in disturbed]
+    return todo
+
+
+def announce(job: JobSpec, grid: Grid, todo: list, store, context) -> str | None:
+    """Train tiny if the run needs it, take over SIGTERM, and say what runs where; returns the dashboard's URL."""
     if job.model == "tiny" and todo:
         from fuyu_ray.bench import train_tiny  # torch, needed on the driver only to train the built-in model
 
@@ -172,14 +185,29 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
     print(f"fuyu_ray {job.name}: {len(grid.cells)} cells, {len(todo)} to run, results in {store.root}", flush=True)
     if dashboard:
         print(dashboard_line(dashboard), flush=True)
+    return dashboard
 
-    statuses: dict[str, str] = {cell_id: status for cell_id, status in done.items()}
-    finished_now: list[str] = []  # cells this run wrote: an interrupted run wrote fewer than it planned
+
+@dataclass
+class Outcome:
+    """What executing the cells left: each cell's status, what this run wrote, and how it ended."""
+
+    statuses: dict[str, str]
+    finished_now: list[str] = field(default_factory=list)  # an interrupted run wrote fewer than it planned
+    stats: object = None
+    wall_s: float = 0.0
+    interrupted: bool = False
+    aborted: str | None = None
+    store_failure: str | None = None
+
+
+def execute_with_progress(job: JobSpec, grid: Grid, todo: list, store, done: dict[str, str]) -> Outcome:
+    """Run the cells on Ray, writing each as it arrives; an interrupt, an abort or a full --out ends it early."""
+    from fuyu_ray.driver.execute import execute  # Ray, once the job is known good
+
+    outcome = Outcome(statuses=dict(done))
     by_id = {cell.cell_id: cell for cell in grid.cells}
     wall_started = time.perf_counter()
-    interrupted, aborted = False, None
-    stats = None
-    store_failure = None
     with make_progress(len(todo)) as progress:
 
         def on_record(finished: FinishedCell) -> None:
@@ -187,12 +215,12 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
                 store.write_cell(finished.record(), finished.samples())
             except (OSError, pa.ArrowException) as exc:
                 raise StoreFailed(error_line(exc)) from None
-            statuses[finished.cell_id] = finished.row["status"]
-            finished_now.append(finished.cell_id)
+            outcome.statuses[finished.cell_id] = finished.row["status"]
+            outcome.finished_now.append(finished.cell_id)
             progress.finished(by_id[finished.cell_id].description, finished.row)
 
         try:
-            stats = execute(
+            outcome.stats = execute(
                 todo,
                 on_record,
                 progress.started,
@@ -203,16 +231,24 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
                 on_message=progress.message,
             )
         except StoreFailed as exc:  # a full or read-only --out: nothing more can be kept, so stop
-            store_failure = str(exc)
+            outcome.store_failure = str(exc)
         except KeyboardInterrupt:
-            interrupted = True
+            outcome.interrupted = True
             progress.message("interrupted: finished cells are on disk; rerun the same command to resume")
         except Exception as exc:  # the report of what finished is still worth writing
-            aborted = error_line(exc)
-            progress.message(f"run aborted ({aborted}); finished cells are on disk; rerun the same command to resume")
-    wall_s = time.perf_counter() - wall_started
+            outcome.aborted = error_line(exc)
+            progress.message(
+                f"run aborted ({outcome.aborted}); finished cells are on disk; rerun the same command to resume"
+            )
+    outcome.wall_s = time.perf_counter() - wall_started
+    return outcome
 
-    run_info = {
+
+def run_facts(
+    job: JobSpec, grid: Grid, todo: list, store, address, dashboard, started_at: str, ray_init_s, outcome: Outcome
+) -> dict:
+    """run.json: how, where and when this run measured, beside the runs before it."""
+    return {
         **earlier_runs(store),
         "job_name": job.name,
         "job_file": job.source_path,
@@ -223,19 +259,26 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
         "started_at": started_at,
         "finished_at": now_iso(),
         "ray_init_s": ray_init_s,
-        "wall_s": wall_s,
+        "wall_s": outcome.wall_s,
         "cells_total": len(grid.cells),
         "cells_planned": len(todo),
-        "cells_run": len(finished_now),
+        "cells_run": len(outcome.finished_now),
         "cells_reused": len(grid.cells) - len(todo),
-        "interrupted": interrupted,
-        "aborted": aborted,
+        "interrupted": outcome.interrupted,
+        "aborted": outcome.aborted,
         "fuyu_ray_version": __version__,
         "git_commit": git_commit(),
         "packages": package_versions(),
         "python": sys.version.split()[0],
-        **harness_figures(stats, wall_s),
+        **harness_figures(outcome.stats, outcome.wall_s),
     }
+
+
+def report_and_exit(job: JobSpec, grid: Grid, store, run_info: dict, outcome: Outcome, ray) -> int:
+    """Write the report, stop Ray, and say how the run ended: 0, 1 (a cell or --out failed), 130 (interrupted)."""
+    from fuyu_ray.presentation.report import write_report  # Polars and matplotlib, once the job is known good
+
+    store_failure = outcome.store_failure
     try:
         write_report(store, job, grid, run_info)
     except (OSError, pa.ArrowException) as exc:
@@ -243,9 +286,9 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
     except KeyboardInterrupt:  # the cells are on disk; the report alone can be rebuilt from them
         print(f"interrupted while writing the report; python -m fuyu_ray.report --out {store.root} rebuilds it")
         return 130
-    interrupted = shut_down(ray) or interrupted
+    interrupted = shut_down(ray) or outcome.interrupted
     if store_failure:
-        kept = sum(1 for c in grid.cells if c.cell_id in statuses)
+        kept = sum(1 for c in grid.cells if c.cell_id in outcome.statuses)
         print(
             f"fuyu_ray: --out {store.root!r}: {store_failure}; the {kept} finished cells are kept; "
             "free space or make it writable, then rerun the same command to finish the rest",
@@ -254,7 +297,7 @@ def run(job: JobSpec, grid: Grid, args: argparse.Namespace, address: str | None,
         )
         return 1
     print(f"report: {store.path('summary.md')}", flush=True)
-    return exit_status([statuses.get(c.cell_id) for c in grid.cells], interrupted, aborted)
+    return exit_status([outcome.statuses.get(c.cell_id) for c in grid.cells], interrupted, outcome.aborted)
 
 
 def exit_status(cell_statuses: list[str | None], interrupted: bool, aborted: str | None) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from fuyu_ray.driver.units import accuracy_text
 from fuyu_ray.job.cells import Cell
+from fuyu_ray.presentation.formats import accuracy_text
 
 
 def outcome_line(row: dict) -> str:

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from fuyu_ray.bench.records import CUDA_FATAL, FinishedCell, cell_batch, finished_cell, outcome_row, sample_table
 from fuyu_ray.job.cells import Cell, Variant
+from fuyu_ray.storage.records import CUDA_FATAL, FinishedCell, cell_batch, finished_cell, outcome_row, sample_table
 
 RETRY_PING_S = 0.5  # how often an actor that is restarting or waiting for resources is asked again
 PLACEMENT_CHECK_S = 5.0  # how often a ping still unanswered makes the cluster be asked whether the actor can be placed

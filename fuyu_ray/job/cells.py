@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, replace
 
-from fuyu_ray.job.spec import AXES, DatasetSource, JobSpec, Point, TaskOverride, image_dims
+from fuyu_ray.job.spec import AXES, DatasetSource, JobSpec, Point, TaskOverride
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,11 @@ class Cell:
 
     @functools.cached_property  # hashed once per cell, not at each of the driver's ~9 look-ups (0.03 ms each)
     def cell_id(self) -> str:
-        """Stable across runs and machines: a hash of everything that changes the cell's result."""
-        return _short_hash(asdict(self))
+        """Stable across runs and machines: a hash of everything that changes the cell's result (the image
+        size as the job writes it, so that ids stay those of earlier versions)."""
+        identity = asdict(self)
+        identity["point"]["image_size"] = self.point.image_size.job_value
+        return _short_hash(identity)
 
     @property
     def description(self) -> str:
@@ -63,15 +66,15 @@ class Cell:
     def settings(self) -> dict:
         """The flat identity columns of a record. `image_size` is S for an S x S image and null for
         a "WxH" one; `image_width` and `image_height` are always set."""
-        width, height = image_dims(self.point.image_size)
+        image = self.point.image_size
         return {
             "cell_id": self.cell_id,
             "model": self.model,
             "weights": self.weights,
             **asdict(self.point),
-            "image_size": self.point.image_size if isinstance(self.point.image_size, int) else None,
-            "image_width": width,
-            "image_height": height,
+            "image_size": image.side,
+            "image_width": image.width,
+            "image_height": image.height,
             "limit": self.limit,
             "dataset_source": self.source.source,
             "dataset_split": self.source.split,

@@ -51,15 +51,65 @@ class TaskOverride:
 
 
 @dataclass(frozen=True)
+class ImageSize:
+    """An image size, parsed once from the job (S for S x S pixels, also written "SxS"; or "WxH"), and the one
+    value everything downstream reads: its width, height and label."""
+
+    width: int
+    height: int
+
+    @classmethod
+    def parse(cls, value: Any) -> "ImageSize":
+        if isinstance(value, ImageSize):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return cls(value, value)
+        match = _WIDTH_BY_HEIGHT.fullmatch(value.strip()) if isinstance(value, str) else None
+        width, height = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+        if width <= 0 or height <= 0:
+            raise ValueError(f"must be a positive integer S (S x S pixels) or 'WxH' such as '1920x1080', got {value!r}")
+        return cls(width, height)
+
+    @classmethod
+    def of_record(cls, row: dict) -> "ImageSize":
+        """A cell record's image: its width and height columns (image_size alone in older records)."""
+        return cls(row.get("image_width") or row["image_size"], row.get("image_height") or row["image_size"])
+
+    @property
+    def square(self) -> bool:
+        return self.width == self.height
+
+    @property
+    def label(self) -> str:
+        return str(self.width) if self.square else f"{self.width}x{self.height}"
+
+    @property
+    def side(self) -> int | None:
+        """What a record keeps as `image_size`: S for a square, null for "WxH"."""
+        return self.width if self.square else None
+
+    @property
+    def job_value(self) -> int | str:
+        """As a job writes it, and as a cell's id hashes it: S, or "WxH"."""
+        return self.width if self.square else self.label
+
+    def __str__(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True)
 class Point:
     """One setting of every axis: the base of all sweeps, or one grid cell's settings."""
 
     device: str
     dataset: str
     batch_size: int
-    image_size: int | str  # S (an S x S image) or "WxH"
+    image_size: ImageSize
     seq_len: int
     optimization: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", ImageSize.parse(self.image_size))  # S, "WxH" or an ImageSize
 
 
 @dataclass(frozen=True)
@@ -335,32 +385,12 @@ def check_axis_value(axis: str, value: Any, key: str, fail) -> Any:
             raise fail(key, f"unknown optimization {value!r} (known: {', '.join(PRESET_NAMES)})")
     elif axis == "image_size":
         try:
-            return image_size_value(value)
+            return ImageSize.parse(value)
         except ValueError as exc:
             raise fail(key, str(exc)) from None
     elif axis in POSITIVE_INT_AXES:
         _positive_int(value, key, fail)
     return value
-
-
-def image_size_value(value: Any) -> int | str:
-    """An image_size as cells carry it: S for a square (also written "SxS"), else "WxH" (width x height)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = _WIDTH_BY_HEIGHT.fullmatch(value.strip()) if isinstance(value, str) else None
-    width, height = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-    if width <= 0 or height <= 0:
-        raise ValueError(f"must be a positive integer S (S x S pixels) or 'WxH' such as '1920x1080', got {value!r}")
-    return width if width == height else f"{width}x{height}"
-
-
-def image_dims(image_size: int | str) -> tuple[int, int]:
-    """(width, height) in pixels of an image_size value."""
-    value = image_size_value(image_size)
-    if isinstance(value, int):
-        return value, value
-    width, height = value.split("x")
-    return int(width), int(height)
 
 
 def _parse_point(raw: Any, key: str, fail) -> Point:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from fuyu_ray.tasks import metrics
+from fuyu_ray.tasks import caption_metrics, metrics
 from fuyu_ray.tasks.base import Sample, Scoring, TaskScore
 
 VQA_METRIC = "VQA accuracy (EvalAI normalisation, leave-one-out over 10 answers)"
@@ -39,7 +39,9 @@ def option_letter(samples: Sequence[Sample], predictions: Sequence[str]) -> Task
 
 def caption_cider(samples: Sequence[Sample], predictions: Sequence[str]) -> TaskScore:
     ids = [s.sample_id for s in samples]
-    scores = metrics.caption_scores(dict(zip(ids, predictions)), {s.sample_id: list(s.references) for s in samples})
+    scores = caption_metrics.caption_scores(
+        dict(zip(ids, predictions)), {s.sample_id: list(s.references) for s in samples}
+    )
     per_sample = [scores.per_sample_cider.get(i) for i in ids]
     if scores.cider is None:
         return TaskScore(

@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fuyu_ray.bench.records import CELL_FILE_OPTIONS, CELL_SCHEMA, RETRYABLE, SAMPLE_SCHEMA, error_line
 from fuyu_ray.job.cells import Cell
+from fuyu_ray.storage.records import CELL_FILE_OPTIONS, CELL_SCHEMA, RETRYABLE, SAMPLE_SCHEMA, error_line
 
 TEMP_MARK = ".tmp-"
 INDEX = ".index/cells.parquet"  # every cell file read at report time, compacted into one file; see _indexed

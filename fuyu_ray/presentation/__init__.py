@@ -1,0 +1,1 @@
+"""Presentation: how cells become tables, figures, plots, comparisons and verdicts."""
