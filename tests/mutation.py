@@ -83,8 +83,8 @@ MODULES = {
         # Over 1,800 mutants, most of them reached by main(), whose tests measure the stand-in's real sleeps.
         sample="0",
     ),
-    # These three have fast tests, but a sweep of every mutant still takes 10-20 minutes each on 2 busy cores.
-    "metrics": Module("fuyu_ray/tasks/metrics.py", ["tests/test_metrics.py"], sample="05"),
+    "metrics": Module("fuyu_ray/tasks/metrics.py", ["tests/test_metrics.py"]),
+    # About 300 mutants, whose tests build small datasets and start an interpreter for the offline check.
     "data": Module("fuyu_ray/bench/data.py", ["tests/test_data.py", "tests/test_hub_layout.py"], sample="05"),
     "gpu_check": Module(
         "fuyu_ray/driver/gpu_check.py",
@@ -94,7 +94,8 @@ MODULES = {
             "tests/test_gpu_check.py::test_gpu_check_runs_in_process_without_the_cluster_stack",
             "tests/test_gpu_check.py::test_a_cell_past_its_deadline_stops_with_the_reason",
         ],
-        # The plan: which cells run in which order within the budget; the summary's text is not.
+        # The plan: which cells run in which order within the budget; the summary's text is not. About 250
+        # mutants, most of them in run(), whose test writes a job's worth of cell files: a fifth is sampled.
         functions=[
             f"fuyu_ray.driver.gpu_check.{name}__mutmut_*"
             for name in (
