@@ -128,6 +128,13 @@ def test_a_cell_past_its_deadline_stops_with_the_reason():
     assert row["status"] == "timeout"
     assert row["error"].startswith("stopped after the warm-up: past its deadline by")
     assert runner.run(cell, deadline=time.perf_counter() + 600).record.to_pylist()[0]["status"] == "ok"
+    # Past its own deadline with the whole budget's still ahead: one timed pass is kept, however long the energy
+    # window asks for, and the record says where the deadline went by.
+    now = time.perf_counter()
+    kept = runner.run(cell, deadline=now - 5, hard_deadline=now + 600, min_energy_window_s=3600.0)
+    row = kept.record.to_pylist()[0]
+    assert row["status"] == "ok", row["error"]
+    assert row["energy_repeats"] == 1 and row["deadline_passed_at"].startswith("after the warm-up")
 
 
 def test_the_budget_refuses_what_it_cannot_cover_and_caps_each_deadline():

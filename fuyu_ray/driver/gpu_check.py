@@ -274,14 +274,14 @@ def run_one(cell: Cell, job, budget: Budget, runners: dict, measured: dict, log)
     refusal = budget.refusal("this cell", expected_s)
     if refusal:
         return cell_batch(outcome_row(cell.settings(), "skipped", refusal)), None
-    began = time.perf_counter()
+    began = budget.clock()  # the budget's own clock: what it learns is in its time
     result = runner.run(
         cell,
         deadline=budget.deadline(allowance_s),
         hard_deadline=budget.end(),
         min_energy_window_s=ENERGY_TARGET_WINDOW_S if is_target_cell(cell.point) else None,
     )
-    budget.learn(cell, time.perf_counter() - began)
+    budget.learn(cell, budget.clock() - began)
     row = result.record.to_pylist()[0]
     if row["status"] == "ok" and runner.loaded is not None:
         measured.setdefault(key, row)
