@@ -604,3 +604,30 @@ def test_a_grid_run_against_a_slower_one(tmp_path):
     [row] = rows(tmp_path / "new" / "compare")
     assert row["latency_n_base"] == row["latency_n_new"] == 20 and row["latency_verdict"] == "slower"
     assert 5 < row["latency_ci_low"] <= row["latency_ratio"] <= row["latency_ci_high"] < 12
+
+
+# --- the verdict's edges, on figures built for them -------------------------------------------------
+
+
+def test_one_batch_on_a_side_gives_a_ratio_but_no_interval_and_no_verdict():
+    change = cmp.ratio_change("latency", [1.0], [2.0, 2.1, 1.9], threshold_pct=5)
+    assert change.estimate == pytest.approx(2.0) and change.low is None and change.verdict == cmp.NO_CHANGE
+    both = cmp.ratio_change("latency", [1.0, 1.01, 0.99], [2.0, 2.1, 1.9], threshold_pct=5)
+    assert both.low is not None and both.verdict == "slower"
+
+
+def test_a_cell_broken_in_both_runs_is_no_regression_but_ok_then_broken_is(tmp_path):
+    cell = standin_cell(0.01)
+    broken = outcome_row(cell.settings(), "failed", "RuntimeError: boom")
+    fine = outcome_row(cell.settings(), "ok", None)
+    runs = {}
+    for name, row in (("broken", broken), ("fine", fine), ("again", broken)):
+        runs[name] = write_folder(tmp_path / name, [CellResult(cell_batch(row), sample_table([]))])
+    both_broken = cmp.compare(
+        cmp.open_run(str(runs["broken"]), "BASE"), cmp.open_run(str(runs["again"]), "NEW"), cmp.SETTING_KEYS, 5.0
+    )
+    assert not both_broken.regressed
+    newly = cmp.compare(
+        cmp.open_run(str(runs["fine"]), "BASE"), cmp.open_run(str(runs["broken"]), "NEW"), cmp.SETTING_KEYS, 5.0
+    )
+    assert newly.regressed and newly.matched[0].regression_by_status

@@ -324,3 +324,13 @@ def test_bootstrap_edge_cases():
         bootstrap_interval([])
     with pytest.raises(ValueError):
         bootstrap_interval([1.0, 2.0], level=1.0)
+
+
+def test_the_bootstrap_interval_has_the_asked_level_and_draws_every_value():
+    values = [1.0] + [0.0] * 19  # the one non-zero value is the first: a resampler that skips it shows no spread
+    low, high = bootstrap_interval(values, n_resamples=4000, seed=1)
+    assert low == 0.0 and high >= 0.1  # a mean of 0.05 reaches 0.15 in 2.5% of resamples of 20
+    wide_low, wide_high = bootstrap_interval(list(range(100)), n_resamples=4000, seed=1, level=0.5)
+    narrow = bootstrap_interval(list(range(100)), n_resamples=4000, seed=1, level=0.95)
+    assert narrow[0] < wide_low < wide_high < narrow[1]  # a 50% interval sits inside the 95% one
+    assert 49.5 - 2.3 < wide_low < 49.5 - 1.6 and 49.5 + 1.6 < wide_high < 49.5 + 2.3  # +-0.674 standard errors (1.95)

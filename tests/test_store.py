@@ -96,3 +96,39 @@ def test_a_finished_cell_travels_whole(tmp_path):
     store.write_cell(travelled.record(), travelled.samples())
     assert store.read_cells({"t"}).column("latency_batches_s").to_pylist() == [[0.5, 0.25]]
     assert store.read_samples({"t"}).column("prediction").to_pylist() == ["p0", "p1", "p2"]
+
+
+def test_a_cell_file_that_cannot_be_written_takes_its_samples_with_it(tmp_path):
+    store = ResultStore.at(str(tmp_path))
+    store.ensure_dirs()
+    written = store.write_table
+
+    def fail_on_cells(relative, table, **options):
+        if relative.startswith("cells/"):
+            raise OSError("No space left on device")
+        written(relative, table, **options)
+
+    store.write_table = fail_on_cells
+    with pytest.raises(OSError, match="No space"):
+        store.write_cell(record("s"), sample_table([{"cell_id": "s", "sample_id": "0", "prediction": "x"}]))
+    assert list((tmp_path / "samples").iterdir()) == []  # no samples without their cell
+    assert store.done_cells() == {}
+
+
+def test_a_rerun_runs_new_skipped_and_retryable_cells_and_keeps_the_rest():
+    from fuyu_ray.job.cells import Cell
+    from fuyu_ray.job.spec import DatasetSource, Point, TaskOverride
+    from fuyu_ray.storage.store import cells_to_run
+
+    cells = [
+        Cell("tiny", "random", 1, Point("cpu", "textvqa", b, 224, 200, "fp32"), DatasetSource(), TaskOverride())
+        for b in range(1, 7)
+    ]
+    done = dict(zip([c.cell_id for c in cells], ["ok", "skipped", "failed", "oom", "timeout"]))  # the sixth is new
+
+    def batches(run):
+        return [c.point.batch_size for c in run]
+
+    assert batches(cells_to_run(cells, done, force=False, retry_failed=True)) == [2, 3, 4, 5, 6]
+    assert batches(cells_to_run(cells, done, force=False, retry_failed=False)) == [2, 6]
+    assert batches(cells_to_run(cells, done, force=True, retry_failed=False)) == [1, 2, 3, 4, 5, 6]
