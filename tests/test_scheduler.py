@@ -215,6 +215,9 @@ def test_an_actor_dead_for_good_hands_its_cells_to_one_fresh_actor():
     assert statuses(records) == {("fp32", 1): "ok", ("fp32", 2): "failed", ("fp32", 3): "ok"}
     assert [a.ran for a in pool.actors] == [[1], [3]]
     assert any("dead for good" in m and "fresh worker" in m for m in messages)
+    assert pool.kills[0] == ("fp32-0", False)  # given up for good: killed without a restart (the fresh one retires)
+    failed = next(r for r in records if r["status"] == "failed")
+    assert failed["actor"] == "fp32-0"  # the record names the worker that died under it
 
 
 def test_a_variant_whose_actors_keep_dying_gives_each_remaining_cell_a_record_with_the_cause():
@@ -321,3 +324,10 @@ def test_an_actor_still_waiting_to_be_created_when_its_node_leaves_gives_its_cel
     assert [r["status"] for r in records] == ["failed", "failed"]
     assert all("cannot be placed: no node in the cluster has CPU=1, GPU=1" in r["error"] for r in records)
     assert pool.now < 100
+
+
+def test_the_busy_time_is_the_sum_of_every_cells_own_time():
+    pool = FakePool()
+    scheduler = Scheduler(pool, lambda finished: None, lambda cell: None, 100.0, clock=pool.clock)
+    stats = scheduler.run(make_cells("fp32", [1, 2, 3]) + make_cells("fp16", [1]), lambda variant: 1)
+    assert stats.busy_cell_s == 4.0  # each fake cell reports cell_s = 1.0
