@@ -7,6 +7,7 @@ this process, as a worker runs them."""
 from __future__ import annotations
 
 import pytest
+from conftest import BASE_POINT
 from hub_layout import make_textvqa
 
 from fuyu_ray.driver import dryrun, execute
@@ -23,14 +24,7 @@ def job_of(model: str, sweeps: dict, datasets: dict | None = None):
         "model": model,
         "weights": "pretrained",
         "limit": 2,
-        "base": {
-            "device": "cpu",
-            "dataset": "textvqa",
-            "batch_size": 1,
-            "image_size": 224,
-            "seq_len": 200,
-            "optimization": "fp32",
-        },
+        "base": dict(BASE_POINT),
         "sweeps": sweeps,
         **({"datasets": datasets} if datasets else {}),
     }

@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 
 import pyarrow.parquet as pq
-from conftest import ROOT
+from conftest import BASE_POINT, ROOT
 
 # PyYAML comes with transformers; psutil does not come with torch, and a bare GPU box may lack it.
 BLOCKED = ("ray", "polars", "datasets", "rich", "matplotlib", "psutil")
@@ -224,14 +224,7 @@ def run_on_the_clock(monkeypatch, tmp_path, budget_s: float, load_s: float, cell
             "model": "tiny",
             "weights": "random",
             "limit": 1,
-            "base": {
-                "device": "cpu",
-                "dataset": "textvqa",
-                "batch_size": 1,
-                "image_size": 224,
-                "seq_len": 200,
-                "optimization": "fp32",
-            },
+            "base": dict(BASE_POINT),
             "sweeps": {"batch": {"batch_size": batches}},
         },
         "budget.json",
@@ -277,9 +270,11 @@ def test_a_cell_the_rest_of_the_budget_cannot_cover_is_skipped_though_its_model_
     assert sorted(c["status"] for c in cells) == ["ok", "ok", "ok", "skipped"]
 
 
-def row(optimization, batch, image=(224, 224), **figures):
+def row(optimization, batch, image=(224, 224), status="ok", **figures):
+    """A GPU-check record at a target's point, with the figures given."""
     return {
-        "status": "ok",
+        "status": status,
+        "error": None,
         "dataset": "textvqa",
         "image_size": image[0] if image[0] == image[1] else None,
         "image_width": image[0],

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT
+from test_gpu_check import row
 
 from fuyu_ray.bench.interference import GpuSampler, verdict
 from fuyu_ray.bench.runner import CellDeadline, DeadlineGuard
@@ -146,21 +147,6 @@ def test_the_energy_target_cell_gets_a_three_second_window_and_the_others_their_
         run_one(cell, job, budget, runners, {}, print)
     assert asked[0][:2] == (16, 224) and asked[0][3]["min_energy_window_s"] == ENERGY_TARGET_WINDOW_S >= 3.0
     assert asked[1][3]["min_energy_window_s"] is None
-
-
-def row(optimization, batch, image=(224, 224), status="ok", **figures):
-    return {
-        "status": status,
-        "error": None,
-        "dataset": "textvqa",
-        "image_size": image[0] if image[0] == image[1] else None,
-        "image_width": image[0],
-        "image_height": image[1],
-        "seq_len": 200,
-        "batch_size": batch,
-        "optimization": optimization,
-        **figures,
-    }
 
 
 def test_there_are_always_four_target_lines_with_a_verdict_or_why_not(monkeypatch):

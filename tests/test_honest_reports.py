@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -205,45 +206,23 @@ def test_a_ctrl_c_while_ray_stops_is_an_interrupt_not_a_traceback():
 # --- plots mark what the tables mark ---------------------------------------------------------------
 
 
-def test_plots_ring_disturbed_cells_start_latency_at_zero_and_do_not_join_categories(tmp_path):
+def drawn_figures(tmp_path, job, rows) -> dict:
+    """Each figure the report saves, by file name, as it stood when saved (the report closes them after)."""
     import matplotlib.pyplot as plt
 
-    job = make_job(tmp_path, optimization={"optimization": ["fp32", "bf16"]})
-    cells = expand(job).cells
-    rows = [ok_row(cells[0], latency_s=2.0), ok_row(cells[1], latency_s=2.01, quality="disturbed: load")]
-    captured = {}
-    original = plots._save
-
-    def keep(store, figure, name, tight=True):
-        captured[name] = [line for axes in figure.axes for line in axes.lines], figure.axes[0].get_ylim()
-        return original(store, figure, name, tight)
-
-    plots._save = keep
-    try:
-        summary_of(tmp_path, job, rows, run_info(job))
-    finally:
-        plots._save = original
-        plt.close("all")
-    lines, ylim = captured["optimization.png"]
-    rings = [line for line in lines if line.get_markeredgecolor() == "red" and line.get_markerfacecolor() == "none"]
-    assert len(rings) == 1  # the one disturbed cell
-    assert ylim[0] == 0
-    assert all(line.get_linestyle() in ("None", "", " ") for line in lines)  # points and whiskers, no joining line
-    assert (tmp_path / "out" / "plots" / "optimization.png").stat().st_size > 0
-
-
-def test_the_pareto_plot_is_per_sample_in_table_units_with_labelled_points(tmp_path):
-    import matplotlib.pyplot as plt
-
-    job = make_job(tmp_path)
-    rows = [ok_row(c, latency_s=1.0, accuracy=0.5) for c in expand(job).cells]
-    captured = {}
+    drawn = {}
     original = plots._save
 
     def keep(store, figure, name, tight=True):
         panel = figure.axes[0]
-        offsets = [tuple(point) for c in panel.collections for point in c.get_offsets()]
-        captured[name] = offsets, [t.get_text() for t in panel.texts], panel.get_xlabel(), panel.get_ylabel()
+        drawn[name] = SimpleNamespace(
+            lines=[line for axes in figure.axes for line in axes.lines],
+            ylim=panel.get_ylim(),
+            offsets=[tuple(point) for c in panel.collections for point in c.get_offsets()],
+            texts=[t.get_text() for t in panel.texts],
+            xlabel=panel.get_xlabel(),
+            ylabel=panel.get_ylabel(),
+        )
         return original(store, figure, name, tight)
 
     plots._save = keep
@@ -252,10 +231,31 @@ def test_the_pareto_plot_is_per_sample_in_table_units_with_labelled_points(tmp_p
     finally:
         plots._save = original
         plt.close("all")
-    offsets, texts, xlabel, ylabel = captured["pareto_latency_accuracy.png"]
-    assert sorted(x for x, _ in offsets) == [1 / 8, 1 / 4, 1 / 2, 1.0]  # 1 s per batch of 1, 2, 4, 8
-    assert {y for _, y in offsets} == {50.0}
-    assert "cpu b8 224px s200" in texts and xlabel == "latency per sample (s)" and ylabel == "accuracy (%)"
+    return drawn
+
+
+def test_plots_ring_disturbed_cells_start_latency_at_zero_and_do_not_join_categories(tmp_path):
+    job = make_job(tmp_path, optimization={"optimization": ["fp32", "bf16"]})
+    cells = expand(job).cells
+    rows = [ok_row(cells[0], latency_s=2.0), ok_row(cells[1], latency_s=2.01, quality="disturbed: load")]
+    figure = drawn_figures(tmp_path, job, rows)["optimization.png"]
+    rings = [
+        line for line in figure.lines if line.get_markeredgecolor() == "red" and line.get_markerfacecolor() == "none"
+    ]
+    assert len(rings) == 1  # the one disturbed cell
+    assert figure.ylim[0] == 0
+    assert all(line.get_linestyle() in ("None", "", " ") for line in figure.lines)  # points and whiskers, no line
+    assert (tmp_path / "out" / "plots" / "optimization.png").stat().st_size > 0
+
+
+def test_the_pareto_plot_is_per_sample_in_table_units_with_labelled_points(tmp_path):
+    job = make_job(tmp_path)
+    rows = [ok_row(c, latency_s=1.0, accuracy=0.5) for c in expand(job).cells]
+    figure = drawn_figures(tmp_path, job, rows)["pareto_latency_accuracy.png"]
+    assert sorted(x for x, _ in figure.offsets) == [1 / 8, 1 / 4, 1 / 2, 1.0]  # 1 s per batch of 1, 2, 4, 8
+    assert {y for _, y in figure.offsets} == {50.0}
+    assert "cpu b8 224px s200" in figure.texts
+    assert figure.xlabel == "latency per sample (s)" and figure.ylabel == "accuracy (%)"
 
 
 # --- report refuses what it would misdescribe -----------------------------------------------------
