@@ -237,10 +237,10 @@ def test_a_rehearsal_leaves_few_files_prints_four_target_lines_and_exits_0(tmp_p
 
 @pytest.mark.slow
 def test_a_compile_slower_than_its_deadline_keeps_the_stock_targets_and_ends_inside_the_budget(tmp_path):
-    # 30 s budget: a compiled cell is allowed 150 x 30/450 = 10 s, and each compile takes 12.
-    result, seconds = rehearse(tmp_path, "--budget-s", "30", "--simulated-compile-s", "12")
+    # 15 s budget: a compiled cell is allowed 150 x 15/450 = 5 s, and each compile takes 6.
+    result, seconds = rehearse(tmp_path, "--budget-s", "15", "--simulated-compile-s", "6")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert seconds < 30 + 10 + 5  # the budget, its 10 s of grace, and the interpreter's start
+    assert seconds < 15 + 10 + 5  # the budget, its 10 s of grace, and the interpreter's start
     cells = pq.read_table(tmp_path / "out" / "cells.parquet").to_pylist()
     stock = [c for c in cells[:3] if c["optimization"] == "fp16"]
     assert len(stock) == 3 and all(c["status"] == "ok" for c in stock)

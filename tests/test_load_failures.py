@@ -118,3 +118,23 @@ def test_dry_run_of_the_default_job_lists_25_cells_with_the_skips_and_exits_0(lo
     assert any(" cuda " in line and "no node in the cluster has" in line for line in skipped)
     assert "on a cpu worker: model 'tiny': built in" in result.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_of_a_gpu_job_without_a_gpu_worker_lists_each_unchecked_source_once_and_exits_3(local_ray, tmp_path):
+    out = tmp_path / "out"
+    result = run_grid(
+        "--job",
+        "jobs/model-card.yaml",
+        "--out",
+        str(out),
+        "--address",
+        local_ray,
+        "--dry-run",
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]
+    unchecked = [line for line in result.stderr.splitlines() if "unchecked on a cuda worker" in line]
+    assert len(unchecked) == 5 and len(set(unchecked)) == 5  # the model and four datasets, once each
+    assert any("model 'adept/fuyu-8b'" in line for line in unchecked)
+    assert (result.stdout + result.stderr).count("model 'adept/fuyu-8b'") == 1
+    assert not out.exists()
