@@ -4,6 +4,7 @@ of the run that measured, the model's limits stand beside its figures, a disturb
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -287,8 +288,10 @@ def test_report_refuses_a_job_whose_cells_are_not_on_disk_and_defaults_to_the_st
     result = run_report("--job", other.source_path, "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and "none of its cells are in" in result.stderr and "'honest'" in result.stderr
     assert (tmp_path / "out" / "summary.md").read_text() == before
+    shutil.rmtree(tmp_path / "out" / "plots")  # as the GPU check leaves its --out: cell files, no plots/
     result = run_report("--out", str(tmp_path / "out"))  # no --job: the job stored in run.json
     assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "plots").is_dir()
     assert (tmp_path / "out" / "summary.md").read_text().startswith("# honest:")
 
 

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.lines:
             print(f"fuyu_ray: {line}", file=sys.stderr)
         return 2
+    store.ensure_dirs()  # only now, the run known good: the GPU check's --out has cell files but no plots/
     write_report(store, job, expand(job), run_info)
     print(f"report: {store.path('summary.md')}")
     return 0

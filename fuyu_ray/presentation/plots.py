@@ -84,7 +84,9 @@ def sweep_plot(store: ResultStore, job: JobSpec, sweep: str, rows: list[dict], c
     any_disturbed = False
     for index, key in enumerate(keys):
         subset = [r for r in rows if tuple(r[a] for a in series_axes) == key]
-        label = ", ".join(str(v) for v in key) or "latency"
+        label = ", ".join(
+            str(v) if a == "dataset" else f"{AXIS_TITLES[a].lower()} {v}" for a, v in zip(series_axes, key)
+        )
         xs = [categories.index(str(r[axis])) + (index - (len(keys) - 1) / 2) * width for r in subset]
         medians = [r["latency_s"] for r in subset]
         spread = [max(0.0, (r["latency_p90_s"] or r["latency_s"]) - r["latency_s"]) for r in subset]
@@ -106,7 +108,7 @@ def sweep_plot(store: ResultStore, job: JobSpec, sweep: str, rows: list[dict], c
     if any_disturbed:
         handles.append(plt.Line2D([], [], **DISTURBED_RING))
         names.append(f"disturbed ({DISTURBED_MARK.strip()})")
-    left.legend(handles, names, loc="upper left", fontsize=7)
+    left.legend(handles, names, loc="best", fontsize=7)
     why = "" if right is not None else f"\nno energy: {'; '.join(notes(cells, 'energy_note')) or 'not measured'}"
     left.set_title(f"{sweep}: latency{' and energy' if right is not None else ''}{why}", fontsize=9)
     # The seed's file name for its one plot, which is the batch-size sweep's.
