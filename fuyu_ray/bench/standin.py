@@ -27,8 +27,7 @@ from fuyu_ray.bench.measure import spread
 from fuyu_ray.bench.runner import CellLimits, CellRunner, DeadlineGuard
 from fuyu_ray.job.cells import Cell
 from fuyu_ray.job.presets import PRESETS
-
-PREFIX = "standin"
+from fuyu_ray.job.spec import is_stand_in
 
 
 @dataclass(frozen=True)
@@ -40,10 +39,6 @@ class Behaviour:
     fail_at_batch: int | None = None
     cuda_error_at_batch: int | None = None
     compile_s: float = 0.0  # extra warm-up of a compiled preset: a compile that takes this long
-
-
-def is_standin(model: str) -> bool:
-    return model == PREFIX or model.startswith(PREFIX + ":")
 
 
 def parse_behaviour(model: str) -> Behaviour:
@@ -117,4 +112,4 @@ class StandInRunner(CellRunner):
 
 def runner_class(model: str) -> type[CellRunner]:
     """The runner for a model: the stand-in's for a stand-in, the real one for every other."""
-    return StandInRunner if is_standin(model) else CellRunner
+    return StandInRunner if is_stand_in(model) else CellRunner

@@ -14,9 +14,9 @@ import sys
 import ray
 
 from fuyu_ray.driver.execute import actor_demand, skip_reason
-from fuyu_ray.driver.sources import SourceCheck, check_sources, is_built_in
+from fuyu_ray.driver.sources import SourceCheck, check_sources
 from fuyu_ray.job.cells import Grid, Variant
-from fuyu_ray.job.spec import JobSpec
+from fuyu_ray.job.spec import JobSpec, is_built_in
 
 CHECK_TIMEOUT_S = 300.0  # a worker of a kind may first have to start, on a cold node
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fuyu_ray.job.spec import DatasetSource
+from fuyu_ray.job.spec import DatasetSource, is_built_in
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
@@ -100,11 +100,6 @@ def check_dataset(task: str, source: DatasetSource) -> SourceCheck:
         return SourceCheck(kind, name, None, "HF cache")
     problem, detail = from_the_hub(name, "it")
     return SourceCheck(kind, name, problem, detail)
-
-
-def is_built_in(model: str) -> bool:
-    """Built-in models ship with the package: they resolve on every worker that runs it."""
-    return model == "tiny" or model.split(":")[0] == "standin"
 
 
 def check_sources(model: str, weights: str, datasets: dict[str, DatasetSource]) -> list[SourceCheck]:

@@ -260,6 +260,16 @@ def parse_job(raw: Any, origin: str) -> JobSpec:
 BUILT_IN_MODELS = ("tiny", "standin")  # names that are neither a hub id nor a path
 
 
+def is_stand_in(model: str) -> bool:
+    """`standin` or `standin:options`: the model that sleeps instead of computing (bench/standin.py)."""
+    return model == "standin" or model.startswith("standin:")
+
+
+def is_built_in(model: str) -> bool:
+    """Built-in models ship with the package: they resolve on every worker that runs it."""
+    return model == "tiny" or is_stand_in(model)
+
+
 def _model(value: Any, fail) -> str:
     """A hub id (owner/name), a local path, or a built-in name; a near miss of a built-in name is a typo,
     not a hub id: a bare hub name without an owner would only fail later, on a worker, offline."""
@@ -268,7 +278,7 @@ def _model(value: Any, fail) -> str:
     model = _string(value, "model", fail)
     if "/" in model or model.startswith((".", "~")) or Path(model).expanduser().exists():
         return model
-    if model in BUILT_IN_MODELS or model.startswith("standin:"):
+    if is_built_in(model):
         return model
     close = difflib.get_close_matches(model, BUILT_IN_MODELS, n=1, cutoff=0.6)
     if close:

@@ -3,7 +3,7 @@ labels, marks, Markdown tables and the plot set-up, each in one place."""
 
 from __future__ import annotations
 
-from fuyu_ray.job.spec import JobSpec
+from fuyu_ray.job.spec import JobSpec, is_stand_in
 from fuyu_ray.tasks import TASKS
 
 NOT_AVAILABLE = "n/a"  # a figure a cell does not have, wherever figures are shown
@@ -159,7 +159,7 @@ def thinning_step(count: int, limit: int) -> int:
 
 
 def model_words(job: JobSpec) -> str:
-    if job.model.split(":")[0] == "standin":
+    if is_stand_in(job.model):
         return "a stand-in: no model"
     return f"{job.weights} weights"
 
@@ -169,7 +169,7 @@ def model_limits(job: JobSpec) -> list[str]:
     from fuyu_ray.bench.tiny import TRAINED_IMAGE_SIDE, trained_tasks_text  # light: tokenizers only
 
     lines = []
-    if job.model.split(":")[0] == "standin":
+    if is_stand_in(job.model):
         lines.append(
             "The model is a stand-in: no model runs, so these figures measure the harness (scheduling, timing, "
             "storage) and say nothing of fuyu-8b; accuracy is not measured."
