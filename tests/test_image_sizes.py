@@ -12,9 +12,17 @@ from PIL import Image
 
 from fuyu_ray.bench import tiny
 from fuyu_ray.bench.processor_compat import adapt
-from fuyu_ray.bench.workload import image_token_count, padded_dims
 from fuyu_ray.job.cells import Cell, expand
-from fuyu_ray.job.spec import DatasetSource, ImageSize, JobError, Point, TaskOverride, parse_job
+from fuyu_ray.job.spec import (
+    DatasetSource,
+    ImageSize,
+    JobError,
+    Point,
+    TaskOverride,
+    image_token_count,
+    padded_dims,
+    parse_job,
+)
 
 HD = ImageSize(1920, 1080)
 GOOD = {

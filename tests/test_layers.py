@@ -74,10 +74,10 @@ def layer_files() -> list[tuple[str, Path]]:
 
 
 def test_every_module_is_in_a_layer():
-    """The package's top level holds only the four commands, each a line that calls its driver module."""
+    """The package's top level holds only the five commands, each a line that calls its driver module."""
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert top == ["__init__.py", "compare.py", "gpu_check.py", "grid.py", "report.py"]
-    for name in ("compare", "gpu_check", "grid", "report"):
+    assert top == ["__init__.py", "compare.py", "gpu_check.py", "grid.py", "recommend.py", "report.py"]
+    for name in ("compare", "gpu_check", "grid", "recommend", "report"):
         assert imported_modules((PACKAGE / f"{name}.py").read_text()) == {"sys", f"fuyu_ray.driver.{name}"}
     assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(MAY_IMPORT)
 

@@ -10,8 +10,7 @@ from PIL import Image
 
 from fuyu_ray.bench import tiny
 from fuyu_ray.bench.processor_compat import adapt, patchifies_tensors
-from fuyu_ray.bench.workload import image_token_count
-from fuyu_ray.job.spec import ImageSize
+from fuyu_ray.job.spec import ImageSize, image_token_count
 
 
 def processor():

@@ -7,8 +7,7 @@ import torch
 from PIL import Image
 
 from fuyu_ray.bench import tiny
-from fuyu_ray.bench.workload import image_token_count, padded_side
-from fuyu_ray.job.spec import ImageSize
+from fuyu_ray.job.spec import ImageSize, image_token_count, padded_side
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,7 @@ from fuyu_ray.bench.measure import (
 )
 from fuyu_ray.bench.models import LoadedModel
 from fuyu_ray.bench.prompts import Prompt, TaskSettings
-from fuyu_ray.job.spec import ImageSize
-
-PATCH = 30  # Fuyu's image patch side in pixels
+from fuyu_ray.job.spec import ImageSize, image_token_count, padded_dims
 
 
 @dataclass
@@ -29,21 +27,6 @@ class Batch:
     inputs: dict[str, torch.Tensor]
     sample_indices: list[int]  # which samples fill the rows; cycled when the set is smaller than a batch
     prompt_length: int
-
-
-def padded_side(pixels: int) -> int:
-    return math.ceil(pixels / PATCH) * PATCH
-
-
-def padded_dims(image: ImageSize) -> tuple[int, int]:
-    """(width, height) of the canvas the processor pads the image to: whole patches."""
-    return padded_side(image.width), padded_side(image.height)
-
-
-def image_token_count(image: ImageSize) -> int:
-    """rows * (cols + 1), rows = ceil(H / 30), cols = ceil(W / 30): each row of patches ends with a |NEWLINE| token."""
-    width, height = padded_dims(image)
-    return (height // PATCH) * (width // PATCH + 1)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from fuyu_ray.job.cells import expand
+from fuyu_ray.job.prices import add_price_options, prices_from_options
 from fuyu_ray.job.spec import JobError, JobSpec, load_job, parse_job
 from fuyu_ray.presentation.report import write_report
 from fuyu_ray.storage.store import ResultStore
@@ -14,19 +15,22 @@ from fuyu_ray.storage.store import ResultStore
 
 def main(argv: list[str] | None = None) -> int:
     """Rebuild the report of a run from its cell files: after an interrupted run, for cells the GPU check
-    wrote, or after an upgrade. The job is the one the run stored in run.json unless --job names another."""
+    wrote, after an upgrade, or to price it. The job is the one the run stored in run.json unless --job names
+    another; prices given here stand over the job's."""
     parser = argparse.ArgumentParser(prog="python -m fuyu_ray.report", description=main.__doc__)
     parser.add_argument("--out", required=True, help="the run's results folder or URI (grid's --out)")
     parser.add_argument("--job", help="job file (default: the job stored in the run's run.json)")
+    add_price_options(parser)
     args = parser.parse_args(argv)
     try:
         store, job, run_info = open_run(args.out, args.job)
-    except JobError as exc:
-        for line in exc.lines:
+        prices = prices_from_options(args).over(job.prices)
+    except (JobError, ValueError) as exc:
+        for line in str(exc).splitlines():
             print(f"fuyu_ray: {line}", file=sys.stderr)
         return 2
     store.ensure_dirs()  # only now, the run known good: the GPU check's --out has cell files but no plots/
-    write_report(store, job, expand(job), run_info)
+    write_report(store, job, expand(job), run_info, prices)
     print(f"report: {store.path('summary.md')}")
     return 0
 

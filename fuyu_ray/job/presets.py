@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
+DEVICES = ("cpu", "cuda")
+
 
 @dataclass(frozen=True)
 class Preset:

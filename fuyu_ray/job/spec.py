@@ -13,11 +13,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fuyu_ray.job.presets import PRESET_NAMES
+from fuyu_ray.job.presets import DEVICES, PRESET_NAMES
+from fuyu_ray.job.prices import Prices, parse_prices
 from fuyu_ray.job.quality import QualityThresholds
 from fuyu_ray.tasks import TASKS as task_registry
 
-DEVICES = ("cpu", "cuda")
 TASKS = tuple(task_registry)
 WEIGHTS = ("pretrained", "random")
 AXES = ("device", "dataset", "batch_size", "image_size", "seq_len", "optimization")
@@ -97,6 +97,25 @@ class ImageSize:
         return self.label
 
 
+PATCH = 30  # Fuyu's image patch side in pixels
+
+
+def padded_side(pixels: int) -> int:
+    return math.ceil(pixels / PATCH) * PATCH
+
+
+def padded_dims(image: ImageSize) -> tuple[int, int]:
+    """(width, height) of the canvas the processor pads the image to: whole patches."""
+    return padded_side(image.width), padded_side(image.height)
+
+
+def image_token_count(image: ImageSize) -> int:
+    """rows * (cols + 1), rows = ceil(H / 30), cols = ceil(W / 30): each row of patches ends with a |NEWLINE| token.
+    Exact, so the cost model can predict an image size that was not run."""
+    width, height = padded_dims(image)
+    return (height // PATCH) * (width // PATCH + 1)
+
+
 @dataclass(frozen=True)
 class Point:
     """One setting of every axis: the base of all sweeps, or one grid cell's settings."""
@@ -139,6 +158,7 @@ class JobSpec:
     quality: QualityThresholds = field(default_factory=QualityThresholds)
     remeasure_disturbed: int = 0  # measure a disturbed cell again up to this many times, keeping the cleanest
     published: PublishedFigures | None = None
+    prices: Prices | None = None  # what a worker's hour and a kWh cost: the report's cost per 1,000 answers
     source_path: str = ""
 
     def dataset_source(self, task: str) -> DatasetSource:
@@ -170,6 +190,7 @@ TOP_KEYS = {
     "quality",
     "remeasure_disturbed",
     "published",
+    "prices",
 }
 REQUIRED_TOP_KEYS = ("name", "model", "base", "sweeps")
 
@@ -235,6 +256,7 @@ def parse_job(raw: Any, origin: str) -> JobSpec:
         _count, raw.get("remeasure_disturbed", DEFAULTS["remeasure_disturbed"]), "remeasure_disturbed", fail
     )
     published = checked(_published, raw.get("published"), fail)
+    prices = checked(parse_prices, raw.get("prices"), fail)
     if problems:
         raise JobError("\n".join(problems))
     return JobSpec(
@@ -253,6 +275,7 @@ def parse_job(raw: Any, origin: str) -> JobSpec:
         quality=quality,
         remeasure_disturbed=remeasure,
         published=published,
+        prices=prices,
         source_path=origin,
     )
 

@@ -10,6 +10,7 @@ import polars as pl
 from fuyu_ray.job.cells import Grid
 from fuyu_ray.job.presets import PRESET_NAMES
 from fuyu_ray.job.spec import ImageSize, JobSpec
+from fuyu_ray.presentation.cost import priced
 from fuyu_ray.presentation.formats import (
     AXIS_TITLES,
     DISTURBED_MARK,
@@ -49,6 +50,9 @@ def write_plots(store: ResultStore, job: JobSpec, grid: Grid, cells: pl.DataFram
     scored = ok.filter(pl.col("accuracy").is_not_null()) if not ok.is_empty() else ok
     if not scored.is_empty():
         plots["pareto"] = pareto_plot(store, scored)
+    costed = scored.filter(pl.col("cost_per_1k_answers").is_not_null()) if priced(scored) else scored.clear()
+    if not costed.is_empty():
+        plots["cost"] = cost_plot(store, costed)
     return plots
 
 
@@ -151,6 +155,70 @@ def pareto_plot(store: ResultStore, scored: pl.DataFrame) -> str:
         panel.legend(fontsize=7, loc="upper right")
     figure.suptitle("accuracy against latency per sample, by optimization")
     return _save(store, figure, "pareto_latency_accuracy.png")
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """The indices of the points no other point beats on both cost (lower) and accuracy (higher), cheapest first."""
+    front, best = [], float("-inf")
+    for index in sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1])):
+        if points[index][1] > best:
+            front.append(index)
+            best = points[index][1]
+    return front
+
+
+def cost_plot(store: ResultStore, costed: pl.DataFrame) -> str:
+    """Accuracy against cost per 1,000 answers, one panel per task, its Pareto front joined and its points named:
+    every other point costs more for no more accuracy."""
+    plt = pyplot()
+
+    datasets = sorted(costed.get_column("dataset").unique().to_list())
+    figure, panels = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 4.2), squeeze=False)
+    for panel, dataset in zip(panels[0], datasets):
+        rows = costed.filter(pl.col("dataset") == dataset).to_dicts()
+        scale = accuracy_scale(dataset)
+        points = [(r["cost_per_1k_answers"], r["accuracy"] * scale) for r in rows]
+        for optimization in dict.fromkeys(r["optimization"] for r in rows):
+            mine = [p for p, r in zip(points, rows) if r["optimization"] == optimization]
+            colour = f"C{PRESET_NAMES.index(optimization)}" if optimization in PRESET_NAMES else None
+            panel.scatter([x for x, _ in mine], [y for _, y in mine], label=optimization, color=colour, zorder=3)
+        front = pareto_front(points)
+        right_edge = max(x for x, _ in points) * 1.15 or 1.0
+        # The front runs on to the right edge: nothing past its last point buys more accuracy.
+        panel.plot(
+            [points[i][0] for i in front] + [right_edge],
+            [points[i][1] for i in front] + [points[front[-1]][1]],
+            drawstyle="steps-post",
+            color="black",
+            linewidth=1,
+            zorder=2,
+        )
+        panel.plot(
+            [points[i][0] for i in front],
+            [points[i][1] for i in front],
+            "D",
+            markersize=11,
+            markerfacecolor="none",
+            markeredgecolor="black",
+            label="Pareto front",
+            zorder=4,
+        )
+        for i in front[:LABELLED_POINTS]:
+            panel.annotate(point_label(rows[i]), points[i], textcoords="offset points", xytext=(6, -11), fontsize=6)
+        mark_disturbed(panel, [(x, y, r) for (x, y), r in zip(points, rows)])
+        panel.set_title(task_title(dataset))
+        panel.set_xlabel("cost per 1,000 answers")
+        panel.set_ylabel(accuracy_axis(dataset))
+        panel.set_xlim(0, right_edge)
+        panel.margins(y=0.15)
+        panel.legend(fontsize=7, loc="lower right")
+    partial = any(r.get("cost_note") for r in costed.to_dicts())
+    figure.suptitle(
+        "accuracy against cost per 1,000 answers; diamonds and the line: the Pareto front"
+        + ("\n(some costs leave a part out: cost_note in cells.parquet)" if partial else ""),
+        fontsize=10,
+    )
+    return _save(store, figure, "pareto_cost_accuracy.png")
 
 
 def point_label(row: dict) -> str:

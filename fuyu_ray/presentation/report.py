@@ -11,7 +11,10 @@ from typing import Any
 import polars as pl
 
 from fuyu_ray.job.cells import Grid
+from fuyu_ray.job.prices import Prices
 from fuyu_ray.job.spec import AXES, JobSpec
+from fuyu_ray.presentation.cost import cost_lines, priced, with_costs
+from fuyu_ray.presentation.cost_model import fit_all, fits_section
 from fuyu_ray.presentation.formats import (
     DISTURBED_MARK,
     counted,
@@ -32,15 +35,19 @@ from fuyu_ray.tasks import TASKS
 SECTIONS_BYTES = 150_000  # sweep sections past this are named, with where their cells are
 
 
-def write_report(store: ResultStore, job: JobSpec, grid: Grid, run_info: dict[str, Any]) -> pl.DataFrame:
+def write_report(
+    store: ResultStore, job: JobSpec, grid: Grid, run_info: dict[str, Any], prices: Prices | None = None
+) -> pl.DataFrame:
+    """`prices`: the job's unless given (the report command's options over the job's)."""
+    prices = job.prices if prices is None else prices
     ids = list(
         dict.fromkeys(cell_id for section in grid.sections.values() for cell_id in section)
     )  # grid.cells' order, no hashing
-    cells = in_order(pl.from_arrow(store.read_cells(ids)), ids)
+    cells = with_costs(in_order(pl.from_arrow(store.read_cells(ids)), ids), prices)
     store.write_table("cells.parquet", cells.to_arrow())
     store.write_samples(ids, "samples.parquet")  # streamed from the cell files: never all in memory
     plots = write_plots(store, job, grid, cells)
-    store.write_bytes("summary.md", summarize(job, grid, cells, run_info, plots).encode())
+    store.write_bytes("summary.md", summarize(job, grid, cells, run_info, plots, prices).encode())
     store.write_json("run.json", run_info)
     return cells
 
@@ -148,7 +155,14 @@ def grouped_problems(problems: pl.DataFrame, shown_ids: int = 4) -> list[tuple]:
     ]
 
 
-def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str, Any], plots: dict[str, str]) -> str:
+def summarize(
+    job: JobSpec,
+    grid: Grid,
+    cells: pl.DataFrame,
+    run_info: dict[str, Any],
+    plots: dict[str, str],
+    prices: Prices | None = None,
+) -> str:
     labels = (
         listed(cells.get_column("model_label").drop_nulls().unique(maintain_order=True).to_list())
         if not cells.is_empty()
@@ -192,6 +206,11 @@ def summarize(job: JobSpec, grid: Grid, cells: pl.DataFrame, run_info: dict[str,
         parts += section
     if "pareto" in plots:
         parts += ["## Latency against accuracy", "", f"![pareto]({plots['pareto']})", ""]
+    if priced(cells):
+        parts += cost_lines(cells, prices)
+        if "cost" in plots:
+            parts += [f"![cost against accuracy]({plots['cost']})", ""]
+    parts += fits_section(fit_all(cells))
     parts += published_section(job, cells) + roofline_section(cells) + per_node_section(cells)
     parts += ["¹ n/a energy: " + ("; ".join(notes(cells, "energy_note")) or "-"), ""]
     problems = cells.filter(pl.col("status").is_in(PROBLEM_STATUSES)) if not cells.is_empty() else cells

@@ -6,6 +6,7 @@ import polars as pl
 
 from fuyu_ray.job.cells import Grid
 from fuyu_ray.job.spec import AXES, ImageSize, JobSpec
+from fuyu_ray.presentation.cost import fmt_cost
 from fuyu_ray.presentation.formats import (
     AXIS_TITLES,
     LISTED,
@@ -79,6 +80,9 @@ def sweep_table(job: JobSpec, sweep: str, rows: list[dict]) -> str:
         "FLOPs/sample",
         "Accuracy [95% CI]",
     ]
+    costed = any("cost_per_1k_answers" in row for row in rows)
+    if costed:
+        header += ["Cost/1k answers"]
     compare = "optimization" in varied
     if compare:
         header += ["% latency", "% FLOPs", "% energy"]
@@ -98,6 +102,8 @@ def sweep_table(job: JobSpec, sweep: str, rows: list[dict]) -> str:
             fmt_flops(row["flops_per_sample"]),
             fmt_accuracy(row),
         ]
+        if costed:
+            line += [fmt_cost(row)]
         if compare:
             line += [
                 percent_of(row["latency_s"], reference.get("latency_s")),
@@ -113,8 +119,10 @@ def dataset_pivot_table(varied: list[str], rows: list[dict]) -> str:
     keys = [a for a in varied if a != "dataset"]
     datasets = sorted({row["dataset"] for row in rows})
     header = [AXIS_TITLES[a] for a in keys]
+    costed = any("cost_per_1k_answers" in row for row in rows)
     for dataset in datasets:
         header += [task_title(dataset), f"{task_title(dataset)} latency"]
+        header += [f"{task_title(dataset)} cost/1k"] if costed else []
     grouped: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         grouped.setdefault(tuple(row[a] for a in keys), {})[row["dataset"]] = row
@@ -124,6 +132,7 @@ def dataset_pivot_table(varied: list[str], rows: list[dict]) -> str:
         for dataset in datasets:
             row = by_dataset.get(dataset)
             line += [fmt_accuracy(row), fmt_latency(row)] if row else ["-", "-"]
+            line += ([fmt_cost(row)] if row else ["-"]) if costed else []
         table_rows.append(line)
     return markdown_table(header, table_rows)
 
