@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import free_port, run_grid, write_job
+from conftest import free_port, run_grid, stop_process_group, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -55,8 +54,7 @@ def head(ray_auth_token):
         assert eventually(lambda: dashboard_up(dashboard), timeout=90), "the head's dashboard never came up"
         yield Head(f"127.0.0.1:{port}", dashboard, ray_auth_token)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
+        stop_process_group(process)
 
 
 TOKEN_AUTH = {"RAY_AUTH_MODE": "token"}

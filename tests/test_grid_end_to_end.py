@@ -107,7 +107,11 @@ def test_progress_is_one_plain_line_per_cell_off_a_terminal(smoke_run):
 
 def test_rerun_skips_done_cells_and_force_recomputes(tmp_path):
     job = write_job(
-        tmp_path, "resume", "tiny", "  batch: {batch_size: [1, 2]}\n  again: {batch_size: [2]}\n", "limit: 2\n"
+        tmp_path,
+        "resume",
+        "standin:sleep=0.01",  # what is reused is the driver's business: the model only has to be quick
+        "  batch: {batch_size: [1, 2]}\n  again: {batch_size: [2]}\n",
+        "weights: random\nlimit: 2\n",
     )
     out = tmp_path / "out"
     first = run_grid("--job", str(job), "--out", str(out))

@@ -15,6 +15,7 @@ from fuyu_ray.job.spec import ImageSize, image_token_count
 from fuyu_ray.presentation.cost import fmt_cost
 from fuyu_ray.presentation.cost_model import DECODE, PREFILL, Fit
 from fuyu_ray.presentation.formats import (
+    DISTURBED_MARK,
     accuracy_scale,
     disturbed,
     fmt_accuracy,
@@ -169,7 +170,7 @@ def figures_table(rows: list[dict], constraints: Constraints) -> str:
             ImageSize.of_record(r).label,
             str(r["seq_len"]),
             fmt_cost(r),
-            fmt_seconds(r[constraints.latency_column]),
+            fmt_seconds(r[constraints.latency_column]) + (DISTURBED_MARK if disturbed(r) else ""),
             fmt_seconds(r[constraints.ttft_column]),
             "-" if r["energy_j_per_sample"] is None else f"{r['energy_j_per_sample']:.3f}",
             fmt_accuracy(r),
@@ -215,7 +216,7 @@ def header_lines(run: str, constraints: Constraints, prices: Prices | None) -> l
         f"Constraints: {constraints.words()}. Ranked by {ranked[constraints.by]}, lower first. "
         "Measured figures only: cells that ran, ok"
         + (
-            ", disturbed ones included (marked † in the report)."
+            ", disturbed ones included (their latency marked †)."
             if constraints.include_disturbed
             else " and undisturbed."
         ),
