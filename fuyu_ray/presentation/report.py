@@ -12,6 +12,7 @@ import polars as pl
 
 from fuyu_ray.job.cells import Grid
 from fuyu_ray.job.spec import AXES, JobSpec
+from fuyu_ray.presentation.agreement import with_agreement
 from fuyu_ray.presentation.formats import (
     DISTURBED_MARK,
     counted,
@@ -36,7 +37,7 @@ def write_report(store: ResultStore, job: JobSpec, grid: Grid, run_info: dict[st
     ids = list(
         dict.fromkeys(cell_id for section in grid.sections.values() for cell_id in section)
     )  # grid.cells' order, no hashing
-    cells = in_order(pl.from_arrow(store.read_cells(ids)), ids)
+    cells = with_agreement(in_order(pl.from_arrow(store.read_cells(ids)), ids), job, grid, store.read_samples)
     store.write_table("cells.parquet", cells.to_arrow())
     store.write_samples(ids, "samples.parquet")  # streamed from the cell files: never all in memory
     plots = write_plots(store, job, grid, cells)
