@@ -244,13 +244,12 @@ def quantized_kind(module, quantization: str | None) -> str | None:
 # The input widths each kernel takes: int4 quantizes in groups along the input; torch's CPU int8 kernel
 # (_weight_int8pack_mm, which compiled int8 weight-only matmuls lower to) crashes the process on a width
 # that is not a multiple of 16.
-INPUT_WIDTH_MULTIPLE = {"int8": 16, "int8_dynamic": 16, "int4": INT4_GROUP_SIZE}
+INPUT_WIDTH_MULTIPLE = {"int8": 16, "int4": INT4_GROUP_SIZE}
 
 
 def _torchao_config(kind: str):
     from torchao.quantization import (  # optional: only the quantized presets need it
         Int4WeightOnlyConfig,
-        Int8DynamicActivationInt8WeightConfig,
         Int8WeightOnlyConfig,
         IntxWeightOnlyConfig,
         PerAxis,
@@ -258,7 +257,6 @@ def _torchao_config(kind: str):
 
     return {
         "int8": lambda: Int8WeightOnlyConfig(),
-        "int8_dynamic": lambda: Int8DynamicActivationInt8WeightConfig(),
         # tinygemm's layout: torchao's int4 weight-only kernel (CUDA only in torchao 0.18)
         "int4": lambda: Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE, int4_packing_format="tile_packed_to_4d"),
         "embedding": lambda: IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
