@@ -85,7 +85,7 @@ def sweep_table(job: JobSpec, sweep: str, rows: list[dict]) -> str:
         header += ["% latency", "% FLOPs", "% energy", "answers = original", "Δ accuracy [95% CI]"]
     references: dict[tuple, dict] = {}  # per group that differs only in optimization: its reference's row
     for row in rows:
-        if row["status"] == "ok" and row["optimization"] == row.get("reference_optimization", row["optimization"]):
+        if row["status"] == "ok" and row["optimization"] == (row.get("reference_optimization") or row["optimization"]):
             references.setdefault(tuple(row[a] for a in keys if a != "optimization"), row)
     table_rows = []
     for row in rows:
