@@ -42,9 +42,6 @@ PRESETS: dict[str, Preset] = {
     "sdpa": Preset("sdpa", "float16", "sdpa"),
     "flash_attention_2": Preset("flash_attention_2", "float16", "sdpa", flash_only=True),
     "compile": Preset("compile", "float16", "sdpa", compiled=True),
-    # `compile` in bf16: on a CPU, where fp16 matmuls have no fast kernels, the compiled decode step reads
-    # the weights faster than stock generate's eager bf16 (README, "Performance").
-    "compile_bf16": Preset("compile_bf16", "bfloat16", "sdpa", compiled=True),
     # Quantized kernels pay off only compiled: eager, torchao's int8 weight-only matmul dequantizes the whole
     # weight at every call (5x slower than bf16 on CPU); compiled, inductor fuses the dequantization into
     # the matmul, which then reads half the bytes. No dynamic int8 (activations too): torchao 0.18's compiled
