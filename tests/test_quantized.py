@@ -178,3 +178,32 @@ def test_a_preset_that_needs_more_memory_than_the_worker_has_is_skipped_before_l
     assert (
         "(3,595,776 bytes)" in record["error"] and "(1,000,000 bytes) are available to this worker" in record["error"]
     )
+
+
+# --- end to end: the default job's optimization sweep (fp32, ..., bf16, ..., int8, int4) on tiny ------
+
+
+def test_the_default_jobs_optimization_sweep_shows_int8_and_int4_with_their_agreement(smoke_run):
+    out, _ = smoke_run
+    cells = pl.read_parquet(out / "cells.parquet")
+    sweep = cells.filter(pl.col("reference_optimization").is_not_null()).to_dicts()
+    by_preset = {row["optimization"]: row for row in sweep}
+    assert {"fp32", "bf16", "int8", "int4"} <= set(by_preset)
+    assert all(row["status"] == "ok" or (row["status"] == "skipped" and row["error"]) for row in sweep)
+    assert (
+        by_preset["int8"]["status"] == "ok"
+        and by_preset["int8"]["model_weight_bytes"] < by_preset["bf16"]["model_weight_bytes"]
+    )
+    if not torch.cuda.is_available():
+        assert by_preset["int4"]["status"] == "skipped" and "no int4 kernel for cpu" in by_preset["int4"]["error"]
+    for row in sweep:
+        assert row["reference_optimization"] == "fp32"
+        if row["status"] == "ok" and row["optimization"] != "fp32":
+            assert row["answer_agreement"] is not None and row["first_token_agreement"] is not None, row
+            assert row["accuracy_difference"] is not None  # trained tiny, option letters: a paired difference
+    summary = (out / "summary.md").read_text()
+    table = summary[summary.index("## Optimization Tests") :].split("\n\n")[2].splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header[-2:] == ["answers = original", "Δ accuracy [95% CI]"]
+    int8 = next([c.strip() for c in line.strip("|").split("|")] for line in table if line.startswith("| int8 |"))
+    assert int8[-2].endswith(f"n={by_preset['int8']['agreement_n']})") and "pts" in int8[-1]
