@@ -94,16 +94,21 @@ def test_the_targets_cells_run_first_then_the_presets_then_the_seeds_sweeps():
         ("compile", 16, "224", "textvqa", 200),
         ("compile", 1, "1920x1080", "textvqa", 200),
     ]
-    # The other presets at the targets' points, one model at a time, then the seed's sweeps on the baseline.
-    assert [p[:2] for p in points[6:12]] == [
-        ("bf16", 1),
-        ("bf16", 16),
-        ("eager", 1),
-        ("eager", 16),
-        ("flash_attention_2", 1),
-        ("flash_attention_2", 16),
+    # The quantized presets, then the other presets at the targets' points, one model at a time, then the
+    # seed's sweeps on the baseline.
+    assert [p[:3] for p in points[6:16]] == [
+        ("int8", 1, "224"),
+        ("int8", 16, "224"),
+        ("int4", 1, "224"),
+        ("int4", 16, "224"),
+        ("bf16", 1, "224"),
+        ("bf16", 16, "224"),
+        ("eager", 1, "224"),
+        ("eager", 16, "224"),
+        ("flash_attention_2", 1, "224"),
+        ("flash_attention_2", 16, "224"),
     ]
-    assert {p[0] for p in points[12:]} == {"fp16"}
+    assert {p[0] for p in points[16:]} == {"fp16"}
     assert "sdpa" not in {p[0] for p in points}  # fp16 under another name: float16, SDPA, not compiled
     assert len(points) == len(set(points))  # a cell two sweeps share runs once
 

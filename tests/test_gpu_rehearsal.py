@@ -232,7 +232,7 @@ def test_a_rehearsal_leaves_few_files_prints_four_target_lines_and_exits_0(tmp_p
     targets = [line for line in result.stdout.splitlines() if line.startswith("target: ")]
     assert len(targets[-4:]) == 4 and all(line.endswith("rehearsal") or "not measured: " in line for line in targets)
     cells = pq.read_table(tmp_path / "out" / "cells.parquet").to_pylist()
-    assert len(cells) == 28 and [c["optimization"] for c in cells[:3]] == ["fp16"] * 3
+    assert len(cells) == 32 and [c["optimization"] for c in cells[:3]] == ["fp16"] * 3
 
 
 @pytest.mark.slow

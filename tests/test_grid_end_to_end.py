@@ -94,8 +94,9 @@ def test_run_json_records_the_harness(smoke_run):
     for key in ("wall_s", "workers", "busy_s", "model_loads", "packages", "ray_address", "job_file"):
         assert key in run, key
     cells = pl.read_parquet(out / "cells.parquet")
-    variants = cells.filter(pl.col("status") == "ok").select("device", "optimization").unique().height
-    assert run["model_loads"] == variants  # one load per variant, not per cell
+    # One load per variant an actor loaded (int4's refused on CPU for want of a kernel), not per cell.
+    loaded = cells.filter(pl.col("load_s").is_not_null()).select("device", "optimization").unique().height
+    assert run["model_loads"] == loaded
 
 
 def test_progress_is_one_plain_line_per_cell_off_a_terminal(smoke_run):

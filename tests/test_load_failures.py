@@ -107,13 +107,13 @@ def test_dry_run_names_each_missing_source_on_a_worker_and_writes_nothing(local_
     assert not out.exists()
 
 
-def test_dry_run_of_the_default_job_lists_25_cells_with_the_skips_and_exits_0(local_ray, tmp_path):
+def test_dry_run_of_the_default_job_lists_27_cells_with_the_skips_and_exits_0(local_ray, tmp_path):
     result = run_grid("--job", "jobs/smoke.yaml", "--out", str(tmp_path / "out"), "--address", local_ray, "--dry-run")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     cells = [
         line for line in result.stdout.splitlines() if line.startswith("  ") and ": " in line and "worker" not in line
     ]
-    assert len(cells) == 25
+    assert len(cells) == 27
     skipped = [line for line in cells if ": skip: " in line]
     assert any(" cuda " in line and "no node in the cluster has" in line for line in skipped)
     assert "on a cpu worker: model 'tiny': built in" in result.stdout

@@ -98,9 +98,15 @@ def test_each_optimization_is_a_percentage_of_the_first_one():
     )
     summary = summarize(job, grid, frame, RUN_INFO, {})
     header, *rows = section_table(summary, "Optimization Tests")
-    assert header[0] == "Optimization" and header[-3:] == ["% latency", "% FLOPs", "% energy"]
+    assert header[0] == "Optimization" and header[-5:] == [
+        "% latency",
+        "% FLOPs",
+        "% energy",
+        "answers = original",
+        "Δ accuracy [95% CI]",
+    ]
     assert [row[0] for row in rows] == ["fp32", "fp16", "bf16"]
-    assert [row[-3:] for row in rows] == [
+    assert [row[-5:-2] for row in rows] == [
         ["100.0", "100.0", "100.0"],
         ["50.0", "100.0", "25.0"],
         ["25.0", "50.0", "n/a"],  # no energy reading: no percentage either
@@ -142,7 +148,7 @@ def test_a_cell_that_did_not_finish_shows_its_status_and_is_listed():
     summary = summarize(job, grid, frame, RUN_INFO, {})
     header, *rows = section_table(summary, "Optimization Tests")
     assert [row[0] for row in rows] == ["fp32", "fp16", "compile"]
-    assert rows[1][1] == "oom" and rows[1][-3:] == ["n/a", "n/a", "n/a"]
+    assert rows[1][1] == "oom" and rows[1][-5:] == ["n/a", "n/a", "n/a", "oom", "oom"]
     assert rows[2][1] == "skipped"
     assert "## Failed, out-of-memory and timed-out cells" in summary
     problems = section_table(summary, "Failed, out-of-memory and timed-out cells")
@@ -358,8 +364,8 @@ def test_a_failed_first_optimization_is_not_the_baseline_of_the_percentages():
         ]
     )
     header, *rows = section_table(summarize(job, grid, frame, RUN_INFO, {}), "Optimization Tests")
-    assert header[-3:] == ["% latency", "% FLOPs", "% energy"]
-    assert [[row[0], row[1]] + row[-3:] for row in rows] == [
+    assert header[-5:-2] == ["% latency", "% FLOPs", "% energy"]
+    assert [[row[0], row[1]] + row[-5:-2] for row in rows] == [
         ["fp32", "failed", "n/a", "n/a", "n/a"],
         ["fp16", "2.000 (p90 3.000, n=4)", "100.0", "100.0", "100.0"],
         ["bf16", "1.000 (p90 1.500, n=4)", "50.0", "50.0", "25.0"],

@@ -105,6 +105,7 @@ class Answers:
     generated: list[int | None]  # new tokens per sample, the end-of-text token included
     stopped: list[bool]  # whether the sample ended with end-of-text before max_new_tokens
     score: TaskScore
+    token_ids: list[list[int] | None]  # the generated ids, end-of-text included: where two presets' answers part
 
     @property
     def generated_mean(self) -> float | None:
@@ -123,6 +124,7 @@ class Answers:
             self.predictions,
             self.score,
             self.generated,
+            self.token_ids,
         )
 
 
@@ -145,6 +147,7 @@ def decode_outputs(loaded: LoadedModel, batches: list[Batch], outputs: list[torc
     generations: list[str | None] = [None] * n_samples
     generated: list[int | None] = [None] * n_samples
     stopped: list[bool] = [False] * n_samples
+    token_ids: list[list[int] | None] = [None] * n_samples
     for batch, output in zip(batches, outputs):
         new_tokens = output[:, batch.prompt_length :].cpu()
         for row, index in enumerate(batch.sample_indices):
@@ -156,7 +159,8 @@ def decode_outputs(loaded: LoadedModel, batches: list[Batch], outputs: list[torc
             generations[index] = tokenizer.decode(ids[:length], skip_special_tokens=False)
             predictions[index] = tokenizer.decode(ids[:length], skip_special_tokens=True).strip()
             generated[index] = length
-    return predictions, generations, generated, stopped
+            token_ids[index] = ids[:length]
+    return predictions, generations, generated, stopped, token_ids
 
 
 def count_cell_flops(loaded: LoadedModel, batch: Batch) -> dict[str, Any]:
@@ -280,7 +284,9 @@ def accuracy_columns(task_score, loaded: LoadedModel) -> dict[str, Any]:
     }
 
 
-def sample_rows(cell: Cell, samples, prompts, generations, predictions, task_score, generated) -> list[dict[str, Any]]:
+def sample_rows(
+    cell: Cell, samples, prompts, generations, predictions, task_score, generated, token_ids
+) -> list[dict[str, Any]]:
     lenient = task_score.per_sample_lenient or [None] * len(samples)
     return [
         {
@@ -298,8 +304,9 @@ def sample_rows(cell: Cell, samples, prompts, generations, predictions, task_sco
             "prompt_tokens": prompt.text_tokens,
             "truncated": prompt.truncated,
             "generated_tokens": length,
+            "generated_ids": ids,
         }
-        for sample, prompt, generation, prediction, per_sample, lenient_score, length in zip(
-            samples, prompts, generations, predictions, task_score.per_sample, lenient, generated
+        for sample, prompt, generation, prediction, per_sample, lenient_score, length, ids in zip(
+            samples, prompts, generations, predictions, task_score.per_sample, lenient, generated, token_ids
         )
     ]

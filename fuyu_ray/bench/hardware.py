@@ -154,15 +154,20 @@ def weight_bytes_per_token(model) -> int:
     vision = getattr(getattr(model, "model", None), "vision_embed_tokens", None)
     if vision is not None:
         skipped |= {id(p) for p in vision.parameters()}
-    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skipped)
+    from fuyu_ray.bench.models import tensor_bytes  # a quantized weight's bytes are its integers' and scales'
+
+    return sum(tensor_bytes(p) for p in model.parameters() if id(p) not in skipped)
 
 
 def kv_bytes_per_token(model) -> int:
     """Bytes of keys and values one token of context holds in the KV cache, over all layers."""
+    import torch
+
     from fuyu_ray.bench.models import kv_cache_shape  # models imports torch: see _matmul_seconds
 
     layers, kv_heads, head_dim = kv_cache_shape(model.config)
-    return 2 * layers * kv_heads * head_dim * next(model.parameters()).element_size()
+    # The cache holds activations, in the model's dtype, whatever the weights are quantized to.
+    return 2 * layers * kv_heads * head_dim * torch.empty((), dtype=model.dtype).element_size()
 
 
 def roofline_columns(

@@ -26,7 +26,8 @@ from huggingface_hub.utils import get_session
 from fuyu_ray.bench import tiny, train_tiny
 from fuyu_ray.bench.processor_compat import adapt
 from fuyu_ray.job.cells import Variant
-from fuyu_ray.job.presets import PRESETS, Preset, resolve_attention
+from fuyu_ray.job.presets import INT4_GROUP_SIZE, PRESETS, QUANTIZED_BYTES, Preset, resolve_attention
+from fuyu_ray.storage.records import error_line
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # adept/fuyu-8b's early generation configs named the wrong end-of-text id.
@@ -48,6 +49,7 @@ class LoadedModel:
     eos_token_id: int
     accuracy_note: str | None  # why accuracy means nothing for this model, if it does not
     tokenizer_note: str | None
+    weight_bytes: int | None = None  # the weights as they sit in memory, quantized ones with their scales
 
     @property
     def tokenizer(self):
@@ -64,11 +66,14 @@ def load_model(variant: Variant) -> LoadedModel:
         raise PresetUnsupported(reason)
     if variant.device == "cuda" and not torch.cuda.is_available():
         raise PresetUnsupported("no CUDA device visible to this worker")
+    if preset.quantization:
+        check_quantization_kernel(preset.quantization, variant.device)  # before minutes of loading
     dtype = DTYPES[preset.dtype]
     hf_attention = "sdpa" if attention == "sdpa-flash" else attention
 
     source = str(train_tiny.ensure_checkpoint()) if variant.model == "tiny" else variant.model
     processor, tokenizer_note = resolve_processor(source, stand_in_allowed=variant.weights == "random")
+    check_memory(full_size_config(source), preset, variant.device)
     if variant.weights == "random":
         model = _random_model(source, processor, dtype, hf_attention, variant.device)
         accuracy_note = "random weights"
@@ -76,6 +81,8 @@ def load_model(variant: Variant) -> LoadedModel:
         model = _pretrained_model(source, dtype, hf_attention, variant.device)
         accuracy_note = None
     model.eval()
+    if preset.quantization:
+        quantize(model, preset.quantization)
     return LoadedModel(
         model=model,
         processor=processor,
@@ -86,6 +93,7 @@ def load_model(variant: Variant) -> LoadedModel:
         eos_token_id=_end_of_text_id(variant.model, processor),
         accuracy_note=accuracy_note,
         tokenizer_note=tokenizer_note,
+        weight_bytes=weight_bytes(model),
     )
 
 
@@ -214,3 +222,168 @@ def _end_of_text_id(model: str, processor) -> int:
     if model.rstrip("/").endswith("fuyu-8b"):
         return FUYU_8B_END_OF_TEXT_ID
     return processor.tokenizer.convert_tokens_to_ids("|ENDOFTEXT|")
+
+
+# --- quantization (torchao), weight bytes and the memory check before loading ----------------------
+
+
+def quantized_kind(module, quantization: str | None) -> str | None:
+    """How a quantized preset stores this module's weight: the preset's own quantization for a linear
+    layer, int8 rows for an embedding table (a lookup reads one row per token: no kernel to speed up,
+    but a quarter of fuyu-8b's bytes), None where the weight stays in the preset's dtype (layer norms,
+    biases, and a linear whose input width the kernel cannot take: fuyu's patch projection, 2,700 wide)."""
+    if quantization is None:
+        return None
+    if isinstance(module, torch.nn.Embedding):
+        return "int8"
+    if not isinstance(module, torch.nn.Linear) or module.in_features % INPUT_WIDTH_MULTIPLE[quantization]:
+        return None
+    return quantization
+
+
+# The input widths each kernel takes: int4 quantizes in groups along the input; torch's CPU int8 kernel
+# (_weight_int8pack_mm, which compiled int8 weight-only matmuls lower to) crashes the process on a width
+# that is not a multiple of 16.
+INPUT_WIDTH_MULTIPLE = {"int8": 16, "int4": INT4_GROUP_SIZE}
+
+
+def _torchao_config(kind: str):
+    from torchao.quantization import (  # optional: only the quantized presets need it
+        Int4WeightOnlyConfig,
+        Int8WeightOnlyConfig,
+        IntxWeightOnlyConfig,
+        PerAxis,
+    )
+
+    return {
+        "int8": lambda: Int8WeightOnlyConfig(),
+        # tinygemm's layout: torchao's int4 weight-only kernel (CUDA only in torchao 0.18)
+        "int4": lambda: Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE, int4_packing_format="tile_packed_to_4d"),
+        "embedding": lambda: IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
+    }[kind]()
+
+
+def quantize(model, quantization: str) -> None:
+    """Quantize in place, module by module: each bf16 weight is freed as its quantized copy is made."""
+    from torchao.quantization import quantize_
+
+    quantize_(
+        model,
+        _torchao_config(quantization),
+        filter_fn=lambda module, _: isinstance(module, torch.nn.Linear) and quantized_kind(module, quantization),
+    )
+    quantize_(model, _torchao_config("embedding"), filter_fn=lambda module, _: isinstance(module, torch.nn.Embedding))
+
+
+_kernel_checks: dict[tuple[str, str], str | None] = {}
+
+
+def check_quantization_kernel(quantization: str, device: str) -> None:
+    """Raise PresetUnsupported where torchao has no kernel for this quantization on this device.
+
+    Asked of a small linear layer, once per process: quantized and run, as the model's layers will be.
+    """
+    key = (quantization, device)
+    if key not in _kernel_checks:
+        _kernel_checks[key] = _kernel_problem(quantization, device)
+    if _kernel_checks[key]:
+        raise PresetUnsupported(_kernel_checks[key])
+
+
+def _kernel_problem(quantization: str, device: str) -> str | None:
+    try:
+        import torchao
+    except ImportError:
+        return "torchao is not installed on this worker (pip install torchao; see pyproject.toml for the version)"
+    try:
+        layer = torch.nn.Sequential(torch.nn.Linear(2 * INT4_GROUP_SIZE, 2 * INT4_GROUP_SIZE)).to(
+            device, torch.bfloat16
+        )
+        quantize(layer, quantization)
+        with torch.inference_mode():
+            layer(torch.ones(2, 2 * INT4_GROUP_SIZE, dtype=torch.bfloat16, device=device))
+    except Exception as exc:  # whatever torchao raises for a device it has no kernel for
+        return f"torchao {torchao.__version__} has no {quantization} kernel for {device} ({error_line(exc)})"
+    return None
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds; for a torchao tensor subclass, those of the tensors inside it (integers, scales)."""
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter) and hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def weight_bytes(model) -> int:
+    return sum(tensor_bytes(parameter) for parameter in model.parameters())
+
+
+def predicted_weight_bytes(config, preset: Preset) -> tuple[int, int]:
+    """(bytes while loading, bytes once loaded) of a model with this config under this preset, from the
+    parameters' shapes alone: the model is built on the meta device, which allocates nothing. A quantized
+    preset loads in its dtype and then quantizes in place, so loading needs its unquantized bytes."""
+    from transformers import FuyuForCausalLM  # slow to import: not in stand-in workers
+
+    with torch.device("meta"):
+        model = FuyuForCausalLM._from_config(config)
+    loading = loaded = 0.0
+    for module in model.modules():
+        kind = quantized_kind(module, preset.quantization)
+        for name, parameter in module.named_parameters(recurse=False):
+            loading += parameter.numel() * preset.load_dtype_bytes
+            per_element = QUANTIZED_BYTES[kind] if kind and name == "weight" else preset.load_dtype_bytes
+            loaded += parameter.numel() * per_element
+    return int(loading), int(loaded)
+
+
+def free_memory_bytes(device: str) -> tuple[int, str]:
+    """(bytes this worker can still allocate, where that figure comes from) on `device`."""
+    if device == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        return free, "free on the GPU (torch.cuda.mem_get_info)"
+    figures = {"MemAvailable": _meminfo_available()}
+    limit = _cgroup_headroom()
+    if limit is not None:
+        figures["the cgroup's memory limit less its usage"] = limit
+    where = min((f for f in figures if figures[f] is not None), key=lambda f: figures[f])
+    return figures[where], f"available to this worker ({where})"
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cgroup_headroom() -> int | None:
+    """The memory limit of this process's cgroup less what it uses (v2, else v1); None where there is no limit."""
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit, usage = Path(limit_file).read_text().strip(), Path(usage_file).read_text().strip()
+        except OSError:
+            continue
+        if limit == "max" or int(limit) >= 1 << 60:  # v1 writes "no limit" as a huge number
+            return None
+        return max(0, int(limit) - int(usage))
+    return None
+
+
+def check_memory(config, preset: Preset, device: str) -> None:
+    """Raise PresetUnsupported where the weights cannot fit what the worker has free: better a skipped cell
+    naming both figures than a worker the system kills mid-load, which would read as a crash."""
+    loading, loaded = predicted_weight_bytes(config, preset)
+    available, where = free_memory_bytes(device)
+    if loading > available:
+        quantized = f" (in {preset.dtype} before quantizing to {loaded / 1e9:.1f} GB)" if loading != loaded else ""
+        raise PresetUnsupported(
+            f"the weights need {loading / 1e9:.1f} GB ({loading:,} bytes){quantized}, "
+            f"and {available / 1e9:.1f} GB ({available:,} bytes) are {where}"
+        )

@@ -208,6 +208,7 @@ class CellRunner:
             "model_label": loaded.label,
             "attention": loaded.attention,
             "dtype": loaded.preset.dtype,
+            "model_weight_bytes": loaded.weight_bytes,
             "tokenizer_note": loaded.tokenizer_note,
             "torch_threads": torch.get_num_threads(),
             **workload.columns(answers.generated_mean, cell.point.image_size),
@@ -298,7 +299,7 @@ class CellRunner:
 
     def _answer(self, workload: Workload, timed: TimedRun, dataset: str) -> Answers:
         """The answers of the first timed pass, and the task's score of them."""
-        predictions, generations, generated, stopped = decode_outputs(
+        predictions, generations, generated, stopped, token_ids = decode_outputs(
             self.loaded, workload.batches, timed.first_pass, len(workload.data.samples)
         )
         task = get_task(dataset)
@@ -307,7 +308,7 @@ class CellRunner:
             score = score_answers(task, workload.data.samples, predictions)
         else:
             score = unscored(task, len(workload.data.samples))
-        return Answers(predictions, generations, generated, stopped, score)
+        return Answers(predictions, generations, generated, stopped, score, token_ids)
 
 
 @dataclass(frozen=True)

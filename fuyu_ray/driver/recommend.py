@@ -44,7 +44,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineParser(prog="python -m fuyu_ray.recommend", description=__doc__.splitlines()[0])
+    parser = OneLineParser(
+        prog="python -m fuyu_ray.recommend",
+        description="Per task, the best measured configuration that meets every constraint, the next three, and "
+        "what each constraint ruled out; --predict adds settings that were not run. Exit 0: every task has one; "
+        "1: some task has none (the closest miss is shown); 2: bad input.",
+    )
     parser.add_argument("run", metavar="RUN", help="the run's results folder or URI (grid's --out)")
     parser.add_argument("--max-latency-s", type=float, metavar="X", help="per batch; the p90 unless --latency median")
     parser.add_argument("--max-ttft-s", type=float, metavar="X", help="time to the first token")

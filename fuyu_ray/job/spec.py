@@ -159,6 +159,9 @@ class JobSpec:
     remeasure_disturbed: int = 0  # measure a disturbed cell again up to this many times, keeping the cleanest
     published: PublishedFigures | None = None
     prices: Prices | None = None  # what a worker's hour and a kWh cost: the report's cost per 1,000 answers
+    # sweep -> the optimization its other presets' answers are paired with (`reference:` in the sweep;
+    # by default the first listed)
+    references: dict[str, str] = field(default_factory=dict)
     source_path: str = ""
 
     def dataset_source(self, task: str) -> DatasetSource:
@@ -239,6 +242,7 @@ def parse_job(raw: Any, origin: str) -> JobSpec:
     limit = checked(_positive_int, raw.get("limit", DEFAULTS["limit"]), "limit", fail)
     base = checked(_parse_point, raw["base"], "base", fail)
     sweeps = checked(_parse_sweeps, raw["sweeps"], fail)
+    references = checked(_parse_references, raw["sweeps"], sweeps, fail) if sweeps else {}
     # Absent or empty means none; any other non-mapping, `datasets: []` or `tasks: 0` included, is a mistake.
     datasets = checked(lambda: _parse_datasets(_mapping(raw.get("datasets"), "datasets", fail), fail))
     tasks = checked(lambda: _parse_tasks(_mapping(raw.get("tasks"), "tasks", fail), fail))
@@ -276,6 +280,7 @@ def parse_job(raw: Any, origin: str) -> JobSpec:
         remeasure_disturbed=remeasure,
         published=published,
         prices=prices,
+        references=references,
         source_path=origin,
     )
 
@@ -448,6 +453,8 @@ def _parse_sweeps(raw: Any, fail) -> dict[str, dict[str, list[Any]]]:
             raise fail(where, "empty sweep: give at least one axis with a list of values")
         parsed: dict[str, list[Any]] = {}
         for axis, values in axes.items():
+            if axis == REFERENCE_KEY:
+                continue
             if axis not in AXES:
                 raise fail(f"{where}.{axis}", f"unknown axis (known: {', '.join(AXES)})")
             if not isinstance(values, list):
@@ -457,6 +464,25 @@ def _parse_sweeps(raw: Any, fail) -> dict[str, dict[str, list[Any]]]:
             parsed[axis] = [check_axis_value(axis, v, f"{where}.{axis}", fail) for v in values]
         sweeps[str(sweep_name)] = parsed
     return sweeps
+
+
+REFERENCE_KEY = "reference"  # in a sweep: the optimization the others' answers are paired with
+
+
+def _parse_references(raw: dict, sweeps: dict[str, dict[str, list[Any]]], fail) -> dict[str, str]:
+    references = {}
+    for sweep_name, axes in raw.items():
+        if REFERENCE_KEY not in axes:
+            continue
+        listed = sweeps[str(sweep_name)].get("optimization", [])
+        if axes[REFERENCE_KEY] not in listed:
+            raise fail(
+                f"sweeps.{sweep_name}.{REFERENCE_KEY}",
+                f"must be one of the sweep's optimization values ({', '.join(listed) or 'it lists none'}), "
+                f"got {axes[REFERENCE_KEY]!r}",
+            )
+        references[str(sweep_name)] = axes[REFERENCE_KEY]
+    return references
 
 
 def _parse_datasets(raw: Any, fail) -> dict[str, DatasetSource]:

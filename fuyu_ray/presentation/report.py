@@ -13,6 +13,7 @@ import polars as pl
 from fuyu_ray.job.cells import Grid
 from fuyu_ray.job.prices import Prices
 from fuyu_ray.job.spec import AXES, JobSpec
+from fuyu_ray.presentation.agreement import with_agreement
 from fuyu_ray.presentation.cost import cost_lines, priced, with_costs
 from fuyu_ray.presentation.cost_model import fit_all, fits_section
 from fuyu_ray.presentation.formats import (
@@ -43,7 +44,8 @@ def write_report(
     ids = list(
         dict.fromkeys(cell_id for section in grid.sections.values() for cell_id in section)
     )  # grid.cells' order, no hashing
-    cells = with_costs(in_order(pl.from_arrow(store.read_cells(ids)), ids), prices)
+    cells = with_agreement(in_order(pl.from_arrow(store.read_cells(ids)), ids), job, grid, store.read_samples)
+    cells = with_costs(cells, prices)
     store.write_table("cells.parquet", cells.to_arrow())
     store.write_samples(ids, "samples.parquet")  # streamed from the cell files: never all in memory
     plots = write_plots(store, job, grid, cells)

@@ -6,6 +6,7 @@ import polars as pl
 
 from fuyu_ray.job.cells import Grid
 from fuyu_ray.job.spec import AXES, ImageSize, JobSpec
+from fuyu_ray.presentation.agreement import accuracy_difference_text, agreement_text
 from fuyu_ray.presentation.cost import fmt_cost
 from fuyu_ray.presentation.formats import (
     AXIS_TITLES,
@@ -85,10 +86,10 @@ def sweep_table(job: JobSpec, sweep: str, rows: list[dict]) -> str:
         header += ["Cost/1k answers"]
     compare = "optimization" in varied
     if compare:
-        header += ["% latency", "% FLOPs", "% energy"]
-    references: dict[tuple, dict] = {}  # the first ok row of each group that differs only in optimization
+        header += ["% latency", "% FLOPs", "% energy", "answers = original", "Δ accuracy [95% CI]"]
+    references: dict[tuple, dict] = {}  # per group that differs only in optimization: its reference's row
     for row in rows:
-        if row["status"] == "ok":
+        if row["status"] == "ok" and row["optimization"] == (row.get("reference_optimization") or row["optimization"]):
             references.setdefault(tuple(row[a] for a in keys if a != "optimization"), row)
     table_rows = []
     for row in rows:
@@ -109,6 +110,8 @@ def sweep_table(job: JobSpec, sweep: str, rows: list[dict]) -> str:
                 percent_of(row["latency_s"], reference.get("latency_s")),
                 percent_of(row["flops_per_sample"], reference.get("flops_per_sample")),
                 percent_of(row["energy_j_per_sample"], reference.get("energy_j_per_sample")),
+                agreement_text(row),
+                accuracy_difference_text(row),
             ]
         table_rows.append(line)
     return markdown_table(header, table_rows)

@@ -114,6 +114,7 @@ CELL_SCHEMA = pa.schema(
         ("prefill_tokens", _int),
         ("flops_note", _str),
         # memory
+        ("model_weight_bytes", _int),  # the loaded weights, quantized ones with their scales
         ("peak_gpu_allocated_bytes", _int),
         ("peak_gpu_reserved_bytes", _int),
         ("peak_rss_bytes", _int),
@@ -131,6 +132,17 @@ CELL_SCHEMA = pa.schema(
         ("bleu4", _float),
         ("caption_tokenizer", _str),
         ("accuracy_note", _str),
+        # answers against the sweep's reference preset, paired on sample_id: filled in by the report
+        # (fuyu_ray/presentation/agreement.py) from both cells' samples, null in the cell files
+        ("reference_optimization", _str),
+        ("agreement_n", _int),  # samples both cells answered
+        ("answer_agreement", _float),  # share whose answer text equals the reference's
+        ("first_token_agreement", _float),  # share whose first generated token equals the reference's
+        ("first_difference_position", _float),  # mean 1-based position of the first differing token, where one differs
+        ("accuracy_difference", _float),  # this cell's accuracy less the reference's, over the paired samples
+        ("accuracy_difference_ci_low", _float),
+        ("accuracy_difference_ci_high", _float),
+        ("accuracy_difference_p", _float),  # exact McNemar p, option letters only
         # where and when
         ("node_id", _str),
         ("hostname", _str),
@@ -181,6 +193,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("prompt_tokens", _int),
         ("truncated", _bool),
         ("generated_tokens", _int),
+        ("generated_ids", pa.list_(_int)),  # the generated token ids, end-of-text included
     ]
 )
 
