@@ -246,6 +246,7 @@ class Prediction:
     cost_per_1k_answers: float | None
     fits: tuple[Fit | None, Fit | None]
     why_none: str | None = None
+    decode_steps: float | None = None  # steps per batch, as the task's measured cells took: answer length is not fitted
 
 
 def task_workload(cells: pl.DataFrame, task: str) -> tuple[float, float] | None:
@@ -298,7 +299,7 @@ def predict(cells: pl.DataFrame, fits: list[Fit], task: str, setting: Setting, p
     samples_per_s = rows / latency if latency > 0 else None
     price = prices.per_hour.get(setting.device) if prices is not None else None
     cost = 1000 / samples_per_s / 3600 * price if price is not None and samples_per_s else None
-    return Prediction(task, prefill, decode, latency, samples_per_s, cost, (prefill_fit, decode_fit))
+    return Prediction(task, prefill, decode, latency, samples_per_s, cost, (prefill_fit, decode_fit), None, steps)
 
 
 def predicted_lines(predictions: list[Prediction], setting: Setting, constraints: Constraints) -> list[str]:
@@ -308,15 +309,25 @@ def predicted_lines(predictions: list[Prediction], setting: Setting, constraints
         "",
         "From the cost model fitted to this run's cells (the report's Cost model section). Medians, so a p90 "
         "limit is compared with a median here; the fits' held-out errors are beside each figure; electricity and "
-        "accuracy are not predicted.",
+        "accuracy are not predicted. Latency = prefill + decode x (steps - 1), where steps per batch are the "
+        "median the task's measured cells took: how long the answers are is not fitted, and a model whose answers "
+        "lengthen with the image makes the latency err by as much.",
         "",
     ]
-    header = ["Task", "Prefill s", "Decode s/token", "Latency s/batch", "Samples/s", "Cost/1k answers (worker)"]
+    header = [
+        "Task",
+        "Prefill s",
+        "Decode s/token",
+        "Steps",
+        "Latency s/batch",
+        "Samples/s",
+        "Cost/1k answers (worker)",
+    ]
     header += ["Meets the latency limits", "Held-out error (prefill; decode)"]
     table = []
     for p in predictions:
         if p.why_none:
-            table.append([task_title(p.task), f"no prediction: {p.why_none}", *["-"] * 6])
+            table.append([task_title(p.task), f"no prediction: {p.why_none}", *["-"] * 7])
             continue
         meets = []
         if constraints.max_latency_s is not None:
@@ -328,6 +339,7 @@ def predicted_lines(predictions: list[Prediction], setting: Setting, constraints
                 task_title(p.task),
                 fmt_seconds(p.prefill_s),
                 fmt_seconds(p.decode_s_per_token),
+                f"{p.decode_steps:.1f}",
                 fmt_seconds(p.latency_s),
                 "-" if p.samples_per_s is None else f"{p.samples_per_s:.3g}",
                 "-" if p.cost_per_1k_answers is None else f"{p.cost_per_1k_answers:.4g}",
