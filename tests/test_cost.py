@@ -8,6 +8,7 @@ import argparse
 import numpy as np
 import polars as pl
 import pytest
+from conftest import BASE_POINT
 
 from fuyu_ray.job.prices import Prices, add_price_options, prices_from_options
 from fuyu_ray.job.spec import ImageSize, JobError, image_token_count, parse_job
@@ -72,14 +73,7 @@ def test_cells_that_did_not_run_cost_nothing_and_no_prices_add_no_columns():
 JOB = {
     "name": "priced",
     "model": "tiny",
-    "base": {
-        "device": "cpu",
-        "dataset": "textvqa",
-        "batch_size": 1,
-        "image_size": 224,
-        "seq_len": 200,
-        "optimization": "fp32",
-    },
+    "base": BASE_POINT,
     "sweeps": {"batch": {"batch_size": [1, 2]}},
 }
 
