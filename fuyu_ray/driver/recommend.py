@@ -15,7 +15,7 @@ import polars as pl
 from fuyu_ray.driver.report import open_run
 from fuyu_ray.job.cells import expand
 from fuyu_ray.job.prices import add_price_options, prices_from_options
-from fuyu_ray.job.spec import AXES, JobError, JobSpec, check_axis_value
+from fuyu_ray.job.spec import JobError, JobSpec, check_axis_value
 from fuyu_ray.presentation.cost import with_costs
 from fuyu_ray.presentation.cost_model import fit_all
 from fuyu_ray.presentation.recommendation import (
@@ -121,17 +121,16 @@ def check_figures(cells: pl.DataFrame, constraints: Constraints, tasks: list[str
 
 
 def prediction_setting(text: str, job: JobSpec) -> Setting:
+    def fail(where: str, problem: str) -> BadInput:
+        return BadInput(f"--predict {where}: {problem}")
+
     values = {axis: getattr(job.base, axis) for axis in PREDICTABLE}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
         if key not in PREDICTABLE:
             raise BadInput(f"--predict {part}: unknown setting {key!r} (known: {', '.join(PREDICTABLE)})")
         raw = int(value) if value.isdigit() else value  # as YAML reads a job's `image_size: 392`
-
-        def fail(where: str, problem: str) -> BadInput:
-            return BadInput(f"--predict {where}: {problem}")
-
-        values[key] = check_axis_value(key, raw, key, fail) if key in AXES else raw
+        values[key] = check_axis_value(key, raw, key, fail)
     return Setting(**values)
 
 

@@ -18,6 +18,11 @@ COST_COLUMNS = ("cost_per_1k_answers", "cost_worker_per_1k_answers", "cost_energ
 PARTIAL_MARK = "‡"  # beside a total that leaves a part out, as the cost section explains
 
 
+def worker_cost_per_1k(samples_per_s, per_hour):
+    """What the worker's time for 1,000 answers costs: for figures or for Polars expressions alike."""
+    return ANSWERS / samples_per_s / SECONDS_PER_HOUR * per_hour
+
+
 def with_costs(cells: pl.DataFrame, prices: Prices | None) -> pl.DataFrame:
     """The cells with the cost columns added (ok cells only), or as they are when no price was given."""
     if prices is None or not prices.given or cells.is_empty():
@@ -25,8 +30,7 @@ def with_costs(cells: pl.DataFrame, prices: Prices | None) -> pl.DataFrame:
     ok = pl.col("status") == "ok"
     hourly = pl.col("device").replace_strict(prices.per_hour, default=None, return_dtype=pl.Float64)
     electricity = pl.lit(prices.electricity_per_kwh, dtype=pl.Float64)
-    seconds_per_answer = 1.0 / pl.col("samples_per_s")
-    worker = ANSWERS * seconds_per_answer / SECONDS_PER_HOUR * hourly
+    worker = worker_cost_per_1k(pl.col("samples_per_s"), hourly)
     energy = ANSWERS * pl.col("energy_j_per_sample") / JOULES_PER_KWH * electricity
     missing = pl.concat_list(
         pl.when(hourly.is_null()).then(pl.format("worker time not counted: no per-hour price for {}", "device")),

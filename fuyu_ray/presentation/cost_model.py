@@ -37,6 +37,11 @@ class FigureModel:
         return [1.0, rows, rows * tokens]
 
 
+def decode_context(tokens, generated_tokens):
+    """The context a decode step reads on average: the prompt plus half the generated tokens."""
+    return tokens + generated_tokens / 2
+
+
 PREFILL = FigureModel("prefill_s", "Prefill s/batch", ("1", "rows x tokens", "rows x tokens²"))
 DECODE = FigureModel("decode_s_per_token", "Decode s/token", ("1", "rows", "rows x context"))
 MODELS = (PREFILL, DECODE)
@@ -79,7 +84,7 @@ def points(cells: pl.DataFrame, model: FigureModel) -> pl.DataFrame:
     )
     context = pl.col("prefill_tokens").cast(pl.Float64)
     if model is DECODE:
-        context = context + pl.col("generated_tokens_mean").fill_null(0.0) / 2
+        context = decode_context(context, pl.col("generated_tokens_mean").fill_null(0.0))
     return ok.select(
         "device",
         "optimization",

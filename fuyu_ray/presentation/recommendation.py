@@ -12,8 +12,8 @@ import polars as pl
 
 from fuyu_ray.job.prices import Prices
 from fuyu_ray.job.spec import ImageSize, image_token_count
-from fuyu_ray.presentation.cost import fmt_cost
-from fuyu_ray.presentation.cost_model import DECODE, PREFILL, Fit
+from fuyu_ray.presentation.cost import fmt_cost, worker_cost_per_1k
+from fuyu_ray.presentation.cost_model import DECODE, PREFILL, Fit, decode_context
 from fuyu_ray.presentation.formats import (
     DISTURBED_MARK,
     accuracy_scale,
@@ -294,11 +294,11 @@ def predict(cells: pl.DataFrame, fits: list[Fit], task: str, setting: Setting, p
     tokens = image_token_count(setting.image_size) + text_tokens
     rows = setting.batch_size
     prefill = prefill_fit.predict(rows, tokens)
-    decode = decode_fit.predict(rows, tokens + (steps - 1) / 2)
+    decode = decode_fit.predict(rows, decode_context(tokens, steps - 1))
     latency = prefill + decode * max(steps - 1, 0)
     samples_per_s = rows / latency if latency > 0 else None
     price = prices.per_hour.get(setting.device) if prices is not None else None
-    cost = 1000 / samples_per_s / 3600 * price if price is not None and samples_per_s else None
+    cost = worker_cost_per_1k(samples_per_s, price) if price is not None and samples_per_s else None
     return Prediction(task, prefill, decode, latency, samples_per_s, cost, (prefill_fit, decode_fit), None, steps)
 
 
