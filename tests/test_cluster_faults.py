@@ -72,12 +72,17 @@ def wait_for(condition, timeout: float = 60.0, every: float = 0.2):
     raise AssertionError("condition not met in time")
 
 
+def cell_files(out) -> list:
+    """The cell files written so far, whole files only: a temporary (which pathlib's glob also matches,
+    dot or not) is renamed when complete, and one left by a killed driver is not a finished cell."""
+    folder = out / "cells"
+    return [p for p in folder.glob("*.parquet") if not p.name.startswith(TEMP_MARK)] if folder.exists() else []
+
+
 def nodes_on_disk(out) -> set[str]:
-    """The node ids of the cells written so far (whole files only: a temporary is renamed when complete)."""
     found = set()
-    for path in (out / "cells").glob("*.parquet") if (out / "cells").exists() else []:
-        if not path.name.startswith(TEMP_MARK):
-            found.update(pl.read_parquet(path).get_column("node_id").drop_nulls().to_list())
+    for path in cell_files(out):
+        found.update(pl.read_parquet(path).get_column("node_id").drop_nulls().to_list())
     return found
 
 
@@ -101,7 +106,7 @@ def test_killing_an_actor_mid_cell_gives_exactly_one_failed_record_and_the_rerun
     out = tmp_path / "out"
     driver = start_driver(job, out, cluster[0].address)
     name = wait_for(lambda: [a["name"] for a in grid_actors()])[0]
-    wait_for(lambda: (out / "cells").exists() and len(list((out / "cells").glob("*.parquet"))) >= 1)
+    wait_for(lambda: len(cell_files(out)) >= 1)
     time.sleep(0.5)  # inside the second cell's two-second sleep
     ray.kill(ray.get_actor(name, namespace="fuyu_ray"), no_restart=False)
     driver.communicate(timeout=120)
@@ -164,10 +169,10 @@ def test_driver_killed_with_sigkill_resumes_without_recomputing(cluster, tmp_pat
     job = standin_job(tmp_path, "standin:sleep=1", [1, 2, 3, 4, 5, 6])
     out = tmp_path / "out"
     driver = start_driver(job, out, cluster[0].address)
-    wait_for(lambda: len(list((out / "cells").glob("*.parquet"))) >= 2 if (out / "cells").exists() else False)
+    wait_for(lambda: len(cell_files(out)) >= 2)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    finished = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.parquet")}
+    finished = {p.name: p.stat().st_mtime_ns for p in cell_files(out)}
     assert not (out / "cells.parquet").exists()
 
     rerun = run_grid("--job", job, "--out", str(out), "--address", cluster[0].address)
@@ -182,4 +187,4 @@ def test_file_uri_out(cluster, tmp_path):
     result = run_grid("--job", job, "--out", f"file://{tmp_path}/uri-out", "--address", cluster[0].address)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "uri-out" / "summary.md").is_file()
-    assert len(list((tmp_path / "uri-out" / "cells").glob("*.parquet"))) == 2
+    assert len(cell_files(tmp_path / "uri-out")) == 2
