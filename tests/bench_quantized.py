@@ -11,7 +11,7 @@ preset's limit is taken against. Per preset:
 decode s/token, prefill s, peak RSS (of the whole process, load included, and of the timed window
 alone), weight bytes, the bandwidth
 limit (weight bytes read once per token at the measured bandwidth) and decode's ratio to it, and
-whether its greedy tokens equal bf16's. A preset that cannot run here (int4 without a CPU kernel, fp32
+whether its greedy tokens equal bf16's. A preset that cannot run here (fp32
 whose 37.6 GB do not fit) is listed with the reason. Then the targets:
 
     int8 decode <= 0.40 x bf16's; int8 weight bytes <= 0.55 x bf16's;

@@ -94,7 +94,7 @@ def test_run_json_records_the_harness(smoke_run):
     for key in ("wall_s", "workers", "busy_s", "model_loads", "packages", "ray_address", "job_file"):
         assert key in run, key
     cells = pl.read_parquet(out / "cells.parquet")
-    # One load per variant an actor loaded (int4's refused on CPU for want of a kernel), not per cell.
+    # One load per variant an actor loaded (flash_attention_2 is refused on CPU before loading), not per cell.
     loaded = cells.filter(pl.col("load_s").is_not_null()).select("device", "optimization").unique().height
     assert run["model_loads"] == loaded
 

@@ -12,7 +12,9 @@ import torch
 from conftest import BASE_POINT
 
 from fuyu_ray.bench import models
-from fuyu_ray.bench.models import PresetUnsupported, load_model, predicted_weight_bytes
+from fuyu_ray.bench.decoding import StaticGreedyDecoder
+from fuyu_ray.bench.measure import count_flops
+from fuyu_ray.bench.models import PresetUnsupported, load_model, predicted_weight_bytes, quantize
 from fuyu_ray.bench.runner import CellRunner
 from fuyu_ray.job.cells import expand
 from fuyu_ray.job.presets import PRESETS
@@ -155,11 +157,65 @@ def test_quantized_weight_bytes_are_predicted_from_the_config_and_recorded():
     assert type(int8.model.lm_head.weight).__name__ == "Int8Tensor"
 
 
-def test_int4_without_a_kernel_for_the_device_is_skipped_with_that_reason():
-    if torch.cuda.is_available():
-        pytest.skip("this worker has a GPU: torchao's int4 kernel runs there")
-    with pytest.raises(PresetUnsupported, match=r"torchao .* has no int4 kernel for cpu"):
-        load_model(models.Variant("tiny", "pretrained", "cpu", "int4"))
+def test_int4_runs_on_cpu_through_torchaos_cpu_kernel():
+    bf16 = load_model(models.Variant("tiny", "pretrained", "cpu", "bf16"))
+    int4 = load_model(models.Variant("tiny", "pretrained", "cpu", "int4"))
+    linears = {type(m.weight).__name__ for m in int4.model.modules() if isinstance(m, torch.nn.Linear)}
+    assert "Int4OpaqueTensor" in linears  # the CPU kernel's own packing, not a CUDA layout
+    config = models.full_size_config(str(models.train_tiny.ensure_checkpoint()))
+    assert predicted_weight_bytes(config, PRESETS["int4"])[1] == pytest.approx(int4.weight_bytes, rel=0.03)
+    # tiny's patch projection (2,700 wide) and its 610-word head stay bf16: the CPU kernel's widths
+    assert int4.weight_bytes < predicted_weight_bytes(config, PRESETS["int8"])[1] < bf16.weight_bytes
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_a_quantized_matmul_counts_the_flops_of_the_matmul_it_stands_for(quantization):
+    layer = torch.nn.Sequential(torch.nn.Linear(256, 64, bias=False)).to(torch.bfloat16)
+    rows = torch.randn(3, 5, 256, dtype=torch.bfloat16)
+    quantize(layer, quantization, "cpu")
+    assert count_flops(lambda: layer(rows)) == 2 * 15 * 256 * 64
+    int8 = torch.ones(32, 64, dtype=torch.int8)  # the int8 x int8 GEMM of int8's CPU prefill
+    assert count_flops(lambda: torch._int_mm(int8, int8.t())) == 2 * 32 * 64 * 32
+
+
+def test_a_quantization_without_a_kernel_for_the_device_is_refused_with_that_reason():
+    # The meta device runs no kernel at all: what a device without torchao's kernel looks like to the check.
+    with pytest.raises(PresetUnsupported, match=r"^torchao \S+ has no int4 kernel for meta \("):
+        models.check_quantization_kernel("int4", "meta")
+
+
+def test_int8_on_cpu_prefills_with_int8_activations_then_decodes_weight_only():
+    from PIL import Image
+
+    int8 = load_model(models.Variant("tiny", "pretrained", "cpu", "int8"))
+    weights = [p for p in int8.model.parameters() if type(p).__name__ == "Int8Tensor"]
+    assert weights and int8.prefill_mode.note == models.INT8_PREFILL_ACTIVATIONS
+    image = Image.effect_noise((224, 224), 60).convert("RGB")
+    inputs = {
+        k: v
+        for k, v in int8.processor(images=[image], text=["Which shape is shown?\n"], return_tensors="pt").items()
+        if isinstance(v, torch.Tensor)
+    }
+    shape = {"max_batch": 1, "prompt_len": inputs["input_ids"].shape[1], "max_new_tokens": 4, "compiled": False}
+    weight_only = StaticGreedyDecoder(int8.model, device="cpu", **shape)
+    preset_own = StaticGreedyDecoder(int8.model, device="cpu", prefill_mode=int8.prefill_mode, **shape)
+    during_decode = []
+    with torch.inference_mode():
+        weight_only.generate(inputs, 4, ignore_eos=True)
+        preset_own.generate(
+            inputs, 4, ignore_eos=True, on_token=lambda: during_decode.append(weights[0].act_quant_kwargs)
+        )
+    plain, rounded = weight_only.last_prefill_logits.float(), preset_own.last_prefill_logits.float()
+    assert not torch.equal(plain, rounded)  # another kernel ran the prefill: the activations were rounded
+    assert (rounded - plain).norm() / plain.norm() < 0.05  # by int8's rounding, nothing more
+    assert during_decode == [None] * 4  # each decode step weight-only again
+    assert models.INT8_PREFILL_ACTIVATIONS in preset_own.describe()
+    with pytest.raises(RuntimeError), int8.prefill_mode.enter():
+        assert all(w.act_quant_kwargs is not None for w in weights)
+        raise RuntimeError("a prefill that fails")
+    assert all(w.act_quant_kwargs is None for w in weights)  # restored all the same
+    for preset, device in (("int8", "cuda"), ("int4", "cpu"), ("bf16", "cpu")):
+        assert models.prefill_mode(int8.model, PRESETS[preset], device) == models.PrefillMode()
 
 
 def test_a_preset_that_needs_more_memory_than_the_worker_has_is_skipped_before_loading(monkeypatch):
@@ -194,8 +250,11 @@ def test_the_default_jobs_optimization_sweep_shows_int8_and_int4_with_their_agre
         by_preset["int8"]["status"] == "ok"
         and by_preset["int8"]["model_weight_bytes"] < by_preset["bf16"]["model_weight_bytes"]
     )
-    if not torch.cuda.is_available():
-        assert by_preset["int4"]["status"] == "skipped" and "no int4 kernel for cpu" in by_preset["int4"]["error"]
+    assert by_preset["int4"]["status"] == "ok"
+    assert by_preset["int4"]["model_weight_bytes"] < by_preset["int8"]["model_weight_bytes"]
+    flops = {by_preset[p]["flops_per_sample"] for p in ("fp32", "bf16", "int8", "int4")}
+    assert len(flops) == 1  # the same matmuls, whatever the weights are stored in
+    assert models.INT8_PREFILL_ACTIVATIONS in by_preset["int8"]["decoder"]
     for row in sweep:
         assert row["reference_optimization"] == "fp32"
         if row["status"] == "ok" and row["optimization"] != "fp32":

@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from fuyu_ray.bench.models import kv_cache_shape
+from fuyu_ray.bench.models import PrefillMode, kv_cache_shape
 
 # CUDA-graph trees run a new graph once, record it on the next call and replay from the third:
 # a warm-up of three generates puts the recording of both graphs before any timed batch.
@@ -166,9 +166,19 @@ class StaticGreedyDecoder:
         max_new_tokens: the most tokens one `generate` may produce; sizes the cache.
         compiled: compile the prefill and the decode step (with CUDA graphs on CUDA).
         device: "cuda", "cuda:N" or "cpu".
+        prefill_mode: entered around each prefill (the preset's own way to prefill; see models.prefill_mode).
     """
 
-    def __init__(self, model, max_batch: int, prompt_len: int, max_new_tokens: int, compiled: bool, device: str):
+    def __init__(
+        self,
+        model,
+        max_batch: int,
+        prompt_len: int,
+        max_new_tokens: int,
+        compiled: bool,
+        device: str,
+        prefill_mode: PrefillMode = PrefillMode(),
+    ):
         if max_batch < 1 or prompt_len < 1 or max_new_tokens < 1:
             raise ValueError(
                 f"need max_batch, prompt_len and max_new_tokens >= 1, got {max_batch}, {prompt_len}, {max_new_tokens}"
@@ -177,6 +187,7 @@ class StaticGreedyDecoder:
         self.max_batch, self.prompt_len, self.max_new_tokens = int(max_batch), int(prompt_len), int(max_new_tokens)
         self.max_cache_len = self.prompt_len + self.max_new_tokens - 1  # the last token is never fed back
         self.compiled = bool(compiled)
+        self.prefill_mode = prefill_mode
         self.device = torch.device(device)
         self.is_cuda = self.device.type == "cuda"
 
@@ -247,13 +258,15 @@ class StaticGreedyDecoder:
         return sum(step.cudagraph_skips for step in self.steps)
 
     def describe(self) -> str:
+        shape = f"batch {self.max_batch} x prompt {self.prompt_len}"
+        if self.prefill_mode.note:
+            shape += f"; {self.prefill_mode.note}"
         if not self.compiled:
-            return f"static cache, eager, batch {self.max_batch} x prompt {self.prompt_len}"
+            return f"static cache, eager, {shape}"
         fullgraph = "/".join(str(step.fullgraph) for step in self.steps)
         skips = f", CUDA graphs skipped {self.cudagraph_skips}x" if self.cudagraph_skips else ""
         return (
-            f"static cache + compiled prefill and decode ({self._decode.mode}, fullgraph={fullgraph}{skips}), "
-            f"batch {self.max_batch} x prompt {self.prompt_len}"
+            f"static cache + compiled prefill and decode ({self._decode.mode}, fullgraph={fullgraph}{skips}), {shape}"
         )
 
     # ----------------------------------------------------------------------------------------- steps
@@ -384,7 +397,7 @@ class StaticGreedyDecoder:
         positions = batch_mask.cumsum(-1) - 1
         positions = positions.masked_fill(batch_mask == 0, 0)
         self._mask[:, : self.prompt_len].copy_(batch_mask)
-        with prefill_timer() if prefill_timer is not None else contextlib.nullcontext():
+        with prefill_timer() if prefill_timer is not None else contextlib.nullcontext(), self.prefill_mode.enter():
             self.last_prefill_logits = self._prefill(
                 self.model, self.cache, batch_ids, positions, self._mask, image_patches
             )

@@ -167,17 +167,33 @@ def spread(values: list[float]) -> Spread:
 def count_flops(run: Callable[[], Any]) -> int:
     """FLOPs as torch.utils.flop_counter counts them: 2 per multiply-accumulate.
 
-    torch has no formula for SDPA's CPU flash kernel, so CPU attention would count as zero
-    and sdpa would look cheaper than eager; it gets the same formula as the CUDA kernels.
+    torch has no formula for SDPA's CPU flash kernel, nor for the quantized matmul kernels, so
+    they would count as zero and sdpa would look cheaper than eager, int4 than bf16; they get the
+    formulas of the kernels they stand for: a matmul is a matmul whatever its weights are stored in.
     """
-    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_uncounted_kernels()) as counter:
         run()
     return int(counter.get_total_flops())
 
 
+def _uncounted_kernels() -> dict:
+    aten = torch.ops.aten
+    quantized_matmuls = ("_weight_int4pack_mm_for_cpu", "_weight_int4pack_mm", "_weight_int8pack_mm", "_int_mm")
+    return {
+        aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops,
+        **{getattr(aten, name): _quantized_matmul_flops for name in quantized_matmuls if hasattr(aten, name)},
+    }
+
+
 def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _quantized_matmul_flops(input_shape, *args, out_shape=None, **kwargs) -> int:
+    """2 x rows x inputs x outputs, read off the activations and the output: the packed weight's
+    shape is the kernel's own layout, not [outputs, inputs]."""
+    rows = math.prod(input_shape[:-1])
+    return 2 * rows * input_shape[-1] * out_shape[-1]
 
 
 def _rss_bytes() -> int | None:

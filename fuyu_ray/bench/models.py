@@ -13,11 +13,12 @@ built-in stand-in tokenizer is built once.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from huggingface_hub import constants, hf_hub_url
@@ -38,6 +39,14 @@ class PresetUnsupported(RuntimeError):
     """The preset cannot run on this device; its cells are skipped with this reason."""
 
 
+@dataclass(frozen=True)
+class PrefillMode:
+    """How a preset's prefill differs from its decode: entered around each prefill, and said in the record."""
+
+    enter: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    note: str | None = None
+
+
 @dataclass
 class LoadedModel:
     model: Any
@@ -50,6 +59,7 @@ class LoadedModel:
     accuracy_note: str | None  # why accuracy means nothing for this model, if it does not
     tokenizer_note: str | None
     weight_bytes: int | None = None  # the weights as they sit in memory, quantized ones with their scales
+    prefill_mode: PrefillMode = PrefillMode()
 
     @property
     def tokenizer(self):
@@ -82,7 +92,7 @@ def load_model(variant: Variant) -> LoadedModel:
         accuracy_note = None
     model.eval()
     if preset.quantization:
-        quantize(model, preset.quantization)
+        quantize(model, preset.quantization, variant.device)
     return LoadedModel(
         model=model,
         processor=processor,
@@ -94,6 +104,7 @@ def load_model(variant: Variant) -> LoadedModel:
         accuracy_note=accuracy_note,
         tokenizer_note=tokenizer_note,
         weight_bytes=weight_bytes(model),
+        prefill_mode=prefill_mode(model, preset, variant.device),
     )
 
 
@@ -231,23 +242,26 @@ def quantized_kind(module, quantization: str | None) -> str | None:
     """How a quantized preset stores this module's weight: the preset's own quantization for a linear
     layer, int8 rows for an embedding table (a lookup reads one row per token: no kernel to speed up,
     but a quarter of fuyu-8b's bytes), None where the weight stays in the preset's dtype (layer norms,
-    biases, and a linear whose input width the kernel cannot take: fuyu's patch projection, 2,700 wide)."""
+    biases, and a linear whose widths the kernel cannot take: fuyu's patch projection, 2,700 wide)."""
     if quantization is None:
         return None
     if isinstance(module, torch.nn.Embedding):
         return "int8"
-    if not isinstance(module, torch.nn.Linear) or module.in_features % INPUT_WIDTH_MULTIPLE[quantization]:
+    if not isinstance(module, torch.nn.Linear):
+        return None
+    inputs, outputs = WIDTH_MULTIPLES[quantization]
+    if module.in_features % inputs or module.out_features % outputs:
         return None
     return quantization
 
 
-# The input widths each kernel takes: int4 quantizes in groups along the input; torch's CPU int8 kernel
-# (_weight_int8pack_mm, which compiled int8 weight-only matmuls lower to) crashes the process on a width
-# that is not a multiple of 16.
-INPUT_WIDTH_MULTIPLE = {"int8": 16, "int4": INT4_GROUP_SIZE}
+# The (input, output) widths each kernel takes: int4 quantizes in groups along the input, and torch's CPU
+# int4 packing takes outputs in multiples of 16; torch's CPU int8 kernel (_weight_int8pack_mm, which
+# compiled int8 weight-only matmuls lower to) crashes the process on an input width not a multiple of 16.
+WIDTH_MULTIPLES = {"int8": (16, 1), "int4": (INT4_GROUP_SIZE, 16)}
 
 
-def _torchao_config(kind: str):
+def _torchao_config(kind: str, device: str):
     from torchao.quantization import (  # optional: only the quantized presets need it
         Int4WeightOnlyConfig,
         Int8WeightOnlyConfig,
@@ -255,24 +269,64 @@ def _torchao_config(kind: str):
         PerAxis,
     )
 
+    if kind == "int4" and device == "cpu":
+        # The CPU's int4 weight-only kernel (torch's _weight_int4pack_mm_for_cpu, its own packed layout) is in
+        # torchao's prototype namespace in 0.18; Int4WeightOnlyConfig's layouts are CUDA kernels'.
+        from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+
+        return PrototypeInt4WeightOnlyConfig(group_size=INT4_GROUP_SIZE)
     return {
         "int8": lambda: Int8WeightOnlyConfig(),
-        # tinygemm's layout: torchao's int4 weight-only kernel (CUDA only in torchao 0.18)
         "int4": lambda: Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE, int4_packing_format="tile_packed_to_4d"),
         "embedding": lambda: IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
     }[kind]()
 
 
-def quantize(model, quantization: str) -> None:
+def quantize(model, quantization: str, device: str) -> None:
     """Quantize in place, module by module: each bf16 weight is freed as its quantized copy is made."""
     from torchao.quantization import quantize_
 
     quantize_(
         model,
-        _torchao_config(quantization),
+        _torchao_config(quantization, device),
         filter_fn=lambda module, _: isinstance(module, torch.nn.Linear) and quantized_kind(module, quantization),
     )
-    quantize_(model, _torchao_config("embedding"), filter_fn=lambda module, _: isinstance(module, torch.nn.Embedding))
+    quantize_(
+        model, _torchao_config("embedding", device), filter_fn=lambda module, _: isinstance(module, torch.nn.Embedding)
+    )
+
+
+# torchao's int8 weight (Int8Tensor) runs a matmul one of two ways, chosen by its act_quant_kwargs:
+# weight-only, with bf16 activations (compiled: torch's _weight_int8pack_mm), or with the activations
+# rounded to int8 per token at run time (an int8 x int8 GEMM: AMX or VNNI on x86). On CPU the weight-only
+# kernel is one for a few rows: fuyu-8b's 4096 x 16384 layer takes 82 ms on a prefill's 89 rows, bf16
+# 14 ms, the int8 GEMM 10 ms; on one row the weight-only kernel is the faster. So on CPU the int8 preset
+# prefills with int8 activations and decodes weight-only, from the same weights: nothing is stored twice.
+# What the rounded activations cost shows in its first-token agreement with the sweep's reference.
+INT8_PREFILL_ACTIVATIONS = "prefill with int8 activations (dynamic, per token), decode weight-only"
+
+
+def prefill_mode(model, preset: Preset, device: str) -> PrefillMode:
+    if preset.quantization != "int8" or device != "cpu":
+        return PrefillMode()
+    from torchao.quantization import Int8Tensor, PerRow
+    from torchao.quantization.quantize_.workflows.int8.int8_tensor import QuantizeTensorToInt8Kwargs
+
+    weights = [parameter for parameter in model.parameters() if isinstance(parameter, Int8Tensor)]
+    per_token = QuantizeTensorToInt8Kwargs(granularity=PerRow())
+
+    @contextlib.contextmanager
+    def int8_activations():
+        # A compiled step guards on these, so the prefill's graph and the decode step's each keep their own.
+        for weight in weights:
+            weight.act_quant_kwargs = per_token
+        try:
+            yield
+        finally:
+            for weight in weights:
+                weight.act_quant_kwargs = None
+
+    return PrefillMode(int8_activations, INT8_PREFILL_ACTIVATIONS)
 
 
 _kernel_checks: dict[tuple[str, str], str | None] = {}
@@ -299,7 +353,7 @@ def _kernel_problem(quantization: str, device: str) -> str | None:
         layer = torch.nn.Sequential(torch.nn.Linear(2 * INT4_GROUP_SIZE, 2 * INT4_GROUP_SIZE)).to(
             device, torch.bfloat16
         )
-        quantize(layer, quantization)
+        quantize(layer, quantization, device)
         with torch.inference_mode():
             layer(torch.ones(2, 2 * INT4_GROUP_SIZE, dtype=torch.bfloat16, device=device))
     except Exception as exc:  # whatever torchao raises for a device it has no kernel for

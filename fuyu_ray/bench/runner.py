@@ -190,7 +190,13 @@ class CellRunner:
             self._free_memory()
             batch_size, prompt_len, _, new_tokens = key
             self.decoders[key] = StaticGreedyDecoder(
-                self.loaded.model, batch_size, prompt_len, new_tokens, compiled=True, device=self.variant.device
+                self.loaded.model,
+                batch_size,
+                prompt_len,
+                new_tokens,
+                compiled=True,
+                device=self.variant.device,
+                prefill_mode=self.loaded.prefill_mode,
             )
         return self.decoders[key]
 
