@@ -62,6 +62,15 @@ def ray_auth_token():
         yield token
 
 
+def cell_files(out: Path) -> list[Path]:
+    """The cell files of a run so far, whole files only: a temporary (which pathlib's glob matches too,
+    dot or not) is renamed when complete, and one left by a killed driver is not a finished cell."""
+    from fuyu_ray.storage.store import TEMP_MARK  # the product's own mark for a file being written
+
+    folder = out / "cells"
+    return [p for p in folder.glob("*.parquet") if not p.name.startswith(TEMP_MARK)] if folder.exists() else []
+
+
 def run_grid(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m fuyu_ray.grid` as a user runs it, from the repository root."""
     return subprocess.run(

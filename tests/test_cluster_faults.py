@@ -15,10 +15,8 @@ import time
 import polars as pl
 import pytest
 import ray
-from conftest import ROOT, run_grid, write_job
+from conftest import ROOT, cell_files, run_grid, write_job
 from ray.cluster_utils import Cluster
-
-from fuyu_ray.storage.store import TEMP_MARK
 
 pytestmark = pytest.mark.slow
 
@@ -72,13 +70,6 @@ def wait_for(condition, timeout: float = 60.0, every: float = 0.2):
     raise AssertionError("condition not met in time")
 
 
-def cell_files(out) -> list:
-    """The cell files written so far, whole files only: a temporary (which pathlib's glob also matches,
-    dot or not) is renamed when complete, and one left by a killed driver is not a finished cell."""
-    folder = out / "cells"
-    return [p for p in folder.glob("*.parquet") if not p.name.startswith(TEMP_MARK)] if folder.exists() else []
-
-
 def nodes_on_disk(out) -> set[str]:
     found = set()
     for path in cell_files(out):
@@ -92,7 +83,9 @@ def grid_actors() -> list[dict]:
 
 def test_work_spreads_over_the_gpu_nodes(cluster, tmp_path):
     _, workers = cluster
-    job = standin_job(tmp_path, "standin:sleep=0.5", [1, 2, 3, 4, 5, 6], "max_actors_per_variant: auto\n")
+    # Cells long against the gap between the two actors' starts (each imports torch on 2 busy cores),
+    # so that the later one still finds work: the test is of the spreading, not of the start-up race.
+    job = standin_job(tmp_path, "standin:sleep=2", [1, 2, 3, 4, 5, 6], "max_actors_per_variant: auto\n")
     result = run_grid("--job", job, "--out", str(tmp_path / "out"), "--address", cluster[0].address)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     done = cells(tmp_path / "out")
@@ -144,13 +137,17 @@ def test_a_node_that_leaves_loses_nothing(cluster, tmp_path):
     head, workers = cluster
     extra_node = head.add_node(num_cpus=1, num_gpus=1, resources={"bench_node": 1})
     head.wait_for_nodes()
-    job = standin_job(tmp_path, "standin:sleep=1", [1, 2, 3, 4, 5, 6, 7, 8], "max_actors_per_variant: auto\n")
+    # 3 s cells: the queue outlasts the new node's actor's start (the last of three, on a cold node).
+    job = standin_job(tmp_path, "standin:sleep=3", [1, 2, 3, 4, 5, 6, 7, 8], "max_actors_per_variant: auto\n")
     out = tmp_path / "out"
     driver = start_driver(job, out, head.address)
-    # Remove the node only once it has finished a cell of its own: it is then running its next one.
-    wait_for(lambda: extra_node.node_id in nodes_on_disk(out))
-    head.remove_node(extra_node)
-    driver.communicate(timeout=180)
+    try:
+        # Remove the node only once it has finished a cell of its own: it is then running its next one.
+        wait_for(lambda: extra_node.node_id in nodes_on_disk(out), timeout=180)
+        head.remove_node(extra_node)
+        driver.communicate(timeout=180)
+    finally:
+        driver.kill()  # a failure here must not leave a driver running into the next test
     table = cells(out)
     assert table.height == 8  # every cell has exactly one record
     assert set(table.get_column("status")) <= {"ok", "failed"}

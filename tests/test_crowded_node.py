@@ -57,7 +57,7 @@ def test_a_worker_killed_mid_cell_costs_one_cell_while_its_restart_waits_for_res
     job = write_job(
         tmp_path,
         "crowded",
-        "standin:sleep=1",
+        "standin:sleep=2",  # long enough for the scan below to find the cell running on a busy machine
         "  variants: {optimization: [fp32, fp16], batch_size: [1, 2, 3, 4]}\n",
         "weights: random\nlimit: 1\n",
     )

@@ -112,4 +112,4 @@ def test_hub_id_honours_offline_mode():
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert "offline" in result.stdout.lower(), result.stdout + result.stderr
-    assert time.monotonic() - started < 60  # no network retries
+    assert time.monotonic() - started < 120  # no network retries

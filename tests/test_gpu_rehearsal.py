@@ -226,7 +226,7 @@ def test_the_gpu_is_named_by_cuda_when_nvml_gives_no_name(monkeypatch):
 def test_a_rehearsal_leaves_few_files_prints_four_target_lines_and_exits_0(tmp_path):
     result, seconds = rehearse(tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert seconds < 120
+    assert seconds < 240
     names = came_back(tmp_path / "out")
     assert len(names) <= 8 and set(OUTPUT_FILES) <= set(names)
     targets = [line for line in result.stdout.splitlines() if line.startswith("target: ")]
@@ -237,10 +237,11 @@ def test_a_rehearsal_leaves_few_files_prints_four_target_lines_and_exits_0(tmp_p
 
 @pytest.mark.slow
 def test_a_compile_slower_than_its_deadline_keeps_the_stock_targets_and_ends_inside_the_budget(tmp_path):
-    # 15 s budget: a compiled cell is allowed 150 x 15/450 = 5 s, and each compile takes 6.
-    result, seconds = rehearse(tmp_path, "--budget-s", "15", "--simulated-compile-s", "6")
+    # 30 s budget: a compiled cell is allowed 150 x 30/450 = 10 s, and each compile takes 11. The budget
+    # counts from the start, torch's import included: room for a slow import on a busy machine.
+    result, seconds = rehearse(tmp_path, "--budget-s", "30", "--simulated-compile-s", "11")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert seconds < 15 + 10 + 5  # the budget, its 10 s of grace, and the interpreter's start
+    assert seconds < 30 + 10 + 5  # the budget, its 10 s of grace, and the interpreter's start
     cells = pq.read_table(tmp_path / "out" / "cells.parquet").to_pylist()
     stock = [c for c in cells[:3] if c["optimization"] == "fp16"]
     assert len(stock) == 3 and all(c["status"] == "ok" for c in stock)
@@ -251,7 +252,7 @@ def test_a_compile_slower_than_its_deadline_keeps_the_stock_targets_and_ends_ins
 
 @pytest.mark.slow
 def test_the_watchdog_leaves_a_traceback_the_files_and_a_non_zero_exit(tmp_path):
-    result, seconds = rehearse(tmp_path, "--simulated-compile-s", "30", "--watchdog-s", "8")
+    result, seconds = rehearse(tmp_path, "--simulated-compile-s", "30", "--watchdog-s", "15")
     assert result.returncode == 3 and seconds < 30  # fired inside the first compile
     assert "most recent call first" in result.stderr and "Thread" in result.stderr
     names = came_back(tmp_path / "out")

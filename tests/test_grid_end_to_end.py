@@ -151,7 +151,7 @@ def test_gpu_cells_on_a_cluster_without_gpus_are_skipped_not_waited_on(tmp_path)
     # A fresh local Ray that sees no GPU, on any machine: Ray counts only the GPUs CUDA_VISIBLE_DEVICES lists.
     result = run_grid("--job", str(job), "--out", str(tmp_path / "out"), timeout=300, env={"CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 0
-    assert time.monotonic() - started < 120
+    assert time.monotonic() - started < 240
     table = pl.read_parquet(tmp_path / "out" / "cells.parquet")
     assert table.get_column("status").to_list() == ["skipped", "skipped"]
     assert "GPU=1" in table.get_column("error")[0]

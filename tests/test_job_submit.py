@@ -8,7 +8,7 @@ import time
 
 import polars as pl
 import pytest
-from conftest import BIN, ray_head, submit, write_job
+from conftest import BIN, cell_files, ray_head, submit, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +34,11 @@ def test_ray_job_stop_ends_cleanly_and_a_rerun_resumes(head, tmp_path):
     url, env = head
     out = tmp_path / "report"
     job = write_job(
-        tmp_path, "stopped", "standin:sleep=1", f"  batch: {{batch_size: {list(range(1, 11))}}}\n", "limit: 1\n"
+        tmp_path, "stopped", "standin:sleep=3", f"  batch: {{batch_size: {list(range(1, 11))}}}\n", "limit: 1\n"
     )
     assert submit(url, env, job, out, "--no-wait", "--submission-id", "fuyu-stop-test").returncode == 0
     deadline = time.monotonic() + 120
-    while not ((out / "cells").exists() and len(list((out / "cells").glob("*.parquet"))) >= 2):
+    while len(cell_files(out)) < 2:
         if time.monotonic() > deadline:
             logs = subprocess.run(
                 [str(BIN / "ray"), "job", "logs", "--address", url, "fuyu-stop-test"],
@@ -57,7 +57,7 @@ def test_ray_job_stop_ends_cleanly_and_a_rerun_resumes(head, tmp_path):
         timeout=120,
     )
     assert stop.returncode == 0, stop.stderr[-2000:]
-    done = len(list((out / "cells").glob("*.parquet")))
+    done = len(cell_files(out))
     assert done < 10
     logs = subprocess.run(
         [str(BIN / "ray"), "job", "logs", "--address", url, "fuyu-stop-test"],

@@ -190,10 +190,10 @@ def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None,
 
 
 def _quantized_matmul_flops(input_shape, *args, out_shape=None, **kwargs) -> int:
-    """2 x rows x inputs x outputs, read off the activations and the output: the packed weight's
-    shape is the kernel's own layout, not [outputs, inputs]."""
-    rows = math.prod(input_shape[:-1])
-    return 2 * rows * input_shape[-1] * out_shape[-1]
+    """2 x rows x inputs x outputs, read off the activations [rows, inputs] and the output [rows, outputs]:
+    the packed weight's shape is the kernel's own layout, not [outputs, inputs]."""
+    rows, inputs = input_shape
+    return 2 * rows * inputs * out_shape[-1]
 
 
 def _rss_bytes() -> int | None:
