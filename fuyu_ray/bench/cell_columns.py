@@ -28,6 +28,7 @@ from fuyu_ray.bench.measure import (
 from fuyu_ray.bench.models import LoadedModel
 from fuyu_ray.bench.workload import Batch, Workload, attention_context
 from fuyu_ray.job.cells import Cell
+from fuyu_ray.job.spec import decode_context
 from fuyu_ray.tasks.base import TaskScore
 
 
@@ -200,7 +201,7 @@ def count_cell_flops(loaded: LoadedModel, batch: Batch) -> dict[str, Any]:
 def mean_context_tokens(batches: list[Batch], generated_tokens_mean: float | None) -> float:
     """Tokens a decode step attends to, per row, on average: the prompt plus half the generation."""
     prompt = sum(b.prompt_length for b in batches) / len(batches)
-    return prompt + (generated_tokens_mean or 0.0) / 2
+    return decode_context(prompt, generated_tokens_mean or 0.0)
 
 
 def latency_columns(

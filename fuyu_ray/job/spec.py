@@ -116,6 +116,12 @@ def image_token_count(image: ImageSize) -> int:
     return (height // PATCH) * (width // PATCH + 1)
 
 
+def decode_context(prompt_tokens, generated_tokens):
+    """The context a decode step reads on average: the prompt plus half the generated tokens. For
+    figures or Polars expressions alike: the worker records it, the cost model fits and predicts with it."""
+    return prompt_tokens + generated_tokens / 2
+
+
 @dataclass(frozen=True)
 class Point:
     """One setting of every axis: the base of all sweeps, or one grid cell's settings."""

@@ -19,6 +19,8 @@ import numpy as np
 import polars as pl
 from scipy.optimize import nnls
 
+from fuyu_ray.job.spec import decode_context
+
 MIN_POINTS = 3  # fewer, and a fit with three terms says nothing the points do not
 
 
@@ -35,11 +37,6 @@ class FigureModel:
         if self.figure == "prefill_s":
             return [1.0, rows * tokens, rows * tokens * tokens]
         return [1.0, rows, rows * tokens]
-
-
-def decode_context(tokens, generated_tokens):
-    """The context a decode step reads on average: the prompt plus half the generated tokens."""
-    return tokens + generated_tokens / 2
 
 
 PREFILL = FigureModel("prefill_s", "Prefill s/batch", ("1", "rows x tokens", "rows x tokens²"))

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from fuyu_ray.job.prices import Prices
-from fuyu_ray.job.spec import ImageSize, image_token_count
+from fuyu_ray.job.spec import ImageSize, decode_context, image_token_count
 from fuyu_ray.presentation.cost import fmt_cost, worker_cost_per_1k
-from fuyu_ray.presentation.cost_model import DECODE, PREFILL, Fit, decode_context
+from fuyu_ray.presentation.cost_model import DECODE, PREFILL, Fit
 from fuyu_ray.presentation.formats import (
     DISTURBED_MARK,
     accuracy_scale,
@@ -299,7 +299,8 @@ def predict(cells: pl.DataFrame, fits: list[Fit], task: str, setting: Setting, p
     samples_per_s = rows / latency if latency > 0 else None
     price = prices.per_hour.get(setting.device) if prices is not None else None
     cost = worker_cost_per_1k(samples_per_s, price) if price is not None and samples_per_s else None
-    return Prediction(task, prefill, decode, latency, samples_per_s, cost, (prefill_fit, decode_fit), None, steps)
+    fits = (prefill_fit, decode_fit)
+    return Prediction(task, prefill, decode, latency, samples_per_s, cost, fits, decode_steps=steps)
 
 
 def predicted_lines(predictions: list[Prediction], setting: Setting, constraints: Constraints) -> list[str]:
