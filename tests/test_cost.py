@@ -148,6 +148,8 @@ def test_a_fit_to_figures_that_follow_a_law_finds_the_law_and_predicts_a_size_no
     prefill = fit(run, PREFILL, "cpu", "fp32")
     assert prefill.coefficients == pytest.approx(PREFILL_LAW, rel=1e-4)
     assert prefill.worst_error < 1e-4
+    # The decode law's context is the prompt plus half the generated tokens: the fit reads the same context.
+    assert fit(run, DECODE, "cpu", "fp32").coefficients == pytest.approx(DECODE_LAW, rel=1e-4)
     fits = fit_all(run)
     missing = measured(2, 560)
     prediction = predict(run, fits, "textvqa", Setting("cpu", "fp32", 2, ImageSize(560, 560)), Prices({"cpu": 3.6}))
